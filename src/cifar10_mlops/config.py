@@ -1,0 +1,230 @@
+"""params.yaml parsed once into frozen, typed dataclasses.
+
+params.yaml is the only home of every default: the dataclasses below declare types, not
+values, so a key missing from the file is an error rather than a silent fallback.
+
+Each stage reads its own section plus the top-level `seed`. An unknown key, a value of the
+wrong type or one out of range raises ConfigError naming the file and the dotted key, before
+the stage does any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from cifar10_mlops.errors import ConfigError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    source: str  # URL or local path of the archive
+    checksum: str | None  # "md5:<hex>" or "sha256:<hex>" of `source`
+    retries: int
+    timeout: float
+
+    def check(self, key: str) -> None:
+        if self.checksum is not None:
+            check_checksum(self.checksum, f"{key}.checksum")
+        _at_least(key, "retries", self.retries, 1)
+        _positive(key, "timeout", self.timeout)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    val_fraction: float
+    train_per_class: int | None
+    test_per_class: int | None
+
+    def check(self, key: str) -> None:
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"{key}.val_fraction: must be in (0, 1), got {self.val_fraction}")
+        for name in ("train_per_class", "test_per_class"):
+            value = getattr(self, name)
+            if value is not None:
+                _at_least(key, name, value, 2 if name == "train_per_class" else 1)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    rotation: float
+    shift: float
+    shear: float
+    zoom: float
+    horizontal_flip: bool
+
+    def check(self, key: str) -> None:
+        if not 0 <= self.rotation <= 180:
+            raise ConfigError(f"{key}.rotation: must be in [0, 180] degrees, got {self.rotation}")
+        for name in ("shift", "zoom"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{key}.{name}: must be in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.shear < 90:
+            raise ConfigError(f"{key}.shear: must be in [0, 90) degrees, got {self.shear}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    architecture: Literal["baseline", "deeper"]
+    conv_1_filters: int
+    conv_2_filters: int
+    dense_units: int
+    dropout: float
+    batch_size: int
+    epochs: int
+    learning_rate: float
+    lr_drop_every: int
+    lr_drop_factor: float
+    lr_min: float
+    early_stopping_patience: int | None
+    augment: AugmentConfig
+
+    def check(self, key: str) -> None:
+        for name in ("conv_1_filters", "conv_2_filters", "dense_units", "batch_size", "epochs",
+                     "lr_drop_every"):
+            _at_least(key, name, getattr(self, name), 1)
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"{key}.dropout: must be in [0, 1), got {self.dropout}")
+        _positive(key, "learning_rate", self.learning_rate)
+        if not 0 < self.lr_drop_factor <= 1:
+            raise ConfigError(f"{key}.lr_drop_factor: must be in (0, 1], got {self.lr_drop_factor}")
+        if not 0 <= self.lr_min <= self.learning_rate:
+            raise ConfigError(f"{key}.lr_min: must be in [0, learning_rate], got {self.lr_min}")
+        if self.early_stopping_patience is not None:
+            _at_least(key, "early_stopping_patience", self.early_stopping_patience, 1)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int
+
+    def check(self, key: str) -> None:
+        _at_least(key, "batch_size", self.batch_size, 1)
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    experiment: str
+
+    def check(self, key: str) -> None:
+        if not self.experiment.strip():
+            raise ConfigError(f"{key}.experiment: must not be empty")
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    download: DownloadConfig
+    prepare: PrepareConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    mlflow: MlflowConfig
+
+    def check(self, key: str) -> None:
+        _at_least(key, "seed", self.seed, 0)
+
+
+def check_checksum(value: str, key: str) -> None:
+    """A checksum is 'md5:<32 hex digits>' or 'sha256:<64 hex digits>'."""
+    algo, _, digest = value.partition(":")
+    lengths = {"md5": 32, "sha256": 64}
+    if algo not in lengths or len(digest) != lengths[algo] or not _is_hex(digest):
+        raise ConfigError(f"{key}: expected 'md5:<32 hex>' or 'sha256:<64 hex>', got {value!r}")
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read, type-check and range-check a params file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    try:
+        return _build(Params, raw, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def flatten(params: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value for a (nested) config dataclass, as MLflow params want them."""
+    flat: dict[str, Any] = {}
+    for f in dataclasses.fields(params):
+        value = getattr(params, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            flat.update(flatten(value, key + "."))
+        else:
+            flat[key] = value
+    return flat
+
+
+def _build(cls: type, raw: Any, key: str) -> Any:
+    where = key or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        dotted = ", ".join(_join(key, str(u)) for u in unknown)
+        raise ConfigError(f"unknown key {dotted} (known: {', '.join(sorted(names))})")
+    values = {}
+    for f in dataclasses.fields(cls):
+        sub = _join(key, f.name)
+        if f.name not in raw:
+            raise ConfigError(f"missing key {sub}")
+        values[f.name] = _coerce(hints[f.name], raw[f.name], sub)
+    obj = cls(**values)
+    obj.check(key or "")
+    return obj
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return value
+    # bool is an int subclass in Python; a YAML `true` must not pass for a number.
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _at_least(section: str, name: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"{_join(section, name)}: must be >= {low}, got {value}")
+
+
+def _positive(section: str, name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{_join(section, name)}: must be > 0, got {value}")

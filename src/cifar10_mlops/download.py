@@ -1,0 +1,209 @@
+"""Stage `download`: fetch the CIFAR-10 archive, verify it, extract it safely.
+
+Reads  params.yaml `download` (source, checksum, retries, timeout); the environment variable
+       CIFAR10_SOURCE (a path or URL) overrides `source`, with CIFAR10_CHECKSUM for its digest.
+Writes data/raw/: the extracted archive and manifest.json (source, format, checksums, image
+       counts per split and class). Nothing is written there unless every check passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from cifar10_mlops import dataset
+from cifar10_mlops.config import check_checksum, load_params
+from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.stage import run_stage
+
+SOURCE_ENV = "CIFAR10_SOURCE"
+CHECKSUM_ENV = "CIFAR10_CHECKSUM"
+_CHUNK = 1 << 20
+
+
+def resolve_source(source: str, checksum: str | None) -> tuple[str, str | None]:
+    """The source to use and its known checksum, honouring the environment override."""
+    override = os.environ.get(SOURCE_ENV, "").strip()
+    if override:
+        checksum = os.environ.get(CHECKSUM_ENV, "").strip() or None
+        if checksum:
+            check_checksum(checksum, CHECKSUM_ENV)
+        return override, checksum
+    return source, checksum
+
+
+def fetch(source: str, dest_dir: Path, *, retries: int, timeout: float) -> Path:
+    """Return a local path for `source`: a local file as is, a URL downloaded into dest_dir."""
+    if "://" not in source or source.startswith("file://"):
+        path = Path(source.removeprefix("file://")).expanduser()
+        if not path.is_file():
+            raise PipelineError(f"source not found: {path}")
+        return path
+    dest = dest_dir / (PurePosixPath(source.split("?")[0]).name or "archive")
+    for attempt in range(1, retries + 1):
+        try:
+            _download(source, dest, timeout)
+            return dest
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 and exc.code != 429:
+                raise PipelineError(f"cannot download {source}: HTTP {exc.code} {exc.reason}") from None
+            reason = f"HTTP {exc.code}"
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            reason = str(getattr(exc, "reason", exc))
+        if attempt < retries:
+            delay = min(2 ** (attempt - 1), 30)
+            print(f"download failed ({reason}); retry {attempt}/{retries - 1} in {delay}s", flush=True)
+            time.sleep(delay)
+    raise PipelineError(f"cannot download {source}: {reason} (after {retries} attempts)")
+
+
+def _download(url: str, dest: Path, timeout: float) -> None:
+    request = urllib.request.Request(url, headers={"User-Agent": "cifar10-mlops"})
+    with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) or None
+        with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
+            while chunk := response.read(_CHUNK):
+                out.write(chunk)
+                bar.update(len(chunk))
+        if total is not None and out.tell() != total:
+            raise ConnectionError(f"connection closed after {out.tell()} of {total} bytes")
+
+
+def digests(path: Path) -> dict[str, str]:
+    md5, sha256 = hashlib.md5(), hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            md5.update(chunk)
+            sha256.update(chunk)
+    return {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
+
+
+def verify(path: Path, expected: str | None) -> dict[str, str]:
+    """Compute the archive's digests and compare with `expected` ("algo:hex") when given."""
+    found = digests(path)
+    if expected:
+        algo, _, want = expected.partition(":")
+        if found[algo] != want.lower():
+            raise PipelineError(f"checksum mismatch for {path.name}: {algo} is {found[algo]}, expected {want}")
+    return found
+
+
+def _check_member(name: str, is_link: bool, link_target: str | None, is_special: bool) -> None:
+    parts = PurePosixPath(name).parts
+    if name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")) or ".." in parts:
+        raise PipelineError(f"unsafe archive member {name!r}: path leaves the target folder")
+    if is_special:
+        raise PipelineError(f"unsafe archive member {name!r}: device or fifo")
+    if is_link:
+        target = PurePosixPath(name).parent / (link_target or "")
+        if (link_target or "").startswith("/") or ".." in _normalise(target).parts[:1]:
+            raise PipelineError(f"unsafe archive member {name!r}: link to {link_target!r} points outside")
+
+
+def _normalise(path: PurePosixPath) -> PurePosixPath:
+    out: list[str] = []
+    for part in path.parts:
+        if part == "..":
+            if not out or out[-1] == "..":
+                out.append("..")
+            else:
+                out.pop()
+        elif part != ".":
+            out.append(part)
+    return PurePosixPath(*out) if out else PurePosixPath(".")
+
+
+def extract(archive: Path, target: Path) -> None:
+    """Extract a tar (any compression) or zip archive into `target`, refusing unsafe members."""
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
+                    if is_link:
+                        raise PipelineError(f"unsafe archive member {info.filename!r}: symlink in zip")
+                    _check_member(info.filename, False, None, False)
+                zf.extractall(target)
+            return
+        with tarfile.open(archive) as tf:
+            members = tf.getmembers()
+            for m in members:
+                _check_member(m.name, m.issym() or m.islnk(), m.linkname, m.isdev() or m.isfifo())
+            # The 'data' filter enforces the same rules again inside tarfile itself.
+            tf.extractall(target, members=tqdm(members, desc="extract", unit="file"), filter="data")
+    except (tarfile.ReadError, zipfile.BadZipFile):
+        raise PipelineError(f"{archive.name}: not a tar or zip archive") from None
+    except (EOFError, tarfile.TarError, zipfile.LargeZipFile, OSError) as exc:
+        if isinstance(exc, tarfile.FilterError):
+            raise PipelineError(f"unsafe archive member: {exc}") from None
+        raise PipelineError(f"{archive.name}: truncated or corrupt archive ({exc})") from None
+
+
+def count_images(layout: dataset.Layout) -> dict[str, dict[str, int]]:
+    """Images per split and class; validates the layout (batches, class folders)."""
+    counts = {}
+    for split in dataset.SPLITS:
+        if layout.kind == "python":
+            _, labels = dataset.load_python_split(layout, split)
+            counts[split] = {c: int((labels == i).sum()) for i, c in enumerate(dataset.CLASSES)}
+        else:
+            files = dataset.list_image_split(layout, split)
+            counts[split] = {c: len(files[c]) for c in dataset.CLASSES}
+    if layout.kind == "python" and dataset.python_class_names(layout) != list(dataset.CLASSES):
+        raise PipelineError(f"batches.meta lists unexpected classes: {dataset.python_class_names(layout)}")
+    return counts
+
+
+def download(source: str, checksum: str | None, out_dir: Path, *, retries: int, timeout: float) -> dict:
+    """Fetch, verify and extract `source` into `out_dir`, replacing it only on success."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
+        tmp = Path(tmp)
+        archive = fetch(source, tmp, retries=retries, timeout=timeout)
+        found = verify(archive, checksum)
+        staged = tmp / "extracted"
+        extract(archive, staged)
+        layout = dataset.find_layout(staged)
+        manifest = {
+            "source": source,
+            "format": layout.kind,
+            "root": layout.root.relative_to(staged).as_posix(),
+            "md5": found["md5"],
+            "sha256": found["sha256"],
+            "checksum_verified": checksum,
+            "counts": count_images(layout),
+        }
+        (staged / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staged.rename(out_dir)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--out", type=Path, required=True, help="folder to create (data/raw)")
+    args = parser.parse_args(argv)
+    cfg = load_params(args.params).download
+    source, checksum = resolve_source(cfg.source, cfg.checksum)
+    print(f"source: {source}" + ("" if checksum else " (no checksum known: recording sha256 only)"))
+    manifest = download(source, checksum, args.out, retries=cfg.retries, timeout=cfg.timeout)
+    totals = {split: sum(c.values()) for split, c in manifest["counts"].items()}
+    print(f"{manifest['format']} archive, sha256 {manifest['sha256'][:12]}…, images {totals} -> {args.out}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

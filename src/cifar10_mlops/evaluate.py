@@ -1,0 +1,156 @@
+"""Stage `evaluate`: score the trained model on the held-out test split, once.
+
+Reads  models/model.keras, models/run.json (from `train`), reports/train/history.csv,
+       data/prepared/test.npz, params.yaml `evaluate`.
+Writes reports/metrics.json (loss, accuracy, weighted and macro F1, per-class precision,
+       recall and F1), reports/evaluate/predictions.csv (actual vs predicted, for DVC's
+       confusion plot), reports/evaluate/confusion_matrix.png and learning_curves.png.
+Logs all of it, and the model with its signature and an input example, into the training
+run's MLflow run, so that one run holds the whole story.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
+
+from cifar10_mlops import tracking
+from cifar10_mlops.config import load_params
+from cifar10_mlops.dataset import CLASSES
+from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.prepare import load_split
+from cifar10_mlops.stage import run_stage
+
+
+def score(y_true: np.ndarray, probs: np.ndarray) -> dict:
+    """Test metrics from true labels and predicted class probabilities."""
+    y_pred = probs.argmax(axis=1)
+    labels = list(range(len(CLASSES)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    weighted = np.average(f1, weights=support) if support.sum() else 0.0
+    return {
+        "loss": float(log_loss(y_true, np.clip(probs, 1e-7, 1), labels=labels)),
+        "accuracy": float((y_pred == y_true).mean()),
+        "f1_weighted": float(weighted),
+        "f1_macro": float(f1.mean()),
+        "per_class": {
+            cls: {"precision": float(p), "recall": float(r), "f1": float(f)}
+            for cls, p, r, f in zip(CLASSES, precision, recall, f1)
+        },
+    }
+
+
+def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> None:
+    """Annotated confusion matrix (counts), true classes in rows."""
+    cm = confusion_matrix(y_true, y_pred, labels=range(len(CLASSES)))
+    fig = Figure(figsize=(9, 8))
+    ax = fig.add_subplot()
+    im = ax.imshow(cm, cmap="Blues")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set(xticks=range(len(CLASSES)), yticks=range(len(CLASSES)),
+           xticklabels=CLASSES, yticklabels=CLASSES, xlabel="Predicted", ylabel="True",
+           title=f"Confusion matrix (test, accuracy {np.trace(cm) / max(cm.sum(), 1):.4f})")
+    ax.tick_params(axis="x", labelrotation=45)
+    threshold = cm.max() / 2 if cm.size else 0
+    for i, j in np.ndindex(cm.shape):
+        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                color="white" if cm[i, j] > threshold else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    """The study's two panels: accuracy and loss per epoch, training vs validation."""
+    epochs = [int(h["epoch"]) + 1 for h in history]
+    fig = Figure(figsize=(12, 4))
+    for i, metric in enumerate(("accuracy", "loss"), 1):
+        ax = fig.add_subplot(1, 2, i)
+        ax.plot(epochs, [float(h[metric]) for h in history], label=f"Training {metric}")
+        ax.plot(epochs, [float(h[f"val_{metric}"]) for h in history], label=f"Validation {metric}")
+        ax.set(title=f"Training and validation {metric}", xlabel="Epoch", ylabel=metric.title())
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def read_history(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def log_to_mlflow(run_info: dict, metrics: dict, model, example: np.ndarray, files: list[Path]) -> None:
+    """Add the test results and the model to the training run."""
+    import keras
+    import mlflow
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    tracking.connect(run_info["tracking_uri"])
+    with mlflow.start_run(run_id=run_info["run_id"]):
+        flat = {f"test_{k}": v for k, v in metrics.items() if k != "per_class"}
+        for cls, values in metrics["per_class"].items():
+            flat.update({f"test_{name}_{cls}": v for name, v in values.items()})
+        mlflow.log_metrics(flat)
+        for path in files:
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
+        # mlflow.keras.log_model (3.17) fails to write an input example; the tensorflow
+        # flavour saves the same .keras file and loads back as Keras or pyfunc.
+        mlflow.tensorflow.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, model.predict(example, verbose=0)),
+            input_example=example,
+            pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}",
+                              f"numpy=={np.__version__}"],
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--data", type=Path, required=True, help="prepare's output folder")
+    parser.add_argument("--model", type=Path, required=True, help="train's model.keras")
+    parser.add_argument("--run-info", type=Path, required=True, help="train's run.json")
+    parser.add_argument("--history", type=Path, required=True, help="train's history.csv")
+    parser.add_argument("--metrics", type=Path, required=True, help="metrics.json to write")
+    parser.add_argument("--plots", type=Path, required=True, help="folder for plots and predictions")
+    args = parser.parse_args(argv)
+    cfg = load_params(args.params).evaluate
+    for path in (args.model, args.run_info, args.history):
+        if not path.is_file():
+            raise PipelineError(f"{path} not found: run the train stage first")
+
+    import keras
+
+    x, y = load_split(args.data, "test")
+    model = keras.models.load_model(args.model)
+    probs = model.predict(x, batch_size=cfg.batch_size, verbose=0)
+    metrics = score(y, probs)
+
+    args.plots.mkdir(parents=True, exist_ok=True)
+    with open(args.plots / "predictions.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["actual", "predicted"])
+        writer.writerows((CLASSES[a], CLASSES[p]) for a, p in zip(y, probs.argmax(axis=1)))
+    plot_confusion(y, probs.argmax(axis=1), args.plots / "confusion_matrix.png")
+    plot_curves(read_history(args.history), args.plots / "learning_curves.png")
+    args.metrics.parent.mkdir(parents=True, exist_ok=True)
+    args.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
+
+    run_info = json.loads(args.run_info.read_text())
+    files = [args.metrics, args.plots / "confusion_matrix.png", args.plots / "learning_curves.png"]
+    log_to_mlflow(run_info, metrics, model, x[:2], files)
+    print(f"test accuracy {metrics['accuracy']:.4f}, weighted F1 {metrics['f1_weighted']:.4f}, "
+          f"macro F1 {metrics['f1_macro']:.4f} -> {args.metrics}; MLflow run {run_info['run_id']}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,158 @@
+"""Stage `prepare`: decode the raw archive into uint8 arrays and split off validation data.
+
+Reads  data/raw/ (from `download`), params.yaml `prepare` and `seed`.
+Writes data/prepared/{train,val,test}.npz (x: uint8 N x 32 x 32 x 3, y: uint8 labels), a
+       stratified validation split taken from the training set so that only `evaluate` ever
+       touches the test set; reports/prepare/class_counts.json and the study's 2x5 sample
+       grid reports/prepare/samples.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.model_selection import train_test_split
+
+from cifar10_mlops import dataset
+from cifar10_mlops.config import PrepareConfig, load_params
+from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.stage import run_stage
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+def subsample(x: np.ndarray, y: np.ndarray, per_class: int | None, rng: np.random.Generator) -> Split:
+    """Keep `per_class` random images of each class (all when None), in a shuffled order."""
+    if per_class is None:
+        return x, y
+    keep = []
+    for label in range(len(dataset.CLASSES)):
+        idx = np.flatnonzero(y == label)
+        if len(idx) < per_class:
+            raise PipelineError(f"class {dataset.CLASSES[label]} has {len(idx)} images, fewer than {per_class} asked")
+        keep.append(rng.choice(idx, per_class, replace=False))
+    keep = rng.permutation(np.concatenate(keep))
+    return x[keep], y[keep]
+
+
+def check_split(name: str, x: np.ndarray, y: np.ndarray) -> None:
+    if x.dtype != np.uint8 or x.shape[1:] != dataset.IMAGE_SHAPE:
+        raise PipelineError(f"{name}: expected uint8 images of 32x32x3, got {x.dtype} {x.shape[1:]}")
+    if len(x) != len(y):
+        raise PipelineError(f"{name}: {len(x)} images but {len(y)} labels")
+    missing = sorted(set(range(len(dataset.CLASSES))) - set(np.unique(y).tolist()))
+    if missing:
+        raise PipelineError(f"{name}: no images of class {', '.join(dataset.CLASSES[i] for i in missing)}")
+
+
+def split_data(
+    train: Split, test: Split, *, val_fraction: float, train_per_class: int | None,
+    test_per_class: int | None, seed: int,
+) -> dict[str, Split]:
+    """Subset (optional), then a stratified train/val split of the training set."""
+    rng = np.random.default_rng(seed)
+    x, y = subsample(*train, train_per_class, rng)
+    test = subsample(*test, test_per_class, rng)
+    n_val = round(len(y) * val_fraction)
+    if n_val < len(dataset.CLASSES) or len(y) - n_val < len(dataset.CLASSES):
+        raise PipelineError(
+            f"val_fraction {val_fraction} of {len(y)} training images leaves a split with fewer "
+            f"images than the {len(dataset.CLASSES)} classes"
+        )
+    x_tr, x_val, y_tr, y_val = train_test_split(x, y, test_size=n_val, stratify=y, random_state=seed)
+    splits = {"train": (x_tr, y_tr), "val": (x_val, y_val), "test": test}
+    for name, (xs, ys) in splits.items():
+        check_split(name, xs, ys)
+    return splits
+
+
+def class_counts(splits: dict[str, Split]) -> dict[str, dict[str, int]]:
+    return {
+        name: {c: int((y == i).sum()) for i, c in enumerate(dataset.CLASSES)}
+        for name, (_, y) in splits.items()
+    }
+
+
+def sample_grid(x: np.ndarray, y: np.ndarray, path: Path, seed: int) -> None:
+    """The study's figure: ten random images in a 2x5 grid, each titled with its label."""
+    idx = np.random.default_rng(seed).choice(len(x), size=min(10, len(x)), replace=False)
+    fig = Figure(figsize=(15, 6))
+    for i, j in enumerate(idx, 1):
+        ax = fig.add_subplot(2, 5, i)
+        ax.imshow(x[j])
+        ax.set_title(f"Label: {dataset.CLASSES[y[j]]}")
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def read_manifest(raw_dir: Path) -> dict:
+    path = raw_dir / "manifest.json"
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run the download stage first")
+    return json.loads(path.read_text())
+
+
+def prepare(raw_dir: Path, cfg: PrepareConfig, seed: int) -> dict[str, Split]:
+    """Decode data/raw and split it as `cfg` says."""
+    manifest = read_manifest(raw_dir)
+    layout = dataset.Layout(manifest["format"], raw_dir / manifest["root"])
+    train, test = (dataset.load_split(layout, s) for s in dataset.SPLITS)
+    return split_data(
+        train, test, val_fraction=cfg.val_fraction, train_per_class=cfg.train_per_class,
+        test_per_class=cfg.test_per_class, seed=seed,
+    )
+
+
+def write_splits(splits: dict[str, Split], out_dir: Path, manifest: dict) -> None:
+    """Write the .npz files and manifest.json (lineage: the source archive's checksum and
+    the split sizes) into a temporary folder, then move it into place in one step."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
+        staged = Path(tmp) / "out"
+        staged.mkdir()
+        for name, (x, y) in splits.items():
+            np.savez(staged / f"{name}.npz", x=x, y=y)
+        (staged / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staged.rename(out_dir)
+
+
+def load_split(prepared_dir: Path, name: str) -> Split:
+    """Read one prepared split written by this stage."""
+    path = prepared_dir / f"{name}.npz"
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run the prepare stage first")
+    with np.load(path) as data:
+        return data["x"], data["y"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--raw", type=Path, required=True, help="download's output (data/raw)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the .npz splits")
+    parser.add_argument("--reports", type=Path, required=True, help="folder for counts and samples")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    splits = prepare(args.raw, params.prepare, params.seed)
+    counts = class_counts(splits)
+    raw = read_manifest(args.raw)
+    lineage = {"source": raw["source"], "source_sha256": raw["sha256"], "source_md5": raw["md5"],
+               "images": {name: len(y) for name, (_, y) in splits.items()}}
+    write_splits(splits, args.out, lineage)
+    args.reports.mkdir(parents=True, exist_ok=True)
+    (args.reports / "class_counts.json").write_text(json.dumps(counts, indent=2) + "\n")
+    sample_grid(*splits["train"], args.reports / "samples.png", params.seed)
+    print({name: sum(c.values()) for name, c in counts.items()}, "images ->", args.out)
+
+
+if __name__ == "__main__":
+    run_stage(main)

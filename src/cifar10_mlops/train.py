@@ -1,0 +1,175 @@
+"""Stage `train`: fit the CNN on the training split, selecting on the validation split.
+
+Reads  data/prepared/{train,val}.npz and manifest.json (from `prepare`), params.yaml `train`,
+       `mlflow` and `seed` (all sections are logged as MLflow params).
+Writes models/model.keras (takes raw uint8 images), models/run.json (the MLflow run that
+       `evaluate` logs into) and reports/train/history.csv (per-epoch metrics).
+One MLflow run per training: params, data checksum and git commit tags, per-epoch loss,
+accuracy, val_loss, val_accuracy and learning_rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cifar10_mlops import tracking
+from cifar10_mlops.augment import random_affine
+from cifar10_mlops.config import AugmentConfig, TrainConfig, flatten, load_params
+from cifar10_mlops.model import build_model
+from cifar10_mlops.prepare import load_split
+from cifar10_mlops.stage import run_stage, seed_everything
+
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+
+
+def step_schedule(cfg: TrainConfig):
+    """The study's step decay: lr * factor ** (epoch // every), never below lr_min."""
+
+    def schedule(epoch: int, _lr: float | None = None) -> float:
+        return max(cfg.lr_min, cfg.learning_rate * cfg.lr_drop_factor ** (epoch // cfg.lr_drop_every))
+
+    return schedule
+
+
+def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int,
+                 augment: AugmentConfig | None = None) -> tf.data.Dataset:
+    """Batches of uint8 images; shuffled and augmented on the fly when `augment` is given."""
+    ds = tf.data.Dataset.from_tensor_slices((x, y))
+    if augment is not None:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if augment is not None:
+        ds = ds.map(
+            lambda images, labels: (random_affine(images, **vars(augment)), labels),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Log each epoch's metrics and learning rate to the active MLflow run."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        import mlflow
+
+        metrics = {k: float(v) for k, v in (logs or {}).items() if k in HISTORY_KEYS}
+        metrics["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        mlflow.log_metrics(metrics, step=epoch)
+
+
+def compile_model(cfg: TrainConfig) -> keras.Model:
+    model = build_model(
+        cfg.architecture, conv_1_filters=cfg.conv_1_filters, conv_2_filters=cfg.conv_2_filters,
+        dense_units=cfg.dense_units, dropout=cfg.dropout,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def train(cfg: TrainConfig, train_split, val_split, *, seed: int,
+          callbacks: list[keras.callbacks.Callback] = ()) -> tuple[keras.Model, list[dict]]:
+    """Fit a fresh model; returns it (best validation weights when early stopping is on)
+    and one dict of HISTORY_KEYS per epoch."""
+    model = compile_model(cfg)
+    model.summary(print_fn=lambda line, **_: print(line))
+    callbacks = [keras.callbacks.LearningRateScheduler(step_schedule(cfg)), *callbacks]
+    if cfg.early_stopping_patience is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", patience=cfg.early_stopping_patience,
+            restore_best_weights=True, verbose=1,
+        ))
+    fit = model.fit(
+        make_dataset(*train_split, cfg.batch_size, seed=seed, augment=cfg.augment),
+        validation_data=make_dataset(*val_split, 500, seed=seed),
+        epochs=cfg.epochs,
+        callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles; Keras cannot shuffle a Dataset
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    epochs = len(fit.history["loss"])
+    history = [{"epoch": e, **{k: float(fit.history[k][e]) for k in HISTORY_KEYS}} for e in range(epochs)]
+    return model, history
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["epoch", *HISTORY_KEYS])
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """Save atomically: a reader never sees a half-written model.keras."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--data", type=Path, required=True, help="prepare's output folder")
+    parser.add_argument("--model", type=Path, required=True, help="where to save model.keras")
+    parser.add_argument("--run-info", type=Path, required=True, help="where to write run.json")
+    parser.add_argument("--history", type=Path, required=True, help="where to write history.csv")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    seed_everything(params.seed)
+    train_split, val_split = load_split(args.data, "train"), load_split(args.data, "val")
+    manifest = json.loads((args.data / "manifest.json").read_text())
+
+    import mlflow
+
+    uri = tracking.tracking_uri()
+    experiment_id = tracking.configure(params.mlflow.experiment, uri)
+    run_name = f"train-{params.train.architecture}"
+    with tracking.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        mlflow.log_params(flatten(params))
+        mlflow.set_tags({
+            "stage": "train",
+            "git_commit": tracking.git_commit(),
+            "data_sha256": manifest["source_sha256"],
+            "data_source": manifest["source"],
+            "data_train_images": len(train_split[1]),
+        })
+        print(f"MLflow run {run.info.run_id} in {uri}")
+        start = time.perf_counter()
+        model, history = train(params.train, train_split, val_split, seed=params.seed,
+                               callbacks=[MlflowEpochLogger()])
+        seconds = time.perf_counter() - start
+        best = max(history, key=lambda h: h["val_accuracy"])
+        mlflow.log_metrics({
+            "train_time_s": seconds,
+            "epochs_run": len(history),
+            "best_val_accuracy": best["val_accuracy"],
+            "best_epoch": best["epoch"],
+        })
+        save_model(model, args.model)
+        write_history(history, args.history)
+        args.run_info.write_text(json.dumps({
+            "run_id": run.info.run_id,
+            "experiment_id": experiment_id,
+            "tracking_uri": uri,
+        }, indent=2) + "\n")
+    print(f"trained {len(history)} epochs in {seconds:.0f}s; best val_accuracy "
+          f"{best['val_accuracy']:.4f} at epoch {best['epoch'] + 1} -> {args.model}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

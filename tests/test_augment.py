@@ -1,0 +1,43 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cifar10_mlops.augment import random_affine
+
+NONE = dict(rotation=0.0, shift=0.0, shear=0.0, zoom=0.0, horizontal_flip=False)
+
+
+@pytest.fixture
+def images():
+    return tf.constant(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8))
+
+
+def test_zero_ranges_leave_images_unchanged(images):
+    out = random_affine(images, **NONE)
+    assert out.dtype == tf.uint8 and out.shape == images.shape
+    np.testing.assert_array_equal(out.numpy(), images.numpy())
+
+
+def test_flip_only_mirrors_about_half_of_the_images(images):
+    tf.random.set_seed(0)
+    out = random_affine(images, **{**NONE, "horizontal_flip": True}).numpy()
+    flipped = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images.numpy())]
+    kept = [np.array_equal(o, i) for o, i in zip(out, images.numpy())]
+    assert all(f or k for f, k in zip(flipped, kept))
+    assert 16 < sum(flipped) < 48
+
+
+def test_shift_moves_content_by_at_most_the_range():
+    image = np.zeros((1, 32, 32, 1), np.float32)
+    image[0, 12:20, 12:20] = 1.0
+    for seed in range(10):
+        tf.random.set_seed(seed)
+        out = random_affine(tf.constant(image), **{**NONE, "shift": 0.1}).numpy()[0, ..., 0]
+        rows, cols = np.nonzero(out > 0.5)
+        assert abs(rows.mean() - 15.5) <= 3.3 and abs(cols.mean() - 15.5) <= 3.3
+
+
+def test_full_study_augmentation_changes_images_but_keeps_their_statistics(images):
+    out = random_affine(images, rotation=15.0, shift=0.1, shear=0.2, zoom=0.2, horizontal_flip=True).numpy()
+    assert not np.array_equal(out, images.numpy())
+    assert abs(out.mean() - images.numpy().mean()) < 10

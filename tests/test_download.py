@@ -1,0 +1,232 @@
+import http.server
+import io
+import json
+import os
+import pickle
+import tarfile
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from cifar10_mlops.download import download, extract
+from cifar10_mlops.errors import PipelineError
+from conftest import add_bytes, write_image_archive, write_python_archive
+
+
+def run(archive: Path, out: Path, checksum: str | None = None, retries: int = 1) -> dict:
+    return download(str(archive), checksum, out, retries=retries, timeout=5)
+
+
+def assert_nothing_written(out: Path) -> None:
+    assert not out.exists()
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")] == []
+
+
+def test_python_archive_is_extracted_and_counted(python_archive, tmp_path):
+    out = tmp_path / "raw"
+    manifest = run(python_archive, out)
+    assert manifest["format"] == "python"
+    assert manifest["counts"]["train"]["cat"] == 10 and manifest["counts"]["test"]["truck"] == 4
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert (out / "cifar-10-batches-py" / "data_batch_5").is_file()
+
+
+def test_image_archive_is_extracted_and_counted(image_archive, tmp_path):
+    manifest = run(image_archive, tmp_path / "raw")
+    assert manifest["format"] == "images" and manifest["root"] == "cifar10"
+    assert sum(manifest["counts"]["train"].values()) == 100
+    assert len(manifest["sha256"]) == 64
+
+
+def test_known_checksum_is_verified(python_archive, tmp_path):
+    digest = run(python_archive, tmp_path / "a")["md5"]
+    assert run(python_archive, tmp_path / "b", checksum=f"md5:{digest}")["checksum_verified"] == f"md5:{digest}"
+
+
+def test_checksum_mismatch(python_archive, tmp_path):
+    out = tmp_path / "raw"
+    with pytest.raises(PipelineError, match="checksum mismatch for cifar-10-python.tar.gz: md5 is"):
+        run(python_archive, out, checksum="md5:" + "0" * 32)
+    assert_nothing_written(out)
+
+
+def test_truncated_archive(python_archive, tmp_path):
+    data = python_archive.read_bytes()
+    python_archive.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PipelineError, match="truncated or corrupt archive"):
+        run(python_archive, tmp_path / "raw")
+    assert_nothing_written(tmp_path / "raw")
+
+
+def test_not_an_archive(tmp_path):
+    bogus = tmp_path / "cifar.tar.gz"
+    bogus.write_text("<html>404 not found</html>")
+    with pytest.raises(PipelineError, match="cifar.tar.gz: not a tar or zip archive"):
+        run(bogus, tmp_path / "raw")
+    assert_nothing_written(tmp_path / "raw")
+
+
+def evil_tar(path: Path, member: tarfile.TarInfo) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        add_bytes(tar, "cifar10/train/cat/0000.png", b"x")
+        tar.addfile(member, io.BytesIO(b"owned") if member.isfile() else None)
+    return path
+
+
+def file_member(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = 5
+    return info
+
+
+def link_member(name: str, target: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+@pytest.mark.parametrize(
+    ("member", "message"),
+    [
+        (file_member("../escaped.txt"), "path leaves the target folder"),
+        (file_member("cifar10/../../escaped.txt"), "path leaves the target folder"),
+        (file_member("/tmp/escaped.txt"), "path leaves the target folder"),
+        (link_member("cifar10/link", "../../.."), "points outside"),
+        (link_member("cifar10/link", "/etc/passwd"), "points outside"),
+        (link_member("cifar10/hard", "/etc/passwd", tarfile.LNKTYPE), "points outside"),
+    ],
+)
+def test_unsafe_tar_members_are_refused(tmp_path, member, message):
+    archive = evil_tar(tmp_path / "evil.tar.gz", member)
+    out = tmp_path / "nested" / "raw"
+    with pytest.raises(PipelineError, match=f"unsafe archive member .*{message}"):
+        run(archive, out)
+    assert_nothing_written(out)
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "nested" / "escaped.txt").exists()
+
+
+def test_link_inside_the_archive_is_allowed(tmp_path):
+    archive = evil_tar(tmp_path / "ok.tar.gz", link_member("cifar10/train/cat/0001.png", "0000.png"))
+    extract(archive, tmp_path / "x")
+    assert (tmp_path / "x" / "cifar10/train/cat/0001.png").read_bytes() == b"x"
+
+
+def test_zip_member_with_parent_path_is_refused(tmp_path):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("../escaped.txt", "owned")
+    with pytest.raises(PipelineError, match="path leaves the target folder"):
+        run(archive, tmp_path / "raw")
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+class Exploit:
+    """Unpickling this would run a shell command."""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {Exploit.marker}",))
+
+
+class Harmless:
+    """Any class outside numpy's array machinery is refused, harmful or not."""
+
+
+@pytest.mark.parametrize("payload", [Exploit, Harmless])
+def test_pickle_referring_to_other_classes_is_refused(tmp_path, payload):
+    Exploit.marker = tmp_path / "pwned"
+    archive = write_python_archive(tmp_path / "cifar-10-python.tar.gz")
+    evil = pickle.dumps({b"data": payload(), b"labels": []}, protocol=2)
+    with tarfile.open(archive) as src, tarfile.open(tmp_path / "evil.tar.gz", "w:gz") as tar:
+        for m in src.getmembers():
+            data = evil if m.name.endswith("test_batch") else src.extractfile(m).read()
+            add_bytes(tar, m.name, data)
+    with pytest.raises(PipelineError, match="test_batch: unsafe or invalid pickle: refusing to load"):
+        run(tmp_path / "evil.tar.gz", tmp_path / "raw")
+    assert not Exploit.marker.exists()
+    assert_nothing_written(tmp_path / "raw")
+
+
+def test_missing_class_folder(tmp_path):
+    archive = write_image_archive(tmp_path / "a.tar.gz")
+    with tarfile.open(archive) as src, tarfile.open(tmp_path / "b.tar.gz", "w:gz") as dst:
+        for m in src.getmembers():
+            if "/test/frog/" not in m.name:
+                dst.addfile(m, src.extractfile(m))
+    with pytest.raises(PipelineError, match=r"missing class folder\(s\) in test/: frog"):
+        run(tmp_path / "b.tar.gz", tmp_path / "raw")
+    assert_nothing_written(tmp_path / "raw")
+
+
+def test_missing_local_source(tmp_path):
+    with pytest.raises(PipelineError, match="source not found: .*nowhere.tar.gz"):
+        run(tmp_path / "nowhere.tar.gz", tmp_path / "raw")
+
+
+class FlakyHandler(http.server.BaseHTTPRequestHandler):
+    """Serves `payload`, failing the first `failures` requests with HTTP 503."""
+
+    payload, failures, requests = b"", 0, 0
+
+    def do_GET(self):
+        type(self).requests += 1
+        if type(self).requests <= type(self).failures:
+            self.send_error(503)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        self.wfile.write(self.payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_source():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FlakyHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+
+
+def test_transient_http_errors_are_retried(python_archive, tmp_path, http_source, capsys):
+    FlakyHandler.payload, FlakyHandler.failures, FlakyHandler.requests = python_archive.read_bytes(), 1, 0
+    url = f"http://127.0.0.1:{http_source.server_port}/cifar-10-python.tar.gz"
+    manifest = run(url, tmp_path / "raw", retries=3)
+    assert manifest["format"] == "python" and FlakyHandler.requests == 2
+    assert "download failed (HTTP 503); retry 1/2" in capsys.readouterr().out
+
+
+def test_unreachable_source(tmp_path, http_source):
+    port = http_source.server_port
+    http_source.shutdown()
+    http_source.server_close()
+    url = f"http://127.0.0.1:{port}/cifar.tar.gz"
+    with pytest.raises(PipelineError, match=f"cannot download {url}: .*refused.*after 2 attempts"):
+        run(url, tmp_path / "raw", retries=2)
+    assert_nothing_written(tmp_path / "raw")
+
+
+def test_http_404_is_not_retried(tmp_path, http_source, monkeypatch):
+    url = f"http://127.0.0.1:{http_source.server_port}/x.tar.gz"
+    FlakyHandler.requests = 0
+    monkeypatch.setattr(FlakyHandler, "failures", 99)
+    monkeypatch.setattr(FlakyHandler, "send_error", lambda self, code: super(FlakyHandler, self).send_error(404))
+    with pytest.raises(PipelineError, match="cannot download .*: HTTP 404"):
+        run(url, tmp_path / "raw", retries=3)
+    assert FlakyHandler.requests == 1
+
+
+def test_cli_uses_the_environment_override(python_archive, tmp_path, params_file, run_module):
+    params = params_file()
+    out = tmp_path / "raw"
+    env = {"CIFAR10_SOURCE": str(python_archive), "CIFAR10_CHECKSUM": "sha256:" + "1" * 64}
+    result = run_module("cifar10_mlops.download", "--params", str(params), "--out", str(out), env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: checksum mismatch for cifar-10-python.tar.gz")
+    env.pop("CIFAR10_CHECKSUM")
+    result = run_module("cifar10_mlops.download", "--params", str(params), "--out", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "manifest.json").read_text())["source"] == str(python_archive)

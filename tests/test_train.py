@@ -1,0 +1,90 @@
+import csv
+import json
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from cifar10_mlops import train
+from cifar10_mlops.config import load_params
+from conftest import REPO
+
+
+def test_step_schedule_reproduces_the_studys_first_phase():
+    # Study §4.2: Adam at 1e-3, divided by 10 after the tenth epoch and kept at 1e-4.
+    cfg = load_params(REPO / "params.yaml").train
+    from dataclasses import replace
+
+    study = replace(cfg, learning_rate=1e-3, lr_drop_every=10, lr_drop_factor=0.1, lr_min=1e-4)
+    lrs = [train.step_schedule(study)(epoch) for epoch in range(30)]
+    assert lrs[:10] == [1e-3] * 10
+    assert lrs[10:] == pytest.approx([1e-4] * 20)
+    halving = replace(cfg, learning_rate=1e-3, lr_drop_every=10, lr_drop_factor=0.5, lr_min=0.0)
+    assert train.step_schedule(halving)(25) == pytest.approx(2.5e-4)  # study §4.3
+
+
+def test_augmented_dataset_yields_shuffled_uint8_batches():
+    x = np.arange(20, dtype=np.uint8).repeat(32 * 32 * 3).reshape(20, 32, 32, 3)
+    y = np.arange(20, dtype=np.uint8)
+    cfg = load_params(REPO / "params.yaml").train.augment
+    batches = list(train.make_dataset(x, y, 8, seed=0, augment=cfg))
+    assert [len(b[1]) for b in batches] == [8, 8, 4]
+    assert batches[0][0].dtype == "uint8"
+    labels = np.concatenate([b[1].numpy() for b in batches])
+    assert sorted(labels) == list(range(20)) and list(labels) != list(range(20))
+
+
+def train_cli(in_project, prepared, params_file, **overrides):
+    params = params_file(**overrides)
+    train.main(["--params", str(params), "--data", str(prepared), "--model", "models/model.keras",
+                "--run-info", "models/run.json", "--history", "reports/train/history.csv"])
+    return json.loads((in_project / "models" / "run.json").read_text())
+
+
+def test_training_writes_model_history_and_one_mlflow_run(in_project, prepared, params_file):
+    info = train_cli(in_project, prepared, params_file, **{"train.epochs": 2})
+    assert info["tracking_uri"] == "sqlite:///mlruns/mlflow.db"
+    assert (in_project / "mlruns" / "mlflow.db").is_file()
+
+    model = keras.models.load_model(in_project / "models" / "model.keras")
+    assert model.predict(np.zeros((1, 32, 32, 3), np.uint8), verbose=0).shape == (1, 10)
+    with open(in_project / "reports" / "train" / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+
+    run = mlflow.get_run(info["run_id"])
+    assert run.info.status == "FINISHED"
+    assert mlflow.get_experiment(run.info.experiment_id).name == "cifar10-cnn"
+    assert run.data.params["train.epochs"] == "2"
+    assert run.data.params["train.augment.rotation"] == "15.0"
+    assert run.data.params["prepare.val_fraction"] == "0.1"
+    assert run.data.tags["data_sha256"] == "ab" * 32
+    assert len(run.data.tags["git_commit"]) >= 7
+    client = mlflow.MlflowClient()
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+        assert [m.step for m in client.get_metric_history(info["run_id"], key)] == [0, 1], key
+    assert run.data.metrics["epochs_run"] == 2
+
+
+def test_early_stopping_ends_training_and_keeps_the_best_epoch(in_project, prepared, params_file):
+    info = train_cli(in_project, prepared, params_file,
+                     **{"train.epochs": 30, "train.early_stopping_patience": 1, "train.learning_rate": 0.5})
+    run = mlflow.get_run(info["run_id"])
+    assert run.data.metrics["epochs_run"] < 30
+    history = list(csv.DictReader(open(in_project / "reports" / "train" / "history.csv")))
+    best = max(history, key=lambda r: float(r["val_accuracy"]))
+    assert run.data.metrics["best_epoch"] == int(best["epoch"])
+
+
+def test_interrupted_training_ends_its_run_killed(in_project, prepared, params_file, monkeypatch):
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train_cli(in_project, prepared, params_file)
+    [run] = mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
+    assert run.info.status == "KILLED"
+    assert not (in_project / "models" / "model.keras").exists()
