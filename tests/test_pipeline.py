@@ -1,0 +1,72 @@
+"""End to end: `dvc repro` in a scratch copy of the repository, on a tiny synthetic archive."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from conftest import tiny_params, write_image_archive
+
+
+def dvc(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    bin_dir = str(Path(sys.executable).parent)
+    result = subprocess.run(
+        [str(Path(bin_dir) / "dvc"), *args], cwd=project, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", **(env or {})},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def ran(result: subprocess.CompletedProcess) -> list[str]:
+    return [line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")]
+
+
+@pytest.fixture
+def pipeline(project, tmp_path, monkeypatch):
+    archive = write_image_archive(tmp_path / "cifar10-jpg.tar.gz", fmt="JPEG")
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    monkeypatch.setenv("CIFAR10_SOURCE", str(archive))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return project
+
+
+def test_dvc_repro_end_to_end(pipeline):
+    first = dvc(pipeline, "repro")
+    assert ran(first) == ["download", "prepare", "train", "evaluate"]
+    for path in ("data/raw/manifest.json", "data/prepared/test.npz", "models/model.keras",
+                 "reports/metrics.json", "reports/evaluate/confusion_matrix.png", "dvc.lock"):
+        assert (pipeline / path).is_file(), path
+
+    shown = json.loads(dvc(pipeline, "metrics", "show", "--json").stdout)
+    [workspace] = shown.values()  # keyed by revision; the workspace is the only one here
+    metrics = workspace["data"]["reports/metrics.json"]["data"]
+    assert 0 <= metrics["accuracy"] <= 1 and "f1_weighted" in metrics
+
+    plots = dvc(pipeline, "plots", "show", "-o", "plots-html")
+    html = (pipeline / "plots-html" / "index.html").read_text()
+    assert "Confusion matrix (test)" in html and "Learning curves (accuracy)" in html
+    assert "confusion_matrix.png" in html, plots.stdout
+
+    run_id = json.loads((pipeline / "models" / "run.json").read_text())["run_id"]
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline}/mlruns/mlflow.db")
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
+    assert run.data.params["train.epochs"] == "1"
+    assert run.data.tags["data_sha256"] == json.loads((pipeline / "data/raw/manifest.json").read_text())["sha256"]
+    assert len(mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")) == 1
+
+    again = dvc(pipeline, "repro")
+    assert ran(again) == [] and "Data and pipelines are up to date" in again.stdout
+
+    params = yaml.safe_load((pipeline / "params.yaml").read_text())
+    params["train"]["epochs"] = 2
+    (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(dvc(pipeline, "repro")) == ["train", "evaluate"]
+    assert "Data and pipelines are up to date" in dvc(pipeline, "status").stdout
