@@ -5,31 +5,43 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# requirements-gpu.lock installs the CUDA build of TensorFlow instead
+LOCK_FILE ?= requirements.lock
 # dvc.yaml's stage commands call `python`: make it the one in .venv.
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv repro smoke test test-slow lock lint clean-smoke mlflow-ui
+.PHONY: help venv repro smoke study test test-slow lock mlflow-ui
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): $(LOCK_FILE) pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 	  || { echo "error: Python 3.11+ is required ($(PYTHON) is $$($(PYTHON) -V 2>&1))" >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet -r $(LOCK_FILE)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-venv: $(STAMP)  ## create .venv from requirements.lock
+venv: $(STAMP)  ## create .venv from requirements.lock (LOCK_FILE=requirements-gpu.lock for GPUs)
 
 repro: $(STAMP)  ## run the whole pipeline (dvc repro) with params.yaml
 	$(BIN)/dvc repro
 
 smoke: $(STAMP)  ## the pipeline on a few hundred images, 1 epoch, in a scratch copy
 	$(BIN)/python -m cifar10_mlops.smoke
+
+# The study's first phase (§3.3, §4.2): baseline CNN, batch 64, 30 epochs, Adam 1e-3 divided
+# by 10 after epoch 10, no early stopping. Runs as a DVC experiment in a temporary copy.
+STUDY := -S train.architecture=baseline -S train.conv_1_filters=32 -S train.conv_2_filters=64 \
+  -S train.dense_units=64 -S train.dropout=0.0 -S train.batch_size=64 -S train.epochs=30 \
+  -S train.learning_rate=0.001 -S train.lr_drop_every=10 -S train.lr_drop_factor=0.1 \
+  -S train.lr_min=0.0001 -S train.early_stopping_patience=null
+
+study: $(STAMP)  ## the study's exact first-phase recipe as a DVC experiment (see `dvc exp show`)
+	$(BIN)/dvc exp run --temp -n study-phase1 $(STUDY)
 
 test: $(STAMP)  ## the offline test suite (tiny synthetic data)
 	$(BIN)/python -m pytest
@@ -40,8 +52,9 @@ test-slow: $(STAMP)  ## tests that need the full dataset or minutes of training
 mlflow-ui: $(STAMP)  ## open the MLflow UI on the embedded store at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts --host 127.0.0.1 --port 5000
 
-lock:  ## re-resolve requirements.lock from pyproject.toml (needs uv)
-	uv pip compile pyproject.toml --extra cpu --extra dev --python-version 3.11 \
-	  --python-platform x86_64-manylinux_2_28 --no-header -o requirements.lock
-	uv pip compile pyproject.toml --extra gpu --extra dev --python-version 3.11 \
-	  --python-platform x86_64-manylinux_2_28 --no-header -o requirements-gpu.lock
+UV_COMPILE := uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+  --python-platform x86_64-manylinux_2_28 --no-header
+
+lock:  ## re-resolve requirements.lock (CPU) and requirements-gpu.lock from pyproject.toml (needs uv)
+	$(UV_COMPILE) --extra cpu -o requirements.lock
+	$(UV_COMPILE) --extra gpu -o requirements-gpu.lock

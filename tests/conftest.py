@@ -49,11 +49,14 @@ def write_python_archive(path: Path, train_per_class: int = 10, test_per_class: 
 
     def batch(x, y):
         rows = x.transpose(0, 3, 1, 2).reshape(len(x), -1)
-        return pickle.dumps({b"data": rows, b"labels": y.tolist(), b"batch_label": b"synthetic"},
-                            protocol=2)
+        return pickle.dumps(
+            {b"data": rows, b"labels": y.tolist(), b"batch_label": b"synthetic"}, protocol=2
+        )
 
     with tarfile.open(path, "w:gz") as tar:
-        for i, (xs, ys) in enumerate(zip(np.array_split(x_train, 5), np.array_split(y_train, 5)), 1):
+        for i, (xs, ys) in enumerate(
+            zip(np.array_split(x_train, 5), np.array_split(y_train, 5)), 1
+        ):
             add_bytes(tar, f"cifar-10-batches-py/data_batch_{i}", batch(xs, ys))
         add_bytes(tar, "cifar-10-batches-py/test_batch", batch(x_test, y_test))
         meta = {b"label_names": [c.encode() for c in CLASSES], b"num_vis": 3072}
@@ -67,15 +70,22 @@ def encode(image: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def write_image_archive(path: Path, train_per_class: int = 10, test_per_class: int = 4,
-                        fmt: str = "PNG", root: str = "cifar10") -> Path:
+def write_image_archive(
+    path: Path,
+    train_per_class: int = 10,
+    test_per_class: int = 4,
+    fmt: str = "PNG",
+    root: str = "cifar10",
+) -> Path:
     """The image-folder layout: <root>/{train,test}/<class>/NNNN.<png|jpg>."""
     suffix = "png" if fmt == "PNG" else "jpg"
     with tarfile.open(path, "w:gz") as tar:
         for split, per_class, seed in (("train", train_per_class, 1), ("test", test_per_class, 2)):
             x, y = make_images(per_class, seed)
             for i, (image, label) in enumerate(zip(x, y)):
-                add_bytes(tar, f"{root}/{split}/{CLASSES[label]}/{i:04d}.{suffix}", encode(image, fmt))
+                add_bytes(
+                    tar, f"{root}/{split}/{CLASSES[label]}/{i:04d}.{suffix}", encode(image, fmt)
+                )
     return path
 
 
@@ -93,8 +103,15 @@ def tiny_params(**overrides) -> dict:
     """The repository's params.yaml shrunk to seconds: one epoch of a small baseline."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["download"].update(checksum=None, retries=1)
-    params["train"].update(architecture="baseline", conv_1_filters=8, conv_2_filters=8,
-                           dense_units=16, batch_size=16, epochs=1, dropout=0.0)
+    params["train"].update(
+        architecture="baseline",
+        conv_1_filters=8,
+        conv_2_filters=8,
+        dense_units=16,
+        batch_size=16,
+        epochs=1,
+        dropout=0.0,
+    )
     for dotted, value in overrides.items():
         *parents, leaf = dotted.split(".")
         node = params
@@ -119,8 +136,16 @@ def params_file(tmp_path: Path):
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A scratch copy of the repository's tracked files, as its own git repo."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                           cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     dest = tmp_path / "project"
     for name in filter(None, files):
         if (REPO / name).is_file():
@@ -137,8 +162,12 @@ def run_module():
 
     def run(module: str, *args: str, cwd: Path | None = None, env: dict | None = None):
         return subprocess.run(
-            [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True,
-            env={**os.environ, **(env or {})}, timeout=300,
+            [sys.executable, "-m", module, *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            timeout=300,
         )
 
     return run
@@ -149,11 +178,25 @@ def prepared(tmp_path: Path) -> Path:
     """data/prepared as the prepare stage writes it, from 20 images per class."""
     from cifar10_mlops.prepare import split_data, write_splits
 
-    splits = split_data(make_images(20, seed=1), make_images(4, seed=2), val_fraction=0.25,
-                        train_per_class=None, test_per_class=None, seed=0)
+    splits = split_data(
+        make_images(20, seed=1),
+        make_images(4, seed=2),
+        val_fraction=0.25,
+        train_per_class=None,
+        test_per_class=None,
+        seed=0,
+    )
     out = tmp_path / "data" / "prepared"
-    write_splits(splits, out, {"source": "synthetic", "source_sha256": "ab" * 32, "source_md5": "cd" * 16,
-                               "images": {k: len(v[1]) for k, v in splits.items()}})
+    write_splits(
+        splits,
+        out,
+        {
+            "source": "synthetic",
+            "source_sha256": "ab" * 32,
+            "source_md5": "cd" * 16,
+            "images": {k: len(v[1]) for k, v in splits.items()},
+        },
+    )
     return out
 
 

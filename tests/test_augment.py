@@ -38,6 +38,8 @@ def test_shift_moves_content_by_at_most_the_range():
 
 
 def test_full_study_augmentation_changes_images_but_keeps_their_statistics(images):
-    out = random_affine(images, rotation=15.0, shift=0.1, shear=0.2, zoom=0.2, horizontal_flip=True).numpy()
+    out = random_affine(
+        images, rotation=15.0, shift=0.1, shear=0.2, zoom=0.2, horizontal_flip=True
+    ).numpy()
     assert not np.array_equal(out, images.numpy())
     assert abs(out.mean() - images.numpy().mean()) < 10

@@ -65,7 +65,11 @@ def test_integer_is_accepted_where_a_float_is_expected(tmp_path):
 
 def test_stage_exits_with_one_line_error_before_any_work(tmp_path, run_module):
     path = write(tmp_path, tiny_params(**{"train.epochs": -1}))
-    result = run_module("cifar10_mlops.download", "--params", str(path), "--out", str(tmp_path / "raw"))
+    result = run_module(
+        "cifar10_mlops.download", "--params", str(path), "--out", str(tmp_path / "raw")
+    )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [f"error: {path}: train.epochs: must be >= 1, got -1"]
+    assert result.stderr.strip().splitlines() == [
+        f"error: {path}: train.epochs: must be >= 1, got -1"
+    ]
     assert not (tmp_path / "raw").exists()

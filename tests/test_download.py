@@ -42,7 +42,10 @@ def test_image_archive_is_extracted_and_counted(image_archive, tmp_path):
 
 def test_known_checksum_is_verified(python_archive, tmp_path):
     digest = run(python_archive, tmp_path / "a")["md5"]
-    assert run(python_archive, tmp_path / "b", checksum=f"md5:{digest}")["checksum_verified"] == f"md5:{digest}"
+    assert (
+        run(python_archive, tmp_path / "b", checksum=f"md5:{digest}")["checksum_verified"]
+        == f"md5:{digest}"
+    )
 
 
 def test_checksum_mismatch(python_archive, tmp_path):
@@ -104,11 +107,16 @@ def test_unsafe_tar_members_are_refused(tmp_path, member, message):
     with pytest.raises(PipelineError, match=f"unsafe archive member .*{message}"):
         run(archive, out)
     assert_nothing_written(out)
-    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "nested" / "escaped.txt").exists()
+    assert (
+        not (tmp_path / "escaped.txt").exists()
+        and not (tmp_path / "nested" / "escaped.txt").exists()
+    )
 
 
 def test_link_inside_the_archive_is_allowed(tmp_path):
-    archive = evil_tar(tmp_path / "ok.tar.gz", link_member("cifar10/train/cat/0001.png", "0000.png"))
+    archive = evil_tar(
+        tmp_path / "ok.tar.gz", link_member("cifar10/train/cat/0001.png", "0000.png")
+    )
     extract(archive, tmp_path / "x")
     assert (tmp_path / "x" / "cifar10/train/cat/0001.png").read_bytes() == b"x"
 
@@ -142,7 +150,9 @@ def test_pickle_referring_to_other_classes_is_refused(tmp_path, payload):
         for m in src.getmembers():
             data = evil if m.name.endswith("test_batch") else src.extractfile(m).read()
             add_bytes(tar, m.name, data)
-    with pytest.raises(PipelineError, match="test_batch: unsafe or invalid pickle: refusing to load"):
+    with pytest.raises(
+        PipelineError, match="test_batch: unsafe or invalid pickle: refusing to load"
+    ):
         run(tmp_path / "evil.tar.gz", tmp_path / "raw")
     assert not Exploit.marker.exists()
     assert_nothing_written(tmp_path / "raw")
@@ -192,7 +202,11 @@ def http_source():
 
 
 def test_transient_http_errors_are_retried(python_archive, tmp_path, http_source, capsys):
-    FlakyHandler.payload, FlakyHandler.failures, FlakyHandler.requests = python_archive.read_bytes(), 1, 0
+    FlakyHandler.payload, FlakyHandler.failures, FlakyHandler.requests = (
+        python_archive.read_bytes(),
+        1,
+        0,
+    )
     url = f"http://127.0.0.1:{http_source.server_port}/cifar-10-python.tar.gz"
     manifest = run(url, tmp_path / "raw", retries=3)
     assert manifest["format"] == "python" and FlakyHandler.requests == 2
@@ -213,7 +227,9 @@ def test_http_404_is_not_retried(tmp_path, http_source, monkeypatch):
     url = f"http://127.0.0.1:{http_source.server_port}/x.tar.gz"
     FlakyHandler.requests = 0
     monkeypatch.setattr(FlakyHandler, "failures", 99)
-    monkeypatch.setattr(FlakyHandler, "send_error", lambda self, code: super(FlakyHandler, self).send_error(404))
+    monkeypatch.setattr(
+        FlakyHandler, "send_error", lambda self, code: super(FlakyHandler, self).send_error(404)
+    )
     with pytest.raises(PipelineError, match="cannot download .*: HTTP 404"):
         run(url, tmp_path / "raw", retries=3)
     assert FlakyHandler.requests == 1
@@ -223,10 +239,18 @@ def test_cli_uses_the_environment_override(python_archive, tmp_path, params_file
     params = params_file()
     out = tmp_path / "raw"
     env = {"CIFAR10_SOURCE": str(python_archive), "CIFAR10_CHECKSUM": "sha256:" + "1" * 64}
-    result = run_module("cifar10_mlops.download", "--params", str(params), "--out", str(out), env=env)
+    result = run_module(
+        "cifar10_mlops.download", "--params", str(params), "--out", str(out), env=env
+    )
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: checksum mismatch for cifar-10-python.tar.gz")
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: checksum mismatch for cifar-10-python.tar.gz")
+    )
     env.pop("CIFAR10_CHECKSUM")
-    result = run_module("cifar10_mlops.download", "--params", str(params), "--out", str(out), env=env)
+    result = run_module(
+        "cifar10_mlops.download", "--params", str(params), "--out", str(out), env=env
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "manifest.json").read_text())["source"] == str(python_archive)

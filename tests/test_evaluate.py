@@ -16,10 +16,16 @@ def test_score_matches_hand_computed_metrics():
     probs[np.arange(len(y)), pred] = 0.91
     m = evaluate.score(y, probs)
     assert m["accuracy"] == pytest.approx(6 / 8)
-    f1 = {"airplane": 2 * 0.5 * 0.5 / 1.0, "automobile": 2 * (2 / 3) * 1 / (2 / 3 + 1), "bird": 2 * 1 * 0.75 / 1.75}
+    f1 = {
+        "airplane": 2 * 0.5 * 0.5 / 1.0,
+        "automobile": 2 * (2 / 3) * 1 / (2 / 3 + 1),
+        "bird": 2 * 1 * 0.75 / 1.75,
+    }
     for cls, value in f1.items():
         assert m["per_class"][cls]["f1"] == pytest.approx(value)
-    assert m["f1_weighted"] == pytest.approx((2 * f1["airplane"] + 2 * f1["automobile"] + 4 * f1["bird"]) / 8)
+    assert m["f1_weighted"] == pytest.approx(
+        (2 * f1["airplane"] + 2 * f1["automobile"] + 4 * f1["bird"]) / 8
+    )
     assert m["f1_macro"] == pytest.approx(sum(f1.values()) / 10)  # absent classes count as 0
     assert m["loss"] == pytest.approx(-np.log(np.where(pred == y, 0.91, 0.01)).mean(), rel=1e-6)
 
@@ -27,15 +33,42 @@ def test_score_matches_hand_computed_metrics():
 @pytest.fixture
 def trained(in_project, prepared, params_file):
     params = params_file(**{"train.epochs": 2})
-    train.main(["--params", str(params), "--data", str(prepared), "--model", "models/model.keras",
-                "--run-info", "models/run.json", "--history", "reports/train/history.csv"])
+    train.main(
+        [
+            "--params",
+            str(params),
+            "--data",
+            str(prepared),
+            "--model",
+            "models/model.keras",
+            "--run-info",
+            "models/run.json",
+            "--history",
+            "reports/train/history.csv",
+        ]
+    )
     return params
 
 
 def run_evaluate(params, prepared):
-    evaluate.main(["--params", str(params), "--data", str(prepared), "--model", "models/model.keras",
-                   "--run-info", "models/run.json", "--history", "reports/train/history.csv",
-                   "--metrics", "reports/metrics.json", "--plots", "reports/evaluate"])
+    evaluate.main(
+        [
+            "--params",
+            str(params),
+            "--data",
+            str(prepared),
+            "--model",
+            "models/model.keras",
+            "--run-info",
+            "models/run.json",
+            "--history",
+            "reports/train/history.csv",
+            "--metrics",
+            "reports/metrics.json",
+            "--plots",
+            "reports/evaluate",
+        ]
+    )
 
 
 def test_evaluate_writes_reports_and_logs_into_the_training_run(in_project, prepared, trained):
@@ -46,35 +79,64 @@ def test_evaluate_writes_reports_and_logs_into_the_training_run(in_project, prep
     with open(in_project / "reports" / "evaluate" / "predictions.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 40 and set(rows[0]) == {"actual", "predicted"}
-    assert sum(r["actual"] == r["predicted"] for r in rows) / 40 == pytest.approx(metrics["accuracy"])
+    assert sum(r["actual"] == r["predicted"] for r in rows) / 40 == pytest.approx(
+        metrics["accuracy"]
+    )
     for png in ("confusion_matrix.png", "learning_curves.png"):
         assert (in_project / "reports" / "evaluate" / png).stat().st_size > 20_000
 
     run_id = json.loads((in_project / "models" / "run.json").read_text())["run_id"]
     run = mlflow.get_run(run_id)
-    assert [r.info.run_id for r in mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")] == [run_id]
+    assert [
+        r.info.run_id
+        for r in mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
+    ] == [run_id]
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
     assert run.data.metrics["test_f1_weighted"] == pytest.approx(metrics["f1_weighted"])
     assert "test_recall_cat" in run.data.metrics
     assert "train.epochs" in run.data.params  # still the training run
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
-    assert artifacts == {"evaluation/confusion_matrix.png", "evaluation/learning_curves.png", "evaluation/metrics.json"}
+    assert artifacts == {
+        "evaluation/confusion_matrix.png",
+        "evaluation/learning_curves.png",
+        "evaluation/metrics.json",
+    }
 
-    [logged] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    [logged] = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list"
+    )
     assert logged.source_run_id == run_id
     pyfunc = mlflow.pyfunc.load_model(logged.model_uri)
     inputs = pyfunc.metadata.get_input_schema().inputs[0]
     assert inputs.type == np.dtype("uint8") and inputs.shape == (-1, 32, 32, 3)
     assert pyfunc.metadata.saved_input_example_info is not None
     images = np.load(prepared / "test.npz")["x"][:5]
-    np.testing.assert_allclose(pyfunc.predict(images), mlflow.tensorflow.load_model(logged.model_uri).predict(images, verbose=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        pyfunc.predict(images),
+        mlflow.tensorflow.load_model(logged.model_uri).predict(images, verbose=0),
+        rtol=1e-5,
+    )
 
 
 def test_evaluate_before_training_says_so(in_project, prepared, params_file, run_module):
-    result = run_module("cifar10_mlops.evaluate", "--params", str(params_file()), "--data", str(prepared),
-                        "--model", "models/model.keras", "--run-info", "models/run.json",
-                        "--history", "reports/train/history.csv", "--metrics", "reports/metrics.json",
-                        "--plots", "reports/evaluate", cwd=in_project)
+    result = run_module(
+        "cifar10_mlops.evaluate",
+        "--params",
+        str(params_file()),
+        "--data",
+        str(prepared),
+        "--model",
+        "models/model.keras",
+        "--run-info",
+        "models/run.json",
+        "--history",
+        "reports/train/history.csv",
+        "--metrics",
+        "reports/metrics.json",
+        "--plots",
+        "reports/evaluate",
+        cwd=in_project,
+    )
     assert result.returncode == 1
     assert result.stderr.strip() == "error: models/model.keras not found: run the train stage first"

@@ -7,12 +7,12 @@ from cifar10_mlops.model import build_model
 
 def test_baseline_is_the_studys_network():
     model = build_model("baseline")
-    convs = [l for l in model.layers if isinstance(l, keras.layers.Conv2D)]
-    dense = [l for l in model.layers if isinstance(l, keras.layers.Dense)]
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     assert [c.filters for c in convs] == [32, 64, 64]
     assert [d.units for d in dense] == [64, 10]
-    assert sum(isinstance(l, keras.layers.BatchNormalization) for l in model.layers) == 4
-    assert not any(isinstance(l, keras.layers.Dropout) for l in model.layers)
+    assert sum(isinstance(layer, keras.layers.BatchNormalization) for layer in model.layers) == 4
+    assert not any(isinstance(layer, keras.layers.Dropout) for layer in model.layers)
     # The study's network has 123,466 parameters, 224 of them biases of the layers followed
     # by BatchNormalization, which adds its own offset; here those biases are left out.
     assert model.count_params() == 123_466 - (32 + 64 + 64 + 64)
@@ -20,9 +20,11 @@ def test_baseline_is_the_studys_network():
 
 def test_deeper_variant_has_three_blocks_and_dropout():
     model = build_model("deeper", conv_1_filters=16, conv_2_filters=32, dense_units=64, dropout=0.3)
-    convs = [l.filters for l in model.layers if isinstance(l, keras.layers.Conv2D)]
+    convs = [layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convs == [16, 16, 32, 32, 64, 64]
-    assert [l.rate for l in model.layers if isinstance(l, keras.layers.Dropout)] == [0.3] * 4
+    assert [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == [
+        0.3
+    ] * 4
 
 
 @pytest.mark.parametrize("architecture", ["baseline", "deeper"])

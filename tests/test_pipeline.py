@@ -16,7 +16,11 @@ from conftest import tiny_params, write_image_archive
 def dvc(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     bin_dir = str(Path(sys.executable).parent)
     result = subprocess.run(
-        [str(Path(bin_dir) / "dvc"), *args], cwd=project, capture_output=True, text=True, timeout=600,
+        [str(Path(bin_dir) / "dvc"), *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=600,
         env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", **(env or {})},
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -24,7 +28,11 @@ def dvc(project: Path, *args: str, env: dict | None = None) -> subprocess.Comple
 
 
 def ran(result: subprocess.CompletedProcess) -> list[str]:
-    return [line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage")]
+    return [
+        line.split("'")[1]
+        for line in result.stdout.splitlines()
+        if line.startswith("Running stage")
+    ]
 
 
 @pytest.fixture
@@ -39,8 +47,14 @@ def pipeline(project, tmp_path, monkeypatch):
 def test_dvc_repro_end_to_end(pipeline):
     first = dvc(pipeline, "repro")
     assert ran(first) == ["download", "prepare", "train", "evaluate"]
-    for path in ("data/raw/manifest.json", "data/prepared/test.npz", "models/model.keras",
-                 "reports/metrics.json", "reports/evaluate/confusion_matrix.png", "dvc.lock"):
+    for path in (
+        "data/raw/manifest.json",
+        "data/prepared/test.npz",
+        "models/model.keras",
+        "reports/metrics.json",
+        "reports/evaluate/confusion_matrix.png",
+        "dvc.lock",
+    ):
         assert (pipeline / path).is_file(), path
 
     shown = json.loads(dvc(pipeline, "metrics", "show", "--json").stdout)
@@ -59,8 +73,18 @@ def test_dvc_repro_end_to_end(pipeline):
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
     assert run.data.params["train.epochs"] == "1"
-    assert run.data.tags["data_sha256"] == json.loads((pipeline / "data/raw/manifest.json").read_text())["sha256"]
-    assert len(mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")) == 1
+    assert (
+        run.data.tags["data_sha256"]
+        == json.loads((pipeline / "data/raw/manifest.json").read_text())["sha256"]
+    )
+    assert (
+        len(
+            mlflow.search_logged_models(
+                experiment_ids=[run.info.experiment_id], output_format="list"
+            )
+        )
+        == 1
+    )
 
     again = dvc(pipeline, "repro")
     assert ran(again) == [] and "Data and pipelines are up to date" in again.stdout

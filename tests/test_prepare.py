@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from cifar10_mlops.download import download
-from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.prepare import load_split
 from conftest import add_bytes, encode, make_images, write_image_archive
 
@@ -19,14 +18,25 @@ def raw(python_archive, tmp_path):
 
 
 def prepare_cli(run_module, params, raw, tmp_path):
-    return run_module("cifar10_mlops.prepare", "--params", str(params), "--raw", str(raw),
-                      "--out", str(tmp_path / "prepared"), "--reports", str(tmp_path / "reports"))
+    return run_module(
+        "cifar10_mlops.prepare",
+        "--params",
+        str(params),
+        "--raw",
+        str(raw),
+        "--out",
+        str(tmp_path / "prepared"),
+        "--reports",
+        str(tmp_path / "reports"),
+    )
 
 
 def test_stratified_validation_split_leaves_test_untouched(raw, tmp_path, params_file, run_module):
     result = prepare_cli(run_module, params_file(**{"prepare.val_fraction": 0.2}), raw, tmp_path)
     assert result.returncode == 0, result.stderr
-    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = (load_split(tmp_path / "prepared", s) for s in ("train", "val", "test"))
+    (x_tr, y_tr), (x_val, y_val), (x_te, y_te) = (
+        load_split(tmp_path / "prepared", s) for s in ("train", "val", "test")
+    )
     assert x_tr.dtype == np.uint8 and x_tr.shape[1:] == (32, 32, 3)
     assert (len(y_tr), len(y_val), len(y_te)) == (80, 20, 40)
     assert np.bincount(y_val, minlength=10).tolist() == [2] * 10  # stratified
@@ -43,8 +53,9 @@ def test_stratified_validation_split_leaves_test_untouched(raw, tmp_path, params
 
 
 def test_subset_for_quick_runs(raw, tmp_path, params_file, run_module):
-    params = params_file(**{"prepare.train_per_class": 5, "prepare.test_per_class": 2,
-                            "prepare.val_fraction": 0.2})
+    params = params_file(
+        **{"prepare.train_per_class": 5, "prepare.test_per_class": 2, "prepare.val_fraction": 0.2}
+    )
     assert prepare_cli(run_module, params, raw, tmp_path).returncode == 0
     assert len(load_split(tmp_path / "prepared", "train")[1]) == 40
     assert len(load_split(tmp_path / "prepared", "val")[1]) == 10
@@ -74,11 +85,19 @@ def image_raw(tmp_path, bad_name: str, bad_bytes: bytes):
     ("payload", "message"),
     [
         (b"\xff\xd8\xff\xe0 not really a jpeg", "corrupt image .*cifar10/train/dog/bad.jpg"),
-        (encode(np.zeros((48, 48, 3), np.uint8), "PNG"), r"wrong-sized image .*bad.jpg: expected 32x32 RGB, got \(48, 48\) RGB"),
-        (encode(np.zeros((32, 32), np.uint8), "PNG"), r"wrong-sized image .*bad.jpg: expected 32x32 RGB, got \(32, 32\) L"),
+        (
+            encode(np.zeros((48, 48, 3), np.uint8), "PNG"),
+            r"wrong-sized image .*bad.jpg: expected 32x32 RGB, got \(48, 48\) RGB",
+        ),
+        (
+            encode(np.zeros((32, 32), np.uint8), "PNG"),
+            r"wrong-sized image .*bad.jpg: expected 32x32 RGB, got \(32, 32\) L",
+        ),
     ],
 )
-def test_bad_images_stop_prepare_with_a_clear_error(tmp_path, params_file, run_module, payload, message):
+def test_bad_images_stop_prepare_with_a_clear_error(
+    tmp_path, params_file, run_module, payload, message
+):
     raw = image_raw(tmp_path, "cifar10/train/dog/bad.jpg", payload)
     result = prepare_cli(run_module, params_file(), raw, tmp_path)
     assert result.returncode == 1

@@ -37,8 +37,20 @@ def test_augmented_dataset_yields_shuffled_uint8_batches():
 
 def train_cli(in_project, prepared, params_file, **overrides):
     params = params_file(**overrides)
-    train.main(["--params", str(params), "--data", str(prepared), "--model", "models/model.keras",
-                "--run-info", "models/run.json", "--history", "reports/train/history.csv"])
+    train.main(
+        [
+            "--params",
+            str(params),
+            "--data",
+            str(prepared),
+            "--model",
+            "models/model.keras",
+            "--run-info",
+            "models/run.json",
+            "--history",
+            "reports/train/history.csv",
+        ]
+    )
     return json.loads((in_project / "models" / "run.json").read_text())
 
 
@@ -52,7 +64,14 @@ def test_training_writes_model_history_and_one_mlflow_run(in_project, prepared, 
     with open(in_project / "reports" / "train" / "history.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert [r["epoch"] for r in rows] == ["0", "1"]
-    assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+    assert set(rows[0]) == {
+        "epoch",
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "learning_rate",
+    }
 
     run = mlflow.get_run(info["run_id"])
     assert run.info.status == "FINISHED"
@@ -69,8 +88,12 @@ def test_training_writes_model_history_and_one_mlflow_run(in_project, prepared, 
 
 
 def test_early_stopping_ends_training_and_keeps_the_best_epoch(in_project, prepared, params_file):
-    info = train_cli(in_project, prepared, params_file,
-                     **{"train.epochs": 30, "train.early_stopping_patience": 1, "train.learning_rate": 0.5})
+    info = train_cli(
+        in_project,
+        prepared,
+        params_file,
+        **{"train.epochs": 30, "train.early_stopping_patience": 1, "train.learning_rate": 0.5},
+    )
     run = mlflow.get_run(info["run_id"])
     assert run.data.metrics["epochs_run"] < 30
     history = list(csv.DictReader(open(in_project / "reports" / "train" / "history.csv")))

@@ -88,8 +88,14 @@ class TrainConfig:
     augment: AugmentConfig
 
     def check(self, key: str) -> None:
-        for name in ("conv_1_filters", "conv_2_filters", "dense_units", "batch_size", "epochs",
-                     "lr_drop_every"):
+        for name in (
+            "conv_1_filters",
+            "conv_2_filters",
+            "dense_units",
+            "batch_size",
+            "epochs",
+            "lr_drop_every",
+        ):
             _at_least(key, name, getattr(self, name), 1)
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"{key}.dropout: must be in [0, 1), got {self.dropout}")
@@ -206,7 +212,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
-            raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}")
+            raise ConfigError(
+                f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}"
+            )
         return value
     # bool is an int subclass in Python; a YAML `true` must not pass for a number.
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):

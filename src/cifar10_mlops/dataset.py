@@ -52,8 +52,12 @@ class RestrictedUnpickler(pickle.Unpickler):
         if (module, name) not in _SAFE_GLOBALS:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
         if module.startswith("numpy"):
-            return np.ndarray if name == "ndarray" else np.dtype if name == "dtype" else (
-                np._core.multiarray._reconstruct
+            return (
+                np.ndarray
+                if name == "ndarray"
+                else np.dtype
+                if name == "dtype"
+                else (np._core.multiarray._reconstruct)
             )
         return super().find_class(module, name)
 
@@ -107,7 +111,11 @@ def load_python_split(layout: Layout, split: str) -> tuple[np.ndarray, np.ndarra
 
 
 def python_class_names(layout: Layout) -> list[str]:
-    meta = safe_unpickle(layout.root / "batches.meta") if (layout.root / "batches.meta").is_file() else None
+    meta = (
+        safe_unpickle(layout.root / "batches.meta")
+        if (layout.root / "batches.meta").is_file()
+        else None
+    )
     if isinstance(meta, dict) and b"label_names" in meta:
         return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
     return list(CLASSES)

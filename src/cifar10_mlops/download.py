@@ -58,13 +58,17 @@ def fetch(source: str, dest_dir: Path, *, retries: int, timeout: float) -> Path:
             return dest
         except urllib.error.HTTPError as exc:
             if exc.code < 500 and exc.code != 429:
-                raise PipelineError(f"cannot download {source}: HTTP {exc.code} {exc.reason}") from None
+                raise PipelineError(
+                    f"cannot download {source}: HTTP {exc.code} {exc.reason}"
+                ) from None
             reason = f"HTTP {exc.code}"
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             reason = str(getattr(exc, "reason", exc))
         if attempt < retries:
             delay = min(2 ** (attempt - 1), 30)
-            print(f"download failed ({reason}); retry {attempt}/{retries - 1} in {delay}s", flush=True)
+            print(
+                f"download failed ({reason}); retry {attempt}/{retries - 1} in {delay}s", flush=True
+            )
             time.sleep(delay)
     raise PipelineError(f"cannot download {source}: {reason} (after {retries} attempts)")
 
@@ -96,7 +100,9 @@ def verify(path: Path, expected: str | None) -> dict[str, str]:
     if expected:
         algo, _, want = expected.partition(":")
         if found[algo] != want.lower():
-            raise PipelineError(f"checksum mismatch for {path.name}: {algo} is {found[algo]}, expected {want}")
+            raise PipelineError(
+                f"checksum mismatch for {path.name}: {algo} is {found[algo]}, expected {want}"
+            )
     return found
 
 
@@ -109,7 +115,9 @@ def _check_member(name: str, is_link: bool, link_target: str | None, is_special:
     if is_link:
         target = PurePosixPath(name).parent / (link_target or "")
         if (link_target or "").startswith("/") or ".." in _normalise(target).parts[:1]:
-            raise PipelineError(f"unsafe archive member {name!r}: link to {link_target!r} points outside")
+            raise PipelineError(
+                f"unsafe archive member {name!r}: link to {link_target!r} points outside"
+            )
 
 
 def _normalise(path: PurePosixPath) -> PurePosixPath:
@@ -133,7 +141,9 @@ def extract(archive: Path, target: Path) -> None:
                 for info in zf.infolist():
                     is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
                     if is_link:
-                        raise PipelineError(f"unsafe archive member {info.filename!r}: symlink in zip")
+                        raise PipelineError(
+                            f"unsafe archive member {info.filename!r}: symlink in zip"
+                        )
                     _check_member(info.filename, False, None, False)
                 zf.extractall(target)
             return
@@ -162,11 +172,15 @@ def count_images(layout: dataset.Layout) -> dict[str, dict[str, int]]:
             files = dataset.list_image_split(layout, split)
             counts[split] = {c: len(files[c]) for c in dataset.CLASSES}
     if layout.kind == "python" and dataset.python_class_names(layout) != list(dataset.CLASSES):
-        raise PipelineError(f"batches.meta lists unexpected classes: {dataset.python_class_names(layout)}")
+        raise PipelineError(
+            f"batches.meta lists unexpected classes: {dataset.python_class_names(layout)}"
+        )
     return counts
 
 
-def download(source: str, checksum: str | None, out_dir: Path, *, retries: int, timeout: float) -> dict:
+def download(
+    source: str, checksum: str | None, out_dir: Path, *, retries: int, timeout: float
+) -> dict:
     """Fetch, verify and extract `source` into `out_dir`, replacing it only on success."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
@@ -202,7 +216,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"source: {source}" + ("" if checksum else " (no checksum known: recording sha256 only)"))
     manifest = download(source, checksum, args.out, retries=cfg.retries, timeout=cfg.timeout)
     totals = {split: sum(c.values()) for split, c in manifest["counts"].items()}
-    print(f"{manifest['format']} archive, sha256 {manifest['sha256'][:12]}…, images {totals} -> {args.out}")
+    print(
+        f"{manifest['format']} archive, sha256 {manifest['sha256'][:12]}…, "
+        f"images {totals} -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -55,14 +55,27 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> None:
     ax = fig.add_subplot()
     im = ax.imshow(cm, cmap="Blues")
     fig.colorbar(im, ax=ax, fraction=0.046)
-    ax.set(xticks=range(len(CLASSES)), yticks=range(len(CLASSES)),
-           xticklabels=CLASSES, yticklabels=CLASSES, xlabel="Predicted", ylabel="True",
-           title=f"Confusion matrix (test, accuracy {np.trace(cm) / max(cm.sum(), 1):.4f})")
+    ax.set(
+        xticks=range(len(CLASSES)),
+        yticks=range(len(CLASSES)),
+        xticklabels=CLASSES,
+        yticklabels=CLASSES,
+        xlabel="Predicted",
+        ylabel="True",
+        title=f"Confusion matrix (test, accuracy {np.trace(cm) / max(cm.sum(), 1):.4f})",
+    )
     ax.tick_params(axis="x", labelrotation=45)
     threshold = cm.max() / 2 if cm.size else 0
     for i, j in np.ndindex(cm.shape):
-        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                color="white" if cm[i, j] > threshold else "black")
+        ax.text(
+            j,
+            i,
+            str(cm[i, j]),
+            ha="center",
+            va="center",
+            fontsize=8,
+            color="white" if cm[i, j] > threshold else "black",
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -86,7 +99,9 @@ def read_history(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def log_to_mlflow(run_info: dict, metrics: dict, model, example: np.ndarray, files: list[Path]) -> None:
+def log_to_mlflow(
+    run_info: dict, metrics: dict, model, example: np.ndarray, files: list[Path]
+) -> None:
     """Add the test results and the model to the training run."""
     import keras
     import mlflow
@@ -108,8 +123,11 @@ def log_to_mlflow(run_info: dict, metrics: dict, model, example: np.ndarray, fil
             name="model",
             signature=infer_signature(example, model.predict(example, verbose=0)),
             input_example=example,
-            pip_requirements=[f"keras=={keras.__version__}", f"tensorflow=={tf.__version__}",
-                              f"numpy=={np.__version__}"],
+            pip_requirements=[
+                f"keras=={keras.__version__}",
+                f"tensorflow=={tf.__version__}",
+                f"numpy=={np.__version__}",
+            ],
         )
 
 
@@ -121,7 +139,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-info", type=Path, required=True, help="train's run.json")
     parser.add_argument("--history", type=Path, required=True, help="train's history.csv")
     parser.add_argument("--metrics", type=Path, required=True, help="metrics.json to write")
-    parser.add_argument("--plots", type=Path, required=True, help="folder for plots and predictions")
+    parser.add_argument(
+        "--plots", type=Path, required=True, help="folder for plots and predictions"
+    )
     args = parser.parse_args(argv)
     cfg = load_params(args.params).evaluate
     for path in (args.model, args.run_info, args.history):
@@ -148,8 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     run_info = json.loads(args.run_info.read_text())
     files = [args.metrics, args.plots / "confusion_matrix.png", args.plots / "learning_curves.png"]
     log_to_mlflow(run_info, metrics, model, x[:2], files)
-    print(f"test accuracy {metrics['accuracy']:.4f}, weighted F1 {metrics['f1_weighted']:.4f}, "
-          f"macro F1 {metrics['f1_macro']:.4f} -> {args.metrics}; MLflow run {run_info['run_id']}")
+    print(
+        f"test accuracy {metrics['accuracy']:.4f}, weighted F1 {metrics['f1_weighted']:.4f}, "
+        f"macro F1 {metrics['f1_macro']:.4f} -> {args.metrics}; MLflow run {run_info['run_id']}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ from cifar10_mlops.stage import run_stage
 Split = tuple[np.ndarray, np.ndarray]
 
 
-def subsample(x: np.ndarray, y: np.ndarray, per_class: int | None, rng: np.random.Generator) -> Split:
+def subsample(
+    x: np.ndarray, y: np.ndarray, per_class: int | None, rng: np.random.Generator
+) -> Split:
     """Keep `per_class` random images of each class (all when None), in a shuffled order."""
     if per_class is None:
         return x, y
@@ -35,7 +37,10 @@ def subsample(x: np.ndarray, y: np.ndarray, per_class: int | None, rng: np.rando
     for label in range(len(dataset.CLASSES)):
         idx = np.flatnonzero(y == label)
         if len(idx) < per_class:
-            raise PipelineError(f"class {dataset.CLASSES[label]} has {len(idx)} images, fewer than {per_class} asked")
+            raise PipelineError(
+                f"class {dataset.CLASSES[label]} has {len(idx)} images, "
+                f"fewer than the {per_class} asked for"
+            )
         keep.append(rng.choice(idx, per_class, replace=False))
     keep = rng.permutation(np.concatenate(keep))
     return x[keep], y[keep]
@@ -43,17 +48,26 @@ def subsample(x: np.ndarray, y: np.ndarray, per_class: int | None, rng: np.rando
 
 def check_split(name: str, x: np.ndarray, y: np.ndarray) -> None:
     if x.dtype != np.uint8 or x.shape[1:] != dataset.IMAGE_SHAPE:
-        raise PipelineError(f"{name}: expected uint8 images of 32x32x3, got {x.dtype} {x.shape[1:]}")
+        raise PipelineError(
+            f"{name}: expected uint8 images of 32x32x3, got {x.dtype} {x.shape[1:]}"
+        )
     if len(x) != len(y):
         raise PipelineError(f"{name}: {len(x)} images but {len(y)} labels")
     missing = sorted(set(range(len(dataset.CLASSES))) - set(np.unique(y).tolist()))
     if missing:
-        raise PipelineError(f"{name}: no images of class {', '.join(dataset.CLASSES[i] for i in missing)}")
+        raise PipelineError(
+            f"{name}: no images of class {', '.join(dataset.CLASSES[i] for i in missing)}"
+        )
 
 
 def split_data(
-    train: Split, test: Split, *, val_fraction: float, train_per_class: int | None,
-    test_per_class: int | None, seed: int,
+    train: Split,
+    test: Split,
+    *,
+    val_fraction: float,
+    train_per_class: int | None,
+    test_per_class: int | None,
+    seed: int,
 ) -> dict[str, Split]:
     """Subset (optional), then a stratified train/val split of the training set."""
     rng = np.random.default_rng(seed)
@@ -65,7 +79,9 @@ def split_data(
             f"val_fraction {val_fraction} of {len(y)} training images leaves a split with fewer "
             f"images than the {len(dataset.CLASSES)} classes"
         )
-    x_tr, x_val, y_tr, y_val = train_test_split(x, y, test_size=n_val, stratify=y, random_state=seed)
+    x_tr, x_val, y_tr, y_val = train_test_split(
+        x, y, test_size=n_val, stratify=y, random_state=seed
+    )
     splits = {"train": (x_tr, y_tr), "val": (x_val, y_val), "test": test}
     for name, (xs, ys) in splits.items():
         check_split(name, xs, ys)
@@ -105,8 +121,12 @@ def prepare(raw_dir: Path, cfg: PrepareConfig, seed: int) -> dict[str, Split]:
     layout = dataset.Layout(manifest["format"], raw_dir / manifest["root"])
     train, test = (dataset.load_split(layout, s) for s in dataset.SPLITS)
     return split_data(
-        train, test, val_fraction=cfg.val_fraction, train_per_class=cfg.train_per_class,
-        test_per_class=cfg.test_per_class, seed=seed,
+        train,
+        test,
+        val_fraction=cfg.val_fraction,
+        train_per_class=cfg.train_per_class,
+        test_per_class=cfg.test_per_class,
+        seed=seed,
     )
 
 
@@ -145,8 +165,12 @@ def main(argv: list[str] | None = None) -> None:
     splits = prepare(args.raw, params.prepare, params.seed)
     counts = class_counts(splits)
     raw = read_manifest(args.raw)
-    lineage = {"source": raw["source"], "source_sha256": raw["sha256"], "source_md5": raw["md5"],
-               "images": {name: len(y) for name, (_, y) in splits.items()}}
+    lineage = {
+        "source": raw["source"],
+        "source_sha256": raw["sha256"],
+        "source_md5": raw["md5"],
+        "images": {name: len(y) for name, (_, y) in splits.items()},
+    }
     write_splits(splits, args.out, lineage)
     args.reports.mkdir(parents=True, exist_ok=True)
     (args.reports / "class_counts.json").write_text(json.dumps(counts, indent=2) + "\n")

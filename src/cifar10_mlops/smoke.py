@@ -29,9 +29,13 @@ OVERRIDES = {
 
 def tracked_files(repo: Path) -> list[str]:
     try:
-        out = subprocess.run(["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True).stdout
+        out = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
-        raise PipelineError(f"{repo} is not a git checkout: smoke copies its tracked files") from None
+        raise PipelineError(
+            f"{repo} is not a git checkout: smoke copies its tracked files"
+        ) from None
     return [name for name in out.decode().split("\0") if name and (repo / name).is_file()]
 
 
@@ -63,15 +67,21 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     result = subprocess.run([str(bin_dir / "dvc"), "repro"], cwd=scratch, env=env)
     if result.returncode != 0:
-        raise PipelineError(f"smoke run failed (dvc repro exited {result.returncode}); see above. Scratch copy: {scratch}")
+        raise PipelineError(
+            f"smoke run failed (dvc repro exited {result.returncode}, see above) in {scratch}"
+        )
     metrics = json.loads((scratch / "reports" / "metrics.json").read_text())
     run_id = json.loads((scratch / "models" / "run.json").read_text())["run_id"]
-    print(f"\nsmoke run passed in {time.perf_counter() - start:.0f}s "
-          f"(test accuracy {metrics['accuracy']:.3f} after one epoch on a subset)")
+    print(
+        f"\nsmoke run passed in {time.perf_counter() - start:.0f}s "
+        f"(test accuracy {metrics['accuracy']:.3f} after one epoch on a subset)"
+    )
     print(f"  outputs:    {scratch}/data, {scratch}/models, {scratch}/reports")
     print(f"  metrics:    {scratch}/reports/metrics.json")
     print(f"  MLflow run: {run_id} in sqlite:///{scratch}/mlruns/mlflow.db")
-    print(f"  look at it: mlflow ui --backend-store-uri sqlite:///{scratch}/mlruns/mlflow.db --port 5001")
+    print(
+        f"  MLflow UI:  mlflow ui --port 5001 --backend-store-uri sqlite:///{scratch}/mlruns/mlflow.db"
+    )
 
 
 if __name__ == "__main__":

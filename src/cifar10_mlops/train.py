@@ -36,13 +36,21 @@ def step_schedule(cfg: TrainConfig):
     """The study's step decay: lr * factor ** (epoch // every), never below lr_min."""
 
     def schedule(epoch: int, _lr: float | None = None) -> float:
-        return max(cfg.lr_min, cfg.learning_rate * cfg.lr_drop_factor ** (epoch // cfg.lr_drop_every))
+        return max(
+            cfg.lr_min, cfg.learning_rate * cfg.lr_drop_factor ** (epoch // cfg.lr_drop_every)
+        )
 
     return schedule
 
 
-def make_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int,
-                 augment: AugmentConfig | None = None) -> tf.data.Dataset:
+def make_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    *,
+    seed: int,
+    augment: AugmentConfig | None = None,
+) -> tf.data.Dataset:
     """Batches of uint8 images; shuffled and augmented on the fly when `augment` is given."""
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if augment is not None:
@@ -63,14 +71,19 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         import mlflow
 
         metrics = {k: float(v) for k, v in (logs or {}).items() if k in HISTORY_KEYS}
-        metrics["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        metrics["learning_rate"] = float(
+            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        )
         mlflow.log_metrics(metrics, step=epoch)
 
 
 def compile_model(cfg: TrainConfig) -> keras.Model:
     model = build_model(
-        cfg.architecture, conv_1_filters=cfg.conv_1_filters, conv_2_filters=cfg.conv_2_filters,
-        dense_units=cfg.dense_units, dropout=cfg.dropout,
+        cfg.architecture,
+        conv_1_filters=cfg.conv_1_filters,
+        conv_2_filters=cfg.conv_2_filters,
+        dense_units=cfg.dense_units,
+        dropout=cfg.dropout,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(cfg.learning_rate),
@@ -80,18 +93,28 @@ def compile_model(cfg: TrainConfig) -> keras.Model:
     return model
 
 
-def train(cfg: TrainConfig, train_split, val_split, *, seed: int,
-          callbacks: list[keras.callbacks.Callback] = ()) -> tuple[keras.Model, list[dict]]:
+def train(
+    cfg: TrainConfig,
+    train_split,
+    val_split,
+    *,
+    seed: int,
+    callbacks: list[keras.callbacks.Callback] = (),
+) -> tuple[keras.Model, list[dict]]:
     """Fit a fresh model; returns it (best validation weights when early stopping is on)
     and one dict of HISTORY_KEYS per epoch."""
     model = compile_model(cfg)
     model.summary(print_fn=lambda line, **_: print(line))
     callbacks = [keras.callbacks.LearningRateScheduler(step_schedule(cfg)), *callbacks]
     if cfg.early_stopping_patience is not None:
-        callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", patience=cfg.early_stopping_patience,
-            restore_best_weights=True, verbose=1,
-        ))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_accuracy",
+                patience=cfg.early_stopping_patience,
+                restore_best_weights=True,
+                verbose=1,
+            )
+        )
     fit = model.fit(
         make_dataset(*train_split, cfg.batch_size, seed=seed, augment=cfg.augment),
         validation_data=make_dataset(*val_split, 500, seed=seed),
@@ -101,7 +124,9 @@ def train(cfg: TrainConfig, train_split, val_split, *, seed: int,
         verbose=1 if sys.stdout.isatty() else 2,
     )
     epochs = len(fit.history["loss"])
-    history = [{"epoch": e, **{k: float(fit.history[k][e]) for k in HISTORY_KEYS}} for e in range(epochs)]
+    history = [
+        {"epoch": e, **{k: float(fit.history[k][e]) for k in HISTORY_KEYS}} for e in range(epochs)
+    ]
     return model, history
 
 
@@ -141,34 +166,47 @@ def main(argv: list[str] | None = None) -> None:
     run_name = f"train-{params.train.architecture}"
     with tracking.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.log_params(flatten(params))
-        mlflow.set_tags({
-            "stage": "train",
-            "git_commit": tracking.git_commit(),
-            "data_sha256": manifest["source_sha256"],
-            "data_source": manifest["source"],
-            "data_train_images": len(train_split[1]),
-        })
+        mlflow.set_tags(
+            {
+                "stage": "train",
+                "git_commit": tracking.git_commit(),
+                "data_sha256": manifest["source_sha256"],
+                "data_source": manifest["source"],
+                "data_train_images": len(train_split[1]),
+            }
+        )
         print(f"MLflow run {run.info.run_id} in {uri}")
         start = time.perf_counter()
-        model, history = train(params.train, train_split, val_split, seed=params.seed,
-                               callbacks=[MlflowEpochLogger()])
+        model, history = train(
+            params.train, train_split, val_split, seed=params.seed, callbacks=[MlflowEpochLogger()]
+        )
         seconds = time.perf_counter() - start
         best = max(history, key=lambda h: h["val_accuracy"])
-        mlflow.log_metrics({
-            "train_time_s": seconds,
-            "epochs_run": len(history),
-            "best_val_accuracy": best["val_accuracy"],
-            "best_epoch": best["epoch"],
-        })
+        mlflow.log_metrics(
+            {
+                "train_time_s": seconds,
+                "epochs_run": len(history),
+                "best_val_accuracy": best["val_accuracy"],
+                "best_epoch": best["epoch"],
+            }
+        )
         save_model(model, args.model)
         write_history(history, args.history)
-        args.run_info.write_text(json.dumps({
-            "run_id": run.info.run_id,
-            "experiment_id": experiment_id,
-            "tracking_uri": uri,
-        }, indent=2) + "\n")
-    print(f"trained {len(history)} epochs in {seconds:.0f}s; best val_accuracy "
-          f"{best['val_accuracy']:.4f} at epoch {best['epoch'] + 1} -> {args.model}")
+        args.run_info.write_text(
+            json.dumps(
+                {
+                    "run_id": run.info.run_id,
+                    "experiment_id": experiment_id,
+                    "tracking_uri": uri,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    print(
+        f"trained {len(history)} epochs in {seconds:.0f}s; best val_accuracy "
+        f"{best['val_accuracy']:.4f} at epoch {best['epoch'] + 1} -> {args.model}"
+    )
 
 
 if __name__ == "__main__":
