@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shlex
 import shutil
 import subprocess
 import tarfile
@@ -23,6 +24,12 @@ from cifar10_mlops.dataset import CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def stage_args(stage: str) -> list[str]:
+    """The arguments dvc.yaml passes to a stage (after `python -m <module>`), paths included."""
+    cmd = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["cmd"]
+    return shlex.split(cmd)[3:]
 
 
 def make_images(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

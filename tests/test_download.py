@@ -99,6 +99,7 @@ def link_member(name: str, target: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo
         (link_member("cifar10/link", "../../.."), "points outside"),
         (link_member("cifar10/link", "/etc/passwd"), "points outside"),
         (link_member("cifar10/hard", "/etc/passwd", tarfile.LNKTYPE), "points outside"),
+        (link_member("cifar10/train/hard", "../outside", tarfile.LNKTYPE), "points outside"),
     ],
 )
 def test_unsafe_tar_members_are_refused(tmp_path, member, message):

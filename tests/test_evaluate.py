@@ -7,6 +7,7 @@ import pytest
 
 from cifar10_mlops import evaluate, train
 from cifar10_mlops.dataset import CLASSES
+from conftest import stage_args
 
 
 def test_score_matches_hand_computed_metrics():
@@ -33,42 +34,12 @@ def test_score_matches_hand_computed_metrics():
 @pytest.fixture
 def trained(in_project, prepared, params_file):
     params = params_file(**{"train.epochs": 2})
-    train.main(
-        [
-            "--params",
-            str(params),
-            "--data",
-            str(prepared),
-            "--model",
-            "models/model.keras",
-            "--run-info",
-            "models/run.json",
-            "--history",
-            "reports/train/history.csv",
-        ]
-    )
+    train.main(["--params", str(params), *stage_args("train")])
     return params
 
 
 def run_evaluate(params, prepared):
-    evaluate.main(
-        [
-            "--params",
-            str(params),
-            "--data",
-            str(prepared),
-            "--model",
-            "models/model.keras",
-            "--run-info",
-            "models/run.json",
-            "--history",
-            "reports/train/history.csv",
-            "--metrics",
-            "reports/metrics.json",
-            "--plots",
-            "reports/evaluate",
-        ]
-    )
+    evaluate.main(["--params", str(params), *stage_args("evaluate")])
 
 
 def test_evaluate_writes_reports_and_logs_into_the_training_run(in_project, prepared, trained):
@@ -120,23 +91,9 @@ def test_evaluate_writes_reports_and_logs_into_the_training_run(in_project, prep
 
 
 def test_evaluate_before_training_says_so(in_project, prepared, params_file, run_module):
+    params = str(params_file())
     result = run_module(
-        "cifar10_mlops.evaluate",
-        "--params",
-        str(params_file()),
-        "--data",
-        str(prepared),
-        "--model",
-        "models/model.keras",
-        "--run-info",
-        "models/run.json",
-        "--history",
-        "reports/train/history.csv",
-        "--metrics",
-        "reports/metrics.json",
-        "--plots",
-        "reports/evaluate",
-        cwd=in_project,
+        "cifar10_mlops.evaluate", "--params", params, *stage_args("evaluate"), cwd=in_project
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "error: models/model.keras not found: run the train stage first"

@@ -94,3 +94,18 @@ def test_dvc_repro_end_to_end(pipeline):
     (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert ran(dvc(pipeline, "repro")) == ["train", "evaluate"]
     assert "Data and pipelines are up to date" in dvc(pipeline, "status").stdout
+
+
+def test_dvc_exp_run_records_an_experiment_without_touching_the_workspace(pipeline):
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "add", "-A"], cwd=pipeline, check=True)
+    subprocess.run([*git, "commit", "-qm", "baseline"], cwd=pipeline, check=True)
+    dvc(pipeline, "exp", "run", "--temp", "-n", "two-epochs", "-S", "train.epochs=2")
+    assert yaml.safe_load((pipeline / "params.yaml").read_text())["train"]["epochs"] == 1
+    shown = json.loads(dvc(pipeline, "exp", "show", "--json").stdout)
+    [experiment] = [e for rev in shown for e in (rev.get("experiments") or [])]
+    [exp_rev] = experiment["revs"]
+    assert exp_rev["name"] == "two-epochs"
+    data = exp_rev["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == 2
+    assert "accuracy" in data["metrics"]["reports/metrics.json"]["data"]

@@ -8,7 +8,7 @@ import pytest
 
 from cifar10_mlops import train
 from cifar10_mlops.config import load_params
-from conftest import REPO
+from conftest import REPO, stage_args
 
 
 def test_step_schedule_reproduces_the_studys_first_phase():
@@ -37,20 +37,7 @@ def test_augmented_dataset_yields_shuffled_uint8_batches():
 
 def train_cli(in_project, prepared, params_file, **overrides):
     params = params_file(**overrides)
-    train.main(
-        [
-            "--params",
-            str(params),
-            "--data",
-            str(prepared),
-            "--model",
-            "models/model.keras",
-            "--run-info",
-            "models/run.json",
-            "--history",
-            "reports/train/history.csv",
-        ]
-    )
+    train.main(["--params", str(params), *stage_args("train")])
     return json.loads((in_project / "models" / "run.json").read_text())
 
 

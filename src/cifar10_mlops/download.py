@@ -106,14 +106,20 @@ def verify(path: Path, expected: str | None) -> dict[str, str]:
     return found
 
 
-def _check_member(name: str, is_link: bool, link_target: str | None, is_special: bool) -> None:
+def _check_member(name: str, link: str | None, link_target: str | None, is_special: bool) -> None:
+    """Refuse absolute or parent paths, devices, and links resolving outside the archive.
+
+    `link` is "sym" (target relative to the member's folder) or "hard" (relative to the
+    archive root), None for a regular member.
+    """
     parts = PurePosixPath(name).parts
     if name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")) or ".." in parts:
         raise PipelineError(f"unsafe archive member {name!r}: path leaves the target folder")
     if is_special:
         raise PipelineError(f"unsafe archive member {name!r}: device or fifo")
-    if is_link:
-        target = PurePosixPath(name).parent / (link_target or "")
+    if link:
+        base = PurePosixPath(name).parent if link == "sym" else PurePosixPath()
+        target = base / (link_target or "")
         if (link_target or "").startswith("/") or ".." in _normalise(target).parts[:1]:
             raise PipelineError(
                 f"unsafe archive member {name!r}: link to {link_target!r} points outside"
@@ -144,13 +150,14 @@ def extract(archive: Path, target: Path) -> None:
                         raise PipelineError(
                             f"unsafe archive member {info.filename!r}: symlink in zip"
                         )
-                    _check_member(info.filename, False, None, False)
+                    _check_member(info.filename, None, None, False)
                 zf.extractall(target)
             return
         with tarfile.open(archive) as tf:
             members = tf.getmembers()
             for m in members:
-                _check_member(m.name, m.issym() or m.islnk(), m.linkname, m.isdev() or m.isfifo())
+                link = "sym" if m.issym() else "hard" if m.islnk() else None
+                _check_member(m.name, link, m.linkname, m.isdev() or m.isfifo())
             # The 'data' filter enforces the same rules again inside tarfile itself.
             tf.extractall(target, members=tqdm(members, desc="extract", unit="file"), filter="data")
     except (tarfile.ReadError, zipfile.BadZipFile):
