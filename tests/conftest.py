@@ -183,7 +183,8 @@ def run_module():
 @pytest.fixture
 def prepared(tmp_path: Path) -> Path:
     """data/prepared as the prepare stage writes it, from 20 images per class."""
-    from cifar10_mlops.prepare import split_data, write_splits
+    from cifar10_mlops.prepare import split_data
+    from cifar10_mlops.splits import write_splits
 
     splits = split_data(
         make_images(20, seed=1),

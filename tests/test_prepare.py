@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cifar10_mlops.download import download
-from cifar10_mlops.prepare import load_split
+from cifar10_mlops.splits import load_split
 from conftest import add_bytes, encode, make_images, write_image_archive
 
 
@@ -104,6 +104,19 @@ def test_bad_images_stop_prepare_with_a_clear_error(
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: ")
     assert re.search(message, line), line
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_counts_that_disagree_with_the_download_manifest(raw, tmp_path, params_file, run_module):
+    manifest = json.loads((raw / "manifest.json").read_text())
+    manifest["counts"]["train"]["cat"] = 11
+    (raw / "manifest.json").write_text(json.dumps(manifest))
+    result = prepare_cli(run_module, params_file(), raw, tmp_path)
+    assert result.returncode == 1
+    assert (
+        "train: decoded class counts" in result.stderr
+        and "rerun the download stage" in result.stderr
+    )
     assert not (tmp_path / "prepared").exists()
 
 

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
 
 from cifar10_mlops import tracking
 from cifar10_mlops.config import load_params
 from cifar10_mlops.dataset import CLASSES
 from cifar10_mlops.errors import PipelineError
-from cifar10_mlops.prepare import load_split
+from cifar10_mlops.splits import load_split
 from cifar10_mlops.stage import run_stage
 
 
@@ -89,6 +90,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.plot(epochs, [float(h[metric]) for h in history], label=f"Training {metric}")
         ax.plot(epochs, [float(h[f"val_{metric}"]) for h in history], label=f"Validation {metric}")
         ax.set(title=f"Training and validation {metric}", xlabel="Epoch", ylabel=metric.title())
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)

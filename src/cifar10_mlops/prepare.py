@@ -1,7 +1,7 @@
 """Stage `prepare`: decode the raw archive into uint8 arrays and split off validation data.
 
 Reads  data/raw/ (from `download`), params.yaml `prepare` and `seed`.
-Writes data/prepared/{train,val,test}.npz (x: uint8 N x 32 x 32 x 3, y: uint8 labels), a
+Writes data/prepared/ in the format of splits.py: {train,val,test}.npz and manifest.json, a
        stratified validation split taken from the training set so that only `evaluate` ever
        touches the test set; reports/prepare/class_counts.json and the study's 2x5 sample
        grid reports/prepare/samples.png.
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +20,8 @@ from sklearn.model_selection import train_test_split
 from cifar10_mlops import dataset
 from cifar10_mlops.config import PrepareConfig, load_params
 from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.splits import Split, write_splits
 from cifar10_mlops.stage import run_stage
-
-Split = tuple[np.ndarray, np.ndarray]
 
 
 def subsample(
@@ -115,43 +112,42 @@ def read_manifest(raw_dir: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def prepare(raw_dir: Path, cfg: PrepareConfig, seed: int) -> dict[str, Split]:
-    """Decode data/raw and split it as `cfg` says."""
-    manifest = read_manifest(raw_dir)
+def decode(raw_dir: Path, manifest: dict) -> dict[str, Split]:
+    """Decode both splits of data/raw, checking shapes, classes and the manifest's counts."""
     layout = dataset.Layout(manifest["format"], raw_dir / manifest["root"])
-    train, test = (dataset.load_split(layout, s) for s in dataset.SPLITS)
-    return split_data(
-        train,
-        test,
+    decoded = {}
+    for split in dataset.SPLITS:
+        x, y = dataset.load_split(layout, split)
+        check_split(split, x, y)
+        found = class_counts({split: (x, y)})[split]
+        if found != manifest["counts"][split]:
+            raise PipelineError(
+                f"{split}: decoded class counts {found} differ from {raw_dir}/manifest.json "
+                f"{manifest['counts'][split]}; rerun the download stage"
+            )
+        decoded[split] = (x, y)
+    return decoded
+
+
+def prepare(raw_dir: Path, cfg: PrepareConfig, seed: int) -> tuple[dict[str, Split], dict]:
+    """Decode data/raw and split it as `cfg` says; returns the splits and their lineage."""
+    manifest = read_manifest(raw_dir)
+    decoded = decode(raw_dir, manifest)
+    splits = split_data(
+        decoded["train"],
+        decoded["test"],
         val_fraction=cfg.val_fraction,
         train_per_class=cfg.train_per_class,
         test_per_class=cfg.test_per_class,
         seed=seed,
     )
-
-
-def write_splits(splits: dict[str, Split], out_dir: Path, manifest: dict) -> None:
-    """Write the .npz files and manifest.json (lineage: the source archive's checksum and
-    the split sizes) into a temporary folder, then move it into place in one step."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
-        staged = Path(tmp) / "out"
-        staged.mkdir()
-        for name, (x, y) in splits.items():
-            np.savez(staged / f"{name}.npz", x=x, y=y)
-        (staged / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staged.rename(out_dir)
-
-
-def load_split(prepared_dir: Path, name: str) -> Split:
-    """Read one prepared split written by this stage."""
-    path = prepared_dir / f"{name}.npz"
-    if not path.is_file():
-        raise PipelineError(f"{path} not found: run the prepare stage first")
-    with np.load(path) as data:
-        return data["x"], data["y"]
+    lineage = {
+        "source": manifest["source"],
+        "source_sha256": manifest["sha256"],
+        "source_md5": manifest["md5"],
+        "images": {name: len(y) for name, (_, y) in splits.items()},
+    }
+    return splits, lineage
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,15 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reports", type=Path, required=True, help="folder for counts and samples")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    splits = prepare(args.raw, params.prepare, params.seed)
+    splits, lineage = prepare(args.raw, params.prepare, params.seed)
     counts = class_counts(splits)
-    raw = read_manifest(args.raw)
-    lineage = {
-        "source": raw["source"],
-        "source_sha256": raw["sha256"],
-        "source_md5": raw["md5"],
-        "images": {name: len(y) for name, (_, y) in splits.items()},
-    }
     write_splits(splits, args.out, lineage)
     args.reports.mkdir(parents=True, exist_ok=True)
     (args.reports / "class_counts.json").write_text(json.dumps(counts, indent=2) + "\n")

@@ -26,7 +26,7 @@ from cifar10_mlops import tracking
 from cifar10_mlops.augment import random_affine
 from cifar10_mlops.config import AugmentConfig, TrainConfig, flatten, load_params
 from cifar10_mlops.model import build_model
-from cifar10_mlops.prepare import load_split
+from cifar10_mlops.splits import load_manifest, load_split
 from cifar10_mlops.stage import run_stage, seed_everything
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     seed_everything(params.seed)
     train_split, val_split = load_split(args.data, "train"), load_split(args.data, "val")
-    manifest = json.loads((args.data / "manifest.json").read_text())
+    manifest = load_manifest(args.data)
 
     import mlflow
 
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         mlflow.log_metrics(
             {
                 "train_time_s": seconds,
+                "train_images_per_s": len(history) * len(train_split[1]) / seconds,
                 "epochs_run": len(history),
                 "best_val_accuracy": best["val_accuracy"],
                 "best_epoch": best["epoch"],

@@ -1,0 +1,49 @@
+"""The prepared-data format between `prepare` (writer) and `train` / `evaluate` (readers).
+
+A folder holding {train,val,test}.npz, each with `x` (uint8, N x 32 x 32 x 3) and `y` (uint8
+labels), and manifest.json (the source archive's checksums and the split sizes: lineage).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from cifar10_mlops.errors import PipelineError
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+def write_splits(splits: dict[str, Split], out_dir: Path, manifest: dict) -> None:
+    """Write the .npz files and manifest.json into a temporary folder, then move it into
+    place in one step: a reader never sees half of a prepared folder."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
+        staged = Path(tmp) / "out"
+        staged.mkdir()
+        for name, (x, y) in splits.items():
+            np.savez(staged / f"{name}.npz", x=x, y=y)
+        (staged / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staged.rename(out_dir)
+
+
+def load_split(prepared_dir: Path, name: str) -> Split:
+    """Read one split (train, val or test) of a prepared folder."""
+    path = prepared_dir / f"{name}.npz"
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run the prepare stage first")
+    with np.load(path) as data:
+        return data["x"], data["y"]
+
+
+def load_manifest(prepared_dir: Path) -> dict:
+    path = prepared_dir / "manifest.json"
+    if not path.is_file():
+        raise PipelineError(f"{path} not found: run the prepare stage first")
+    return json.loads(path.read_text())
