@@ -215,4 +215,5 @@ def in_project(tmp_path: Path, monkeypatch) -> Path:
     # MLflow exports the URI it is given; set-then-delete makes teardown remove it again.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.delenv("DVC_ROOT", raising=False)
     return tmp_path

@@ -96,7 +96,7 @@ def test_dvc_repro_end_to_end(pipeline):
     assert "Data and pipelines are up to date" in dvc(pipeline, "status").stdout
 
 
-def test_dvc_exp_run_records_an_experiment_without_touching_the_workspace(pipeline):
+def test_dvc_exp_run_logs_to_the_repository_store_and_leaves_the_workspace(pipeline):
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     subprocess.run([*git, "add", "-A"], cwd=pipeline, check=True)
     subprocess.run([*git, "commit", "-qm", "baseline"], cwd=pipeline, check=True)
@@ -108,4 +108,9 @@ def test_dvc_exp_run_records_an_experiment_without_touching_the_workspace(pipeli
     assert exp_rev["name"] == "two-epochs"
     data = exp_rev["data"]
     assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == 2
-    assert "accuracy" in data["metrics"]["reports/metrics.json"]["data"]
+    accuracy = data["metrics"]["reports/metrics.json"]["data"]["accuracy"]
+    # The temporary copy is gone, but its MLflow run is in the repository's own store.
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
+    [exp_run] = [r for r in runs if r.data.params["train.epochs"] == "2"]
+    assert exp_run.data.metrics["test_accuracy"] == pytest.approx(accuracy)

@@ -1,8 +1,8 @@
 """MLflow plumbing shared by the stages: where the store is, and how a training run is tagged.
 
 The default store is embedded: `sqlite:///mlruns/mlflow.db` with artifacts under `mlruns/`,
-relative to the directory DVC runs the stages in (the repository root). MLFLOW_TRACKING_URI
-points every stage at a server instead.
+relative to the repository root, also for experiments DVC runs in a temporary copy.
+MLFLOW_TRACKING_URI points every stage at a server instead.
 """
 
 from __future__ import annotations
@@ -23,19 +23,27 @@ def tracking_uri() -> str:
 def connect(uri: str | None = None) -> str:
     """Point MLflow at `uri` (default: tracking_uri()) and return the URI as configured.
 
-    A relative sqlite path is resolved against the working directory first: MLflow caches
-    one store per URI string, so two relative paths that look alike must not share one.
+    A relative sqlite path is resolved against the repository root (see _repo_root), so that
+    an experiment DVC runs in a temporary copy still logs to the repository's store. The
+    absolute form also keeps MLflow, which caches one store per URI string, from mixing up
+    two stores whose relative paths look alike.
     """
     import mlflow
 
     uri = uri or tracking_uri()
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        store = Path(uri.removeprefix("sqlite:///")).resolve()
+        store = (_repo_root() / uri.removeprefix("sqlite:///")).resolve()
         store.parent.mkdir(parents=True, exist_ok=True)
         mlflow.set_tracking_uri(f"sqlite:///{store}")
     else:
         mlflow.set_tracking_uri(uri)
     return uri
+
+
+def _repo_root() -> Path:
+    """DVC_ROOT, which DVC sets for every stage it runs (for `dvc exp run --temp` and queued
+    experiments: the parent repository, not the temporary copy); else the working directory."""
+    return Path(os.environ.get("DVC_ROOT") or ".")
 
 
 def configure(experiment: str, uri: str | None = None) -> str:
