@@ -50,7 +50,7 @@ test-slow: $(STAMP)  ## tests that need the full dataset or minutes of training
 	$(BIN)/python -m pytest -m slow
 
 mlflow-ui: $(STAMP)  ## open the MLflow UI on the embedded store at http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --default-artifact-root ./mlruns/artifacts --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
 
 UV_COMPILE := uv pip compile pyproject.toml --extra dev --python-version 3.11 \
   --python-platform x86_64-manylinux_2_28 --no-header
