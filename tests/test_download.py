@@ -8,6 +8,7 @@ import threading
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cifar10_mlops.download import download, extract
@@ -255,3 +256,16 @@ def test_cli_uses_the_environment_override(python_archive, tmp_path, params_file
     )
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "manifest.json").read_text())["source"] == str(python_archive)
+
+
+def test_numpy_1_pickles_like_the_official_release_load(tmp_path):
+    # The official batches were pickled by Python 2 with numpy 1, which names the array
+    # machinery numpy.core.multiarray; numpy 2 writes numpy._core.multiarray.
+    from cifar10_mlops.dataset import safe_unpickle
+
+    array = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    data = pickle.dumps({b"data": array}, protocol=2)
+    assert b"numpy._core.multiarray" in data
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+    np.testing.assert_array_equal(safe_unpickle(path)[b"data"], array)

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import pickle
 from dataclasses import dataclass
@@ -27,15 +28,15 @@ IMAGE_SHAPE = (32, 32, 3)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 PYTHON_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
-# (module, name) pairs a CIFAR-10 pickle may refer to: numpy's array reconstruction and the
-# codec py3 uses for bytes in protocol-2 pickles. Anything else (os.system, eval, arbitrary
-# classes) is refused before it is looked up.
+# The only globals a CIFAR-10 pickle may refer to: numpy's array reconstruction (under its
+# numpy 1 and numpy 2 module names) and the codec py3 uses for bytes in protocol-2 pickles.
+# Anything else (os.system, eval, arbitrary classes) is refused before it is looked up.
 _SAFE_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
 }
 
 
@@ -49,17 +50,10 @@ class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that resolves only the globals a CIFAR-10 batch needs."""
 
     def find_class(self, module: str, name: str):
-        if (module, name) not in _SAFE_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        if module.startswith("numpy"):
-            return (
-                np.ndarray
-                if name == "ndarray"
-                else np.dtype
-                if name == "dtype"
-                else (np._core.multiarray._reconstruct)
-            )
-        return super().find_class(module, name)
+        try:
+            return _SAFE_GLOBALS[module, name]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
 
 
 def safe_unpickle(path: Path) -> object:
@@ -111,11 +105,9 @@ def load_python_split(layout: Layout, split: str) -> tuple[np.ndarray, np.ndarra
 
 
 def python_class_names(layout: Layout) -> list[str]:
-    meta = (
-        safe_unpickle(layout.root / "batches.meta")
-        if (layout.root / "batches.meta").is_file()
-        else None
-    )
+    """Class names from batches.meta, or the standard ten when the file is absent."""
+    path = layout.root / "batches.meta"
+    meta = safe_unpickle(path) if path.is_file() else None
     if isinstance(meta, dict) and b"label_names" in meta:
         return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
     return list(CLASSES)
