@@ -12,6 +12,7 @@ import argparse
 import hashlib
 import json
 import os
+import posixpath
 import shutil
 import tarfile
 import tempfile
@@ -119,24 +120,11 @@ def _check_member(name: str, link: str | None, link_target: str | None, is_speci
         raise PipelineError(f"unsafe archive member {name!r}: device or fifo")
     if link:
         base = PurePosixPath(name).parent if link == "sym" else PurePosixPath()
-        target = base / (link_target or "")
-        if (link_target or "").startswith("/") or ".." in _normalise(target).parts[:1]:
+        target = posixpath.normpath(base / (link_target or ""))
+        if (link_target or "").startswith("/") or target.split("/")[0] == "..":
             raise PipelineError(
                 f"unsafe archive member {name!r}: link to {link_target!r} points outside"
             )
-
-
-def _normalise(path: PurePosixPath) -> PurePosixPath:
-    out: list[str] = []
-    for part in path.parts:
-        if part == "..":
-            if not out or out[-1] == "..":
-                out.append("..")
-            else:
-                out.pop()
-        elif part != ".":
-            out.append(part)
-    return PurePosixPath(*out) if out else PurePosixPath(".")
 
 
 def extract(archive: Path, target: Path) -> None:

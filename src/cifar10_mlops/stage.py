@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import sys
 from collections.abc import Callable
@@ -33,9 +32,7 @@ def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and TensorFlow (through Keras) from params.yaml's `seed`."""
     import keras  # imported here: stages that never touch TensorFlow should not load it
 
-    random.seed(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(seed)  # Python's random, NumPy and TensorFlow alike
 
 
 def _raise_interrupt(signum, frame):
