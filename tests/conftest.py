@@ -107,9 +107,24 @@ def image_archive(tmp_path: Path) -> Path:
 
 
 def tiny_params(**overrides) -> dict:
-    """The repository's params.yaml shrunk to seconds: one epoch of a small baseline."""
+    """The repository's params.yaml shrunk to seconds: one epoch of a small baseline, and a
+    Hyperband search of 5 trials (7 epochs in all) around it."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["download"].update(checksum=None, retries=1)
+    params["tune"].update(
+        max_epochs=2,
+        factor=2,
+        hyperband_iterations=1,
+        train_per_class=None,
+        max_mflops=None,
+        space={
+            "conv_1_filters": {"min": 8, "max": 16, "step": 8},
+            "conv_2_filters": {"min": 8, "max": 16, "step": 8},
+            "dense_units": {"min": 16, "max": 32, "step": 16},
+            "learning_rate": {"min": 0.0005, "max": 0.005, "sampling": "log"},
+            "optimizer": {"values": ["adam", "sgd"]},
+        },
+    )
     params["train"].update(
         architecture="baseline",
         conv_1_filters=8,

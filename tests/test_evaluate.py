@@ -33,7 +33,7 @@ def test_score_matches_hand_computed_metrics():
 
 @pytest.fixture
 def trained(in_project, prepared, params_file):
-    params = params_file(**{"train.epochs": 2})
+    params = params_file(**{"train.epochs": 2, "train.use_tuned": False})
     train.main(["--params", str(params), *stage_args("train")])
     return params
 

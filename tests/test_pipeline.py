@@ -46,10 +46,12 @@ def pipeline(project, tmp_path, monkeypatch):
 
 def test_dvc_repro_end_to_end(pipeline):
     first = dvc(pipeline, "repro")
-    assert ran(first) == ["download", "prepare", "train", "evaluate"]
+    assert ran(first) == ["download", "prepare", "tune", "train", "evaluate"]
     for path in (
         "data/raw/manifest.json",
         "data/prepared/test.npz",
+        "models/best_hparams.json",
+        "reports/tune/trials.csv",
         "models/model.keras",
         "reports/metrics.json",
         "reports/evaluate/confusion_matrix.png",
@@ -61,11 +63,16 @@ def test_dvc_repro_end_to_end(pipeline):
     [workspace] = shown.values()  # keyed by revision; the workspace is the only one here
     metrics = workspace["data"]["reports/metrics.json"]["data"]
     assert 0 <= metrics["accuracy"] <= 1 and "f1_weighted" in metrics
+    assert workspace["data"]["reports/tune/summary.json"]["data"]["trials"] == 5
 
     plots = dvc(pipeline, "plots", "show", "-o", "plots-html")
     html = (pipeline / "plots-html" / "index.html").read_text()
     assert "Confusion matrix (test)" in html and "Learning curves (accuracy)" in html
     assert "confusion_matrix.png" in html, plots.stdout
+    assert "Tuning trials (score by learning rate)" in html and "trials.png" in html
+
+    # train ran with the searched values of the best trial, not params.yaml's.
+    best = json.loads((pipeline / "models" / "best_hparams.json").read_text())
 
     run_id = json.loads((pipeline / "models" / "run.json").read_text())["run_id"]
     mlflow.set_tracking_uri(f"sqlite:///{pipeline}/mlruns/mlflow.db")
@@ -73,6 +80,10 @@ def test_dvc_repro_end_to_end(pipeline):
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
     assert run.data.params["train.epochs"] == "1"
+    assert run.data.tags["hparams_source"] == "tune"
+    assert run.data.tags["tune_run_id"] == best["mlflow_run_id"]
+    for key, value in best["hyperparameters"].items():
+        assert run.data.params[f"train.{key}"] == str(value), key
     assert (
         run.data.tags["data_sha256"]
         == json.loads((pipeline / "data/raw/manifest.json").read_text())["sha256"]
@@ -92,8 +103,15 @@ def test_dvc_repro_end_to_end(pipeline):
     params = yaml.safe_load((pipeline / "params.yaml").read_text())
     params["train"]["epochs"] = 2
     (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(dvc(pipeline, "repro")) == ["train", "evaluate"]
+    assert ran(dvc(pipeline, "repro")) == ["train", "evaluate"]  # the search is still valid
     assert "Data and pipelines are up to date" in dvc(pipeline, "status").stdout
+
+    params["tune"]["enabled"] = False
+    (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran(dvc(pipeline, "repro")) == ["tune", "train", "evaluate"]
+    run = mlflow.get_run(json.loads((pipeline / "models" / "run.json").read_text())["run_id"])
+    assert run.data.tags["hparams_source"] == "params"
+    assert run.data.params["train.conv_1_filters"] == str(params["train"]["conv_1_filters"])
 
 
 def test_dvc_exp_run_logs_to_the_repository_store_and_leaves_the_workspace(pipeline):
@@ -112,5 +130,5 @@ def test_dvc_exp_run_logs_to_the_repository_store_and_leaves_the_workspace(pipel
     # The temporary copy is gone, but its MLflow run is in the repository's own store.
     mlflow.set_tracking_uri(f"sqlite:///{pipeline}/mlruns/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
-    [exp_run] = [r for r in runs if r.data.params["train.epochs"] == "2"]
+    [exp_run] = [r for r in runs if r.data.params.get("train.epochs") == "2"]
     assert exp_run.data.metrics["test_accuracy"] == pytest.approx(accuracy)

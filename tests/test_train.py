@@ -36,7 +36,7 @@ def test_augmented_dataset_yields_shuffled_uint8_batches():
 
 
 def train_cli(in_project, prepared, params_file, **overrides):
-    params = params_file(**overrides)
+    params = params_file(**{"train.use_tuned": False, **overrides})
     train.main(["--params", str(params), *stage_args("train")])
     return json.loads((in_project / "models" / "run.json").read_text())
 

@@ -86,6 +86,9 @@ class TrainConfig:
     lr_min: float
     early_stopping_patience: int | None
     augment: AugmentConfig
+    optimizer: Literal["adam", "sgd"]
+    val_batch_size: int
+    use_tuned: bool
 
     def check(self, key: str) -> None:
         for name in (
@@ -93,6 +96,7 @@ class TrainConfig:
             "conv_2_filters",
             "dense_units",
             "batch_size",
+            "val_batch_size",
             "epochs",
             "lr_drop_every",
         ):
@@ -106,6 +110,100 @@ class TrainConfig:
             raise ConfigError(f"{key}.lr_min: must be in [0, learning_rate], got {self.lr_min}")
         if self.early_stopping_patience is not None:
             _at_least(key, "early_stopping_patience", self.early_stopping_patience, 1)
+
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class IntRange:
+    """Integers min, min + step, ... up to max (keras_tuner.HyperParameters.Int)."""
+
+    min: int
+    max: int
+    step: int
+
+    def check(self, key: str) -> None:
+        _range(key, self.min, self.max)
+        _at_least(key, "min", self.min, 1)
+        if not 1 <= self.step <= self.max - self.min:
+            raise ConfigError(
+                f"{key}.step: must be in [1, max - min = {self.max - self.min}], got {self.step}"
+            )
+
+
+@dataclass(frozen=True)
+class FloatRange:
+    """Floats in [min, max], sampled uniformly or log-uniformly (HyperParameters.Float)."""
+
+    min: float
+    max: float
+    sampling: Literal["linear", "log"]
+
+    def check(self, key: str) -> None:
+        _range(key, self.min, self.max)
+        _positive(key, "min", self.min)
+
+
+@dataclass(frozen=True)
+class OptimizerChoice:
+    """Optimizer names to choose from (HyperParameters.Choice); sgd uses momentum 0.9."""
+
+    values: list[str]
+
+    def check(self, key: str) -> None:
+        if not self.values:
+            raise ConfigError(f"{key}.values: empty; list at least one of {', '.join(OPTIMIZERS)}")
+        for name in self.values:
+            if name not in OPTIMIZERS:
+                raise ConfigError(
+                    f"{key}.values: unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}"
+                )
+        if len(set(self.values)) != len(self.values):
+            raise ConfigError(f"{key}.values: lists an optimizer twice: {self.values}")
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What Hyperband searches; a null entry is not searched and keeps its `train` value."""
+
+    conv_1_filters: IntRange | None
+    conv_2_filters: IntRange | None
+    dense_units: IntRange | None
+    learning_rate: FloatRange | None
+    optimizer: OptimizerChoice | None
+
+    def check(self, key: str) -> None:
+        if all(getattr(self, f.name) is None for f in dataclasses.fields(self)):
+            raise ConfigError(f"{key}: every entry is null; nothing to search")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    enabled: bool
+    objective: Literal["val_accuracy", "val_loss"]
+    max_epochs: int
+    factor: int
+    hyperband_iterations: int
+    early_stopping_patience: int | None
+    seed: int | None
+    train_per_class: int | None
+    max_mflops: float | None
+    first_trial_from_train: bool
+    space: SearchSpace
+
+    def check(self, key: str) -> None:
+        _at_least(key, "max_epochs", self.max_epochs, 1)
+        _at_least(key, "factor", self.factor, 2)
+        _at_least(key, "hyperband_iterations", self.hyperband_iterations, 1)
+        if self.early_stopping_patience is not None:
+            _at_least(key, "early_stopping_patience", self.early_stopping_patience, 1)
+        if self.seed is not None:
+            _at_least(key, "seed", self.seed, 0)
+        if self.train_per_class is not None:
+            _at_least(key, "train_per_class", self.train_per_class, 1)
+        if self.max_mflops is not None:
+            _positive(key, "max_mflops", self.max_mflops)
 
 
 @dataclass(frozen=True)
@@ -130,6 +228,7 @@ class Params:
     seed: int
     download: DownloadConfig
     prepare: PrepareConfig
+    tune: TuneConfig
     train: TrainConfig
     evaluate: EvaluateConfig
     mlflow: MlflowConfig
@@ -209,6 +308,11 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return None
         (inner,) = [o for o in options if o is not type(None)]
         return _coerce(inner, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        (inner,) = typing.get_args(hint)
+        return [_coerce(inner, item, f"{key}[{i}]") for i, item in enumerate(value)]
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:
@@ -231,6 +335,16 @@ def _join(prefix: str, name: str) -> str:
 def _at_least(section: str, name: str, value: int, low: int) -> None:
     if value < low:
         raise ConfigError(f"{_join(section, name)}: must be >= {low}, got {value}")
+
+
+def _range(key: str, low: float, high: float) -> None:
+    if low > high:
+        raise ConfigError(f"{key}: inverted range, min {low} > max {high}")
+    if low == high:
+        raise ConfigError(
+            f"{key}: empty range, min == max == {low} (set the entry to null to keep "
+            "the train value)"
+        )
 
 
 def _positive(section: str, name: str, value: float) -> None:

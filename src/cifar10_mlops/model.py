@@ -69,3 +69,18 @@ def build_model(
         x = layers.Dropout(dropout)(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name=f"cifar10_{architecture}")
+
+
+def forward_mflops(model: keras.Model) -> float:
+    """Millions of floating-point operations (2 per multiply-add) for one image's forward pass,
+    counting convolutions and dense layers, which dominate a CNN's cost."""
+    flops = 0
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D):
+            _, height, width, channels_out = layer.output.shape
+            kernel_h, kernel_w, channels_in, _ = layer.kernel.shape
+            flops += 2 * height * width * channels_out * kernel_h * kernel_w * channels_in
+        elif isinstance(layer, layers.Dense):
+            units_in, units_out = layer.kernel.shape
+            flops += 2 * units_in * units_out
+    return flops / 1e6

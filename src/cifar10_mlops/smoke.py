@@ -23,6 +23,7 @@ from cifar10_mlops.stage import run_stage
 
 OVERRIDES = {
     "prepare": {"train_per_class": 40, "test_per_class": 20},  # 400 training images, 200 test
+    "tune": {"max_epochs": 2, "factor": 2},  # 5 trials, 7 epochs in all
     "train": {"epochs": 1},
 }
 

@@ -8,6 +8,7 @@ MLFLOW_TRACKING_URI points every stage at a server instead.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,3 +94,46 @@ def start_run(**kwargs) -> Iterator:
         except KeyboardInterrupt:
             mlflow.end_run("KILLED")
             raise
+
+
+def process_tags() -> dict[str, str]:
+    """Tags that identify the process logging a run, so a later stage can tell a run whose
+    process died (kill -9, power loss) from one still in progress."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def end_orphaned_runs(experiment_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of this host whose process no longer exists.
+
+    MLflow cannot end a run whose process was killed with SIGKILL; the next stage that logs to
+    the experiment does it instead. Runs of other hosts, or without process tags, are left
+    alone. Returns the ids of the runs ended.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    host = socket.gethostname()
+    ended = []
+    for run in client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    ):
+        tags = run.data.tags
+        if tags.get("host") != host or not tags.get("pid", "").isdigit():
+            continue
+        if _alive(int(tags["pid"])):
+            continue
+        client.set_terminated(run.info.run_id, "KILLED")
+        ended.append(run.info.run_id)
+    if ended:
+        print(f"marked {len(ended)} MLflow run(s) KILLED whose process had died: {', '.join(ended)}")
+    return ended
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

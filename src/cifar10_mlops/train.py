@@ -1,7 +1,8 @@
 """Stage `train`: fit the CNN on the training split, selecting on the validation split.
 
 Reads  data/prepared/{train,val}.npz and manifest.json (from `prepare`), params.yaml `train`,
-       `mlflow` and `seed` (all sections are logged as MLflow params).
+       `mlflow` and `seed` (all sections are logged as MLflow params), and models/best_hparams.json
+       (from `tune`), whose values replace train's when `train.use_tuned` is true.
 Writes models/model.keras (takes raw uint8 images), models/run.json (the MLflow run that
        `evaluate` logs into) and reports/train/history.csv (per-epoch metrics).
 One MLflow run per training: params, data checksum and git commit tags, per-epoch loss,
@@ -16,6 +17,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -25,11 +27,14 @@ import tensorflow as tf
 from cifar10_mlops import tracking
 from cifar10_mlops.augment import random_affine
 from cifar10_mlops.config import AugmentConfig, TrainConfig, flatten, load_params
+from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.model import build_model
 from cifar10_mlops.splits import load_manifest, load_split
 from cifar10_mlops.stage import run_stage, seed_everything
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+# The train values a search may replace (params.yaml `tune.space` has one entry for each).
+TUNABLE = ("conv_1_filters", "conv_2_filters", "dense_units", "learning_rate", "optimizer")
 
 
 def step_schedule(cfg: TrainConfig):
@@ -77,7 +82,16 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         mlflow.log_metrics(metrics, step=epoch)
 
 
+def make_optimizer(name: str, learning_rate) -> keras.optimizers.Optimizer:
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
 def compile_model(cfg: TrainConfig) -> keras.Model:
+    """The network and optimizer `cfg` describes; the tuner's hypermodel builds through here."""
     model = build_model(
         cfg.architecture,
         conv_1_filters=cfg.conv_1_filters,
@@ -86,7 +100,7 @@ def compile_model(cfg: TrainConfig) -> keras.Model:
         dropout=cfg.dropout,
     )
     model.compile(
-        optimizer=keras.optimizers.Adam(cfg.learning_rate),
+        optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
@@ -117,7 +131,7 @@ def train(
         )
     fit = model.fit(
         make_dataset(*train_split, cfg.batch_size, seed=seed, augment=cfg.augment),
-        validation_data=make_dataset(*val_split, 500, seed=seed),
+        validation_data=make_dataset(*val_split, cfg.val_batch_size, seed=seed),
         epochs=cfg.epochs,
         callbacks=callbacks,
         shuffle=False,  # the tf.data pipeline shuffles; Keras cannot shuffle a Dataset
@@ -128,6 +142,30 @@ def train(
         {"epoch": e, **{k: float(fit.history[k][e]) for k in HISTORY_KEYS}} for e in range(epochs)
     ]
     return model, history
+
+
+def with_tuned(cfg: TrainConfig, path: Path) -> tuple[TrainConfig, dict | None]:
+    """`cfg` with the searched values of `tune`'s best_hparams.json, when `cfg.use_tuned`.
+
+    Returns the config and the file's content (None when it was not used).
+    """
+    if not cfg.use_tuned:
+        return cfg, None
+    if not path.exists():
+        raise PipelineError(
+            f"{path} not found: run the tune stage first, or set train.use_tuned: false"
+        )
+    try:
+        tuned = json.loads(path.read_text())
+        values = tuned["hyperparameters"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PipelineError(f"{path}: cannot read the tuned hyperparameters ({exc})") from None
+    if not tuned.get("enabled", True):
+        return cfg, None
+    unknown = sorted(set(values) - set(TUNABLE))
+    if unknown:
+        raise PipelineError(f"{path}: unknown hyperparameters {', '.join(unknown)}")
+    return replace(cfg, **values), tuned
 
 
 def write_history(history: list[dict], path: Path) -> None:
@@ -153,8 +191,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, required=True, help="where to save model.keras")
     parser.add_argument("--run-info", type=Path, required=True, help="where to write run.json")
     parser.add_argument("--history", type=Path, required=True, help="where to write history.csv")
+    parser.add_argument(
+        "--tuned", type=Path, required=True, help="tune's best_hparams.json (see train.use_tuned)"
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    cfg, tuned = with_tuned(params.train, args.tuned)
+    if tuned is None:
+        print("training with the params.yaml train values")
+    else:
+        searched = ", ".join(f"{k}={v}" for k, v in tuned["hyperparameters"].items())
+        print(f"training with the tuned values from {args.tuned}: {searched}")
+    params = replace(params, train=cfg)
     seed_everything(params.seed)
     train_split, val_split = load_split(args.data, "train"), load_split(args.data, "val")
     manifest = load_manifest(args.data)
@@ -163,12 +211,17 @@ def main(argv: list[str] | None = None) -> None:
 
     uri = tracking.tracking_uri()
     experiment_id = tracking.configure(params.mlflow.experiment, uri)
+    tracking.end_orphaned_runs(experiment_id)
     run_name = f"train-{params.train.architecture}"
     with tracking.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+        # The values trained with: params.yaml's, with the searched ones replaced when tuned.
         mlflow.log_params(flatten(params))
         mlflow.set_tags(
             {
+                **tracking.process_tags(),
                 "stage": "train",
+                "hparams_source": "params" if tuned is None else "tune",
+                **({} if tuned is None else {"tune_run_id": tuned.get("mlflow_run_id")}),
                 "git_commit": tracking.git_commit(),
                 "data_sha256": manifest["source_sha256"],
                 "data_source": manifest["source"],

@@ -1,0 +1,200 @@
+"""The `tune` stage: a real (tiny) Hyperband search logged to a real sqlite MLflow store."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+
+from cifar10_mlops import tracking, tune
+from cifar10_mlops.config import load_params
+from cifar10_mlops.errors import ConfigError
+from conftest import REPO, stage_args
+
+# tiny_params' search: max_epochs 2, factor 2, one iteration = brackets of 2+1 and 2 trials.
+TRIALS, EPOCHS = 5, 7
+SEARCHED = ("conv_1_filters", "conv_2_filters", "dense_units", "learning_rate", "optimizer")
+
+
+def tune_cli(params_file, **overrides):
+    tune.main(["--params", str(params_file(**overrides)), *stage_args("tune")])
+
+
+def trials_csv(root):
+    with open(root / "reports" / "tune" / "trials.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def runs(**filters):
+    tracking.connect()  # this test's store, also when the stage under test never opened it
+    found = mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
+    return [r for r in found if all(r.data.tags.get(k) == v for k, v in filters.items())]
+
+
+def test_search_writes_best_values_trials_and_nested_mlflow_runs(in_project, prepared, params_file):
+    tune_cli(params_file)
+
+    best = json.loads((in_project / "models" / "best_hparams.json").read_text())
+    assert set(best["hyperparameters"]) == set(SEARCHED)
+    rows = trials_csv(in_project)
+    assert len(rows) == TRIALS and all(r["status"] == "COMPLETED" for r in rows)
+    top = max(rows, key=lambda r: float(r["score"]))
+    assert best["trial"] == top["trial"] and best["score"] == pytest.approx(float(top["score"]))
+    # The first trial is train's own configuration; the search has to beat it.
+    cfg = load_params(in_project / "params.yaml").train
+    first = rows[0]
+    assert (int(first["conv_1_filters"]), first["optimizer"]) == (cfg.conv_1_filters, cfg.optimizer)
+    summary = json.loads((in_project / "reports" / "tune" / "summary.json").read_text())
+    assert summary["trials"] == TRIALS and summary["epochs_run"] == EPOCHS
+    assert summary["best_val_accuracy"] == pytest.approx(best["score"], abs=1e-4)
+    for image in ("trials.png", "trials_table.png"):
+        assert (in_project / "reports" / "tune" / image).stat().st_size > 10_000
+    assert not (in_project / "models" / "tuner").exists()  # state removed once complete
+
+    [parent] = runs(stage="tune")
+    assert parent.info.status == "FINISHED" and parent.info.run_id == best["mlflow_run_id"]
+    assert parent.data.params["tune.max_epochs"] == "2"
+    assert parent.data.params["tune.space.learning_rate.sampling"] == "log"
+    assert parent.data.params["best.optimizer"] == best["hyperparameters"]["optimizer"]
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best["score"], abs=1e-4)
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
+    assert {"trials.json", "trials.csv", "trials.png", "trials_table.png"} <= artifacts
+
+    children = runs(**{"mlflow.parentRunId": parent.info.run_id})
+    assert len(children) == TRIALS
+    client = mlflow.MlflowClient()
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert set(child.data.params) == set(SEARCHED)  # no tuner/* entries among params
+        assert {"tuner/epochs", "tuner/initial_epoch", "tuner/bracket"} <= set(child.data.tags)
+        assert "score" in child.data.metrics
+        epochs = int(child.data.tags["tuner/epochs"])
+        start = int(child.data.tags["tuner/initial_epoch"])
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
+        assert steps == list(range(start, epochs))
+
+
+def test_train_uses_the_tuned_values_unless_told_not_to(in_project, prepared, params_file):
+    from cifar10_mlops import train
+
+    tune_cli(params_file)
+    best = json.loads((in_project / "models" / "best_hparams.json").read_text())["hyperparameters"]
+    params = params_file()
+    train.main(["--params", str(params), *stage_args("train")])
+    info = json.loads((in_project / "models" / "run.json").read_text())
+    run = mlflow.get_run(info["run_id"])
+    assert run.data.tags["hparams_source"] == "tune"
+    for key, value in best.items():
+        assert run.data.params[f"train.{key}"] == str(value)
+
+    train.main(["--params", str(params_file(**{"train.use_tuned": False})), *stage_args("train")])
+    run = mlflow.get_run(json.loads((in_project / "models" / "run.json").read_text())["run_id"])
+    assert run.data.tags["hparams_source"] == "params"
+    assert run.data.params["train.conv_1_filters"] == "8"
+
+
+def test_disabled_tuning_skips_the_search_and_train_keeps_its_values(
+    in_project, prepared, params_file
+):
+    from cifar10_mlops import train
+
+    tune_cli(params_file, **{"tune.enabled": False})
+    best = json.loads((in_project / "models" / "best_hparams.json").read_text())
+    assert best == {"enabled": False, "hyperparameters": {}}
+    assert trials_csv(in_project) == []
+    assert runs(stage="tune") == []
+    train.main(["--params", str(params_file()), *stage_args("train")])
+    [run] = runs(stage="train")
+    assert run.data.tags["hparams_source"] == "params"
+
+
+def test_budget_keeps_expensive_configurations_out_of_the_search(in_project, prepared, params_file):
+    cfg = load_params(params_file()).train
+    cheap = tune.mflops(cfg, {"conv_1_filters": 8, "conv_2_filters": 8, "dense_units": 32})
+    tune_cli(params_file, **{"tune.max_mflops": cheap + 0.01})
+    rows = trials_csv(in_project)
+    assert len(rows) >= 2
+    assert all(float(r["mflops"]) <= cheap + 0.01 for r in rows)
+    assert {(r["conv_1_filters"], r["conv_2_filters"]) for r in rows} == {("8", "8")}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"tune.space.conv_1_filters": {"min": 64, "max": 32, "step": 16}}, "inverted range"),
+        ({"tune.space.dense_units": {"min": 64, "max": 64, "step": 32}}, "empty range"),
+        ({"tune.space.optimizer": {"values": ["adam", "rmsprop"]}}, "unknown optimizer 'rmsprop'"),
+        ({"tune.space.optimizer": {"values": []}}, "tune.space.optimizer.values: empty"),
+        ({"tune.space.conv_2_filters": {"min": 64, "max": 128, "step": 96}}, "step: must be in"),
+        ({"tune.space.learning_rate": {"min": 0.0, "max": 0.1, "sampling": "log"}}, "min: must be > 0"),
+        ({"tune.max_epochs": 0}, "tune.max_epochs: must be >= 1"),
+        ({"tune.factor": 1}, "tune.factor: must be >= 2"),
+        ({"tune.objective": "accuracy"}, "tune.objective: must be one of"),
+    ],
+)
+def test_bad_search_settings_stop_before_any_trial(
+    in_project, prepared, params_file, run_module, override, message
+):
+    path = params_file(**override)
+    result = run_module("cifar10_mlops.tune", "--params", str(path), *stage_args("tune"))
+    assert result.returncode == 1
+    # The last line is the error; the lines above it are TensorFlow's start-up notices.
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: ") and message in line, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (in_project / "models").exists() and not (in_project / "mlruns").exists()
+
+
+def test_budget_that_admits_nothing_is_an_error(in_project, prepared, params_file):
+    with pytest.raises(ConfigError, match="tune.max_mflops: 0.1 admits no configuration"):
+        tune_cli(params_file, **{"tune.max_mflops": 0.1})
+    assert not (in_project / "models").exists()
+
+
+def test_plan_counts_the_studys_search():
+    # Study §4.4: max_epochs 10, factor 3, 2 iterations: 60 trials, 240 epochs.
+    oracle = tune.BudgetedHyperbandOracle(
+        objective="val_accuracy", max_epochs=10, factor=3, hyperband_iterations=2
+    )
+    assert oracle.plan() == (60, 240)
+
+
+def test_killed_search_resumes_and_leaves_no_run_running(in_project, prepared, params_file):
+    """kill -9 in the middle of the search, rerun: finished trials are not run again."""
+    params = params_file()
+    cmd = [sys.executable, "-m", "cifar10_mlops.tune", "--params", str(params), *stage_args("tune")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = []
+    for line in proc.stdout:
+        output.append(line)
+        if line.startswith("[tune] trial 3 of"):  # two trials finished, the third running
+            time.sleep(1)
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "".join(output)
+    assert not (in_project / "models" / "best_hparams.json").exists()
+    [killed] = runs(stage="tune")
+    assert killed.info.status == "RUNNING"  # nobody could end it yet
+
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "resuming after 2 finished trials" in result.stdout
+    assert "[tune] trial 1 of" not in result.stdout  # trials 1 and 2 were not run again
+    assert "[tune] trial 3 of" in result.stdout
+
+    assert mlflow.get_run(killed.info.run_id).info.status == "KILLED"
+    statuses = [r.info.status for r in runs()]
+    assert "RUNNING" not in statuses
+    rows = trials_csv(in_project)
+    assert len(rows) == TRIALS and all(r["status"] == "COMPLETED" for r in rows)
+    summary = json.loads((in_project / "reports" / "tune" / "summary.json").read_text())
+    assert summary["epochs_run"] == EPOCHS  # the killed trial's partial epochs are not counted
+    [resumed] = [r for r in runs(stage="tune") if r.info.status == "FINISHED"]
+    assert resumed.data.tags["resumed"] == "true"
