@@ -11,7 +11,7 @@ LOCK_FILE ?= requirements.lock
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv repro smoke study test test-slow lock mlflow-ui
+.PHONY: help venv repro smoke study tune-study test test-slow lock mlflow-ui
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -34,14 +34,27 @@ smoke: $(STAMP)  ## the pipeline on a few hundred images, 1 epoch, in a scratch 
 	$(BIN)/python -m cifar10_mlops.smoke
 
 # The study's first phase (§3.3, §4.2): baseline CNN, batch 64, 30 epochs, Adam 1e-3 divided
-# by 10 after epoch 10, no early stopping. Runs as a DVC experiment in a temporary copy.
-STUDY := -S train.architecture=baseline -S train.conv_1_filters=32 -S train.conv_2_filters=64 \
+# by 10 after epoch 10, no early stopping, no tuning. Runs as a DVC experiment in a temporary copy.
+STUDY := -S tune.enabled=false -S train.architecture=baseline -S train.conv_1_filters=32 -S train.conv_2_filters=64 \
   -S train.dense_units=64 -S train.dropout=0.0 -S train.batch_size=64 -S train.epochs=30 \
   -S train.learning_rate=0.001 -S train.lr_drop_every=10 -S train.lr_drop_factor=0.1 \
   -S train.lr_min=0.0001 -S train.early_stopping_patience=null
 
 study: $(STAMP)  ## the study's exact first-phase recipe as a DVC experiment (see `dvc exp show`)
 	$(BIN)/dvc exp run --temp -n study-phase1 $(STUDY)
+
+# The study's search and final training (§4.4-4.5): Hyperband over the study's space with
+# max_epochs 10, factor 3 and 2 iterations (60 trials, 240 epochs) on the whole training split,
+# patience 3 and no cost cap; then 15 epochs at the best values, constant learning rate,
+# patience 3. Baseline network, batch 64. About 1.5 h of search on a 2-core CPU.
+STUDY_TUNE := -S tune.enabled=true -S tune.max_epochs=10 -S tune.factor=3 \
+  -S tune.hyperband_iterations=2 -S tune.early_stopping_patience=3 -S tune.train_per_class=null \
+  -S tune.max_mflops=null -S tune.first_trial_from_train=false -S train.architecture=baseline \
+  -S train.dropout=0.0 -S train.batch_size=64 -S train.epochs=15 -S train.lr_drop_every=15 \
+  -S train.early_stopping_patience=3 -S train.use_tuned=true
+
+tune-study: $(STAMP)  ## the study's exact Hyperband search + final training as a DVC experiment
+	$(BIN)/dvc exp run --temp -n study-tuning $(STUDY_TUNE)
 
 test: $(STAMP)  ## the offline test suite (tiny synthetic data)
 	$(BIN)/python -m pytest

@@ -14,16 +14,23 @@ NUM_CLASSES = 10
 ARCHITECTURES = ("baseline", "deeper")
 
 
+# Keras' default momentum of 0.99 leaves the moving statistics hundreds of steps behind the
+# weights: after two epochs on 10,000 images (158 steps) a network at 46 % training accuracy
+# scored 10 % on validation, which made short Hyperband trials a coin toss. 0.9 (PyTorch's
+# default) tracks within a few dozen steps.
+BN_MOMENTUM = 0.9
+
+
 def _conv_bn_relu(x, filters: int, padding: str):
     # The convolution has no bias: BatchNormalization right after it adds one.
     x = layers.Conv2D(filters, 3, padding=padding, use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
     return layers.Activation("relu")(x)
 
 
 def _dense_bn_relu(x, units: int):
     x = layers.Dense(units, use_bias=False)(x)
-    x = layers.BatchNormalization()(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM)(x)
     return layers.Activation("relu")(x)
 
 
