@@ -11,10 +11,10 @@ import time
 import mlflow
 import pytest
 
-from cifar10_mlops import tracking, tune
+from cifar10_mlops import hyperband, tracking, tune
 from cifar10_mlops.config import load_params
 from cifar10_mlops.errors import ConfigError
-from conftest import REPO, stage_args
+from conftest import stage_args
 
 # tiny_params' search: max_epochs 2, factor 2, one iteration = brackets of 2+1 and 2 trials.
 TRIALS, EPOCHS = 5, 7
@@ -115,7 +115,7 @@ def test_disabled_tuning_skips_the_search_and_train_keeps_its_values(
 
 def test_budget_keeps_expensive_configurations_out_of_the_search(in_project, prepared, params_file):
     cfg = load_params(params_file()).train
-    cheap = tune.mflops(cfg, {"conv_1_filters": 8, "conv_2_filters": 8, "dense_units": 32})
+    cheap = hyperband.mflops(cfg, {"conv_1_filters": 8, "conv_2_filters": 8, "dense_units": 32})
     tune_cli(params_file, **{"tune.max_mflops": cheap + 0.01})
     rows = trials_csv(in_project)
     assert len(rows) >= 2
@@ -131,7 +131,10 @@ def test_budget_keeps_expensive_configurations_out_of_the_search(in_project, pre
         ({"tune.space.optimizer": {"values": ["adam", "rmsprop"]}}, "unknown optimizer 'rmsprop'"),
         ({"tune.space.optimizer": {"values": []}}, "tune.space.optimizer.values: empty"),
         ({"tune.space.conv_2_filters": {"min": 64, "max": 128, "step": 96}}, "step: must be in"),
-        ({"tune.space.learning_rate": {"min": 0.0, "max": 0.1, "sampling": "log"}}, "min: must be > 0"),
+        (
+            {"tune.space.learning_rate": {"min": 0.0, "max": 0.1, "sampling": "log"}},
+            "min: must be > 0",
+        ),
         ({"tune.max_epochs": 0}, "tune.max_epochs: must be >= 1"),
         ({"tune.factor": 1}, "tune.factor: must be >= 2"),
         ({"tune.objective": "accuracy"}, "tune.objective: must be one of"),
@@ -158,7 +161,7 @@ def test_budget_that_admits_nothing_is_an_error(in_project, prepared, params_fil
 
 def test_plan_counts_the_studys_search():
     # Study §4.4: max_epochs 10, factor 3, 2 iterations: 60 trials, 240 epochs.
-    oracle = tune.BudgetedHyperbandOracle(
+    oracle = hyperband.BudgetedHyperbandOracle(
         objective="val_accuracy", max_epochs=10, factor=3, hyperband_iterations=2
     )
     assert oracle.plan() == (60, 240)
@@ -169,7 +172,9 @@ def test_killed_search_resumes_and_leaves_no_run_running(in_project, prepared, p
     params = params_file()
     cmd = [sys.executable, "-m", "cifar10_mlops.tune", "--params", str(params), *stage_args("tune")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     output = []
     for line in proc.stdout:
         output.append(line)

@@ -125,7 +125,9 @@ def end_orphaned_runs(experiment_id: str) -> list[str]:
         client.set_terminated(run.info.run_id, "KILLED")
         ended.append(run.info.run_id)
     if ended:
-        print(f"marked {len(ended)} MLflow run(s) KILLED whose process had died: {', '.join(ended)}")
+        print(
+            f"marked {len(ended)} MLflow run(s) KILLED whose process had died: {', '.join(ended)}"
+        )
     return ended
 
 
