@@ -10,11 +10,12 @@ import time
 
 import mlflow
 import pytest
+import yaml
 
 from cifar10_mlops import hyperband, tracking, tune
 from cifar10_mlops.config import load_params
 from cifar10_mlops.errors import ConfigError
-from conftest import stage_args
+from conftest import REPO, stage_args, tiny_params
 
 # tiny_params' search: max_epochs 2, factor 2, one iteration = brackets of 2+1 and 2 trials.
 TRIALS, EPOCHS = 5, 7
@@ -203,3 +204,53 @@ def test_killed_search_resumes_and_leaves_no_run_running(in_project, prepared, p
     assert summary["epochs_run"] == EPOCHS  # the killed trial's partial epochs are not counted
     [resumed] = [r for r in runs(stage="tune") if r.info.status == "FINISHED"]
     assert resumed.data.tags["resumed"] == "true"
+
+
+def makefile_overrides(variable: str) -> dict:
+    """The `-S key=value` overrides a Makefile variable passes to `dvc exp run`."""
+    text = (REPO / "Makefile").read_text().replace("\\\n", " ")
+    [line] = [line for line in text.splitlines() if line.startswith(f"{variable} :=")]
+    pairs = [arg.split("=", 1) for arg in line.split(":=", 1)[1].split() if arg != "-S"]
+    return {key: yaml.safe_load(value) for key, value in pairs}
+
+
+def test_make_tune_study_is_the_studys_search(tmp_path):
+    overrides = makefile_overrides("STUDY_TUNE")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_params(**overrides)))
+    params = load_params(path)  # every override names a real key with a valid value
+    tune_cfg = params.tune
+    oracle = hyperband.BudgetedHyperbandOracle(
+        objective="val_accuracy",
+        max_epochs=tune_cfg.max_epochs,
+        factor=tune_cfg.factor,
+        hyperband_iterations=tune_cfg.hyperband_iterations,
+    )
+    assert oracle.plan() == (60, 240)
+    assert tune_cfg.train_per_class is None and tune_cfg.max_mflops is None
+    assert tune_cfg.early_stopping_patience == 3
+    # The repository's search space is the study's (§4.4); the study search keeps it.
+    space = load_params(REPO / "params.yaml").tune.space
+    assert (space.conv_1_filters.min, space.conv_1_filters.max, space.conv_1_filters.step) == (
+        32,
+        64,
+        16,
+    )
+    assert (space.conv_2_filters.min, space.conv_2_filters.max, space.conv_2_filters.step) == (
+        64,
+        128,
+        32,
+    )
+    assert (space.dense_units.min, space.dense_units.max, space.dense_units.step) == (64, 128, 32)
+    assert (space.learning_rate.min, space.learning_rate.max) == (1e-4, 1e-3)
+    assert space.learning_rate.sampling == "log"
+    assert space.optimizer.values == ["adam", "sgd"]
+    assert params.train.epochs == 15 and params.train.early_stopping_patience == 3
+
+
+def test_make_study_trains_the_first_phase_without_tuning(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_params(**makefile_overrides("STUDY"))))
+    params = load_params(path)
+    assert params.tune.enabled is False
+    assert (params.train.architecture, params.train.epochs) == ("baseline", 30)
