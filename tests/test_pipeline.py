@@ -132,3 +132,38 @@ def test_dvc_exp_run_logs_to_the_repository_store_and_leaves_the_workspace(pipel
     runs = mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
     [exp_run] = [r for r in runs if r.data.params.get("train.epochs") == "2"]
     assert exp_run.data.metrics["test_accuracy"] == pytest.approx(accuracy)
+
+
+def test_search_killed_under_dvc_repro_resumes_on_the_next_repro(pipeline):
+    """What a user does: `dvc repro`, the search dies (kill -9), `dvc repro` again."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
+    repro = subprocess.Popen(
+        [str(Path(bin_dir) / "dvc"), "repro"],
+        cwd=pipeline,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = []
+    for line in repro.stdout:
+        output.append(line)
+        if line.startswith("[tune] trial 3 of"):  # two trials done, the third running
+            search = subprocess.run(
+                ["pgrep", "-f", "cifar10_mlops.tune --data"], capture_output=True, text=True
+            ).stdout.split()
+            subprocess.run(["kill", "-9", *search], check=True)
+    assert repro.wait(timeout=120) != 0, "".join(output)
+    assert not (pipeline / "models" / "best_hparams.json").exists()
+
+    again = dvc(pipeline, "repro")
+    assert ran(again) == ["tune", "train", "evaluate"]
+    assert "resuming after 2 finished trials" in again.stdout
+    assert "[tune] trial 1 of" not in again.stdout
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline}/mlruns/mlflow.db")
+    runs = mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
+    statuses = sorted({r.info.status for r in runs})
+    assert statuses == ["FINISHED", "KILLED"]
+    rows = (pipeline / "reports" / "tune" / "trials.csv").read_text().splitlines()
+    assert len(rows) == 1 + 5
