@@ -22,6 +22,7 @@ TRIALS_FIELDS = (
     "round",
     "initial_epoch",
     "epochs",
+    "continues",
     *TUNABLE,
     "mflops",
     "seconds",
@@ -70,6 +71,8 @@ def trial_rows(oracle, cfg: TrainConfig, state: Path) -> list[dict]:
                 "round": values.get("tuner/round"),
                 "initial_epoch": values.get("tuner/initial_epoch"),
                 "epochs": values.get("tuner/epochs"),
+                # Hyperband's later rounds train on from an earlier trial's checkpoint.
+                "continues": values.get("tuner/trial_id"),
                 **{k: values.get(k, getattr(cfg, k)) for k in TUNABLE},
                 "mflops": round(mflops(cfg, values), 2),
                 "seconds": round(seconds.get(trial_id, float("nan")), 1),
@@ -95,16 +98,23 @@ def plot_trials(rows: list[dict], curves: list[dict], objective: str, path: Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     scored = [r for r in rows if r["score"] is not None]
     best = (max if objective == "val_accuracy" else min)(
         scored, key=lambda r: r["score"], default=None
     )
+    by_trial: dict[str, list[tuple[int, float]]] = {}
+    for c in curves:
+        by_trial.setdefault(c["trial"], []).append((c["epoch"], c[objective]))
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for row in rows:
-        points = sorted((c["epoch"], c[objective]) for c in curves if c["trial"] == row["trial"])
+        points = sorted(by_trial.get(row["trial"], []))
         if not points:
             continue
+        # A trial that continues another starts from that trial's last point.
+        start = [p for p in by_trial.get(row["continues"], []) if p[0] == row["initial_epoch"]]
+        points = start[-1:] + points
         label = (
             f"{row['trial']}: {row['conv_1_filters']}/{row['conv_2_filters']}/"
             f"{row['dense_units']} {row['optimizer']} lr {row['learning_rate']:.1e}"
@@ -118,6 +128,7 @@ def plot_trials(rows: list[dict], curves: list[dict], objective: str, path: Path
             label=label + (" (best)" if is_best else ""),
             zorder=3 if is_best else 2,
         )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(objective)
     ax.set_title(f"Hyperband trials: {objective} per epoch (filters/filters/dense)")
@@ -136,7 +147,7 @@ def plot_table(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = ["trial", "status", "epochs", *TUNABLE, "mflops", "seconds", "score"]
+    columns = ["trial", "status", "continues", "epochs", *TUNABLE, "mflops", "seconds", "score"]
     cells = [[fmt(row[c]) if row[c] is not None else "" for c in columns] for row in rows]
     fig, ax = plt.subplots(figsize=(12, 0.6 + 0.25 * (len(rows) + 1)))
     ax.axis("off")
