@@ -90,7 +90,7 @@ def _mflops(architecture: str, conv_1: int, conv_2: int, dense: int, dropout: fl
 
 def mflops(cfg: TrainConfig, values: dict) -> float:
     """Forward MFLOPs per image of `cfg`'s network with a trial's values."""
-    cfg = replace(cfg, **{k: v for k, v in values.items() if not k.startswith("tuner/")})
+    cfg = replace(cfg, **{k: v for k, v in values.items() if k not in TUNER_KEYS})
     return _mflops(
         cfg.architecture, cfg.conv_1_filters, cfg.conv_2_filters, cfg.dense_units, cfg.dropout
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cifar10_mlops.config import TrainConfig
@@ -30,11 +32,19 @@ TRIALS_FIELDS = (
 )
 
 
-def write_atomic(path: Path, text: str) -> None:
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write; it replaces `path` in one step on success, so
+    a reader never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    yield tmp
     os.replace(tmp, path)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    with replacing(path) as tmp:
+        tmp.write_text(text)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -83,13 +93,10 @@ def trial_rows(oracle, cfg: TrainConfig, state: Path) -> list[dict]:
 
 
 def write_trials_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with replacing(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=TRIALS_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def plot_trials(rows: list[dict], curves: list[dict], objective: str, path: Path) -> None:
@@ -161,8 +168,6 @@ def plot_table(rows: list[dict], path: Path) -> None:
 def _save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)
-    os.replace(tmp, path)
