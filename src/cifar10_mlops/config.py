@@ -215,6 +215,35 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class RegisterConfig:
+    model_name: str
+    metric: Literal["accuracy", "f1_weighted", "f1_macro", "loss"]  # on the test split
+    min_delta: float  # how much better than the champion a challenger must be
+
+    def check(self, key: str) -> None:
+        if not self.model_name.strip():
+            raise ConfigError(f"{key}.model_name: must not be empty")
+        if not self.min_delta >= 0:
+            raise ConfigError(f"{key}.min_delta: must be >= 0, got {self.min_delta}")
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    deployment: str
+    cron: str
+    timezone: str
+    force: bool
+
+    def check(self, key: str) -> None:
+        if not self.deployment.strip():
+            raise ConfigError(f"{key}.deployment: must not be empty")
+        if len(self.cron.split()) != 5:
+            raise ConfigError(
+                f"{key}.cron: expected 5 fields (minute hour day month weekday), got {self.cron!r}"
+            )
+
+
+@dataclass(frozen=True)
 class MlflowConfig:
     experiment: str
 
@@ -231,6 +260,8 @@ class Params:
     tune: TuneConfig
     train: TrainConfig
     evaluate: EvaluateConfig
+    register: RegisterConfig
+    retrain: RetrainConfig
     mlflow: MlflowConfig
 
     def check(self, key: str) -> None:

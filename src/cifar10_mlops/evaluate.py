@@ -5,7 +5,7 @@ Reads  models/model.keras, models/run.json (from `train`), reports/train/history
 Writes reports/metrics.json (loss, accuracy, weighted and macro F1, per-class precision,
        recall and F1), reports/evaluate/predictions.csv (actual vs predicted, for DVC's
        confusion plot), reports/evaluate/confusion_matrix.png and learning_curves.png.
-Logs all of it, and the model with its signature and an input example, into the training
+Logs all of it, and the model (serving.py's pyfunc around model.keras), into the training
 run's MLflow run, so that one run holds the whole story.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,14 +102,13 @@ def read_history(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def log_to_mlflow(
-    run_info: dict, metrics: dict, model, example: np.ndarray, files: list[Path]
-) -> None:
-    """Add the test results and the model to the training run."""
-    import keras
+def log_to_mlflow(run_info: dict, metrics: dict, model_path: Path, files: list[Path]) -> str:
+    """Add the test results and the model to the training run; returns the model's URI.
+
+    The model is logged as the pyfunc of serving.py around the .keras file, so that it loads
+    with mlflow.pyfunc.load_model and serves with `mlflow models serve`, checking its input.
+    """
     import mlflow
-    import tensorflow as tf
-    from mlflow.models import infer_signature
 
     tracking.connect(run_info["tracking_uri"])
     with mlflow.start_run(run_id=run_info["run_id"]):
@@ -118,19 +118,32 @@ def log_to_mlflow(
         mlflow.log_metrics(flat)
         for path in files:
             mlflow.log_artifact(str(path), artifact_path="evaluation")
-        # mlflow.keras.log_model (3.17) fails to write an input example; the tensorflow
-        # flavour saves the same .keras file and loads back as Keras or pyfunc.
-        mlflow.tensorflow.log_model(
-            model,
-            name="model",
-            signature=infer_signature(example, model.predict(example, verbose=0)),
-            input_example=example,
-            pip_requirements=[
-                f"keras=={keras.__version__}",
-                f"tensorflow=={tf.__version__}",
-                f"numpy=={np.__version__}",
-            ],
-        )
+        with warnings.catch_warnings():  # "add type hints to predict": serving.py says why not
+            warnings.filterwarnings("ignore", message=".*type hints", category=UserWarning)
+            info = _log_model(model_path)
+        mlflow.set_tag("model_uri", info.model_uri)  # what `register` registers
+    return info.model_uri
+
+
+def _log_model(model_path: Path):
+    import keras
+    import mlflow
+    import tensorflow as tf
+
+    from cifar10_mlops import serving  # imports MLflow
+
+    return mlflow.pyfunc.log_model(
+        name="model",
+        python_model=serving.__file__,
+        artifacts={serving.KERAS_ARTIFACT: str(model_path)},
+        pip_requirements=[
+            f"mlflow=={mlflow.__version__}",
+            f"keras=={keras.__version__}",
+            f"tensorflow=={tf.__version__}",
+            f"numpy=={np.__version__}",
+        ],
+        metadata={"input": "uint8 RGB images, shape (n, 32, 32, 3)", "classes": list(CLASSES)},
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
 
     run_info = json.loads(args.run_info.read_text())
     files = [args.metrics, args.plots / "confusion_matrix.png", args.plots / "learning_curves.png"]
-    log_to_mlflow(run_info, metrics, model, x[:2], files)
+    log_to_mlflow(run_info, metrics, args.model, files)
     print(
         f"test accuracy {metrics['accuracy']:.4f}, weighted F1 {metrics['f1_weighted']:.4f}, "
         f"macro F1 {metrics['f1_macro']:.4f} -> {args.metrics}; MLflow run {run_info['run_id']}"

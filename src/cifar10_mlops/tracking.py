@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cifar10_mlops.errors import PipelineError
+
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 
 
@@ -27,11 +29,12 @@ def connect(uri: str | None = None) -> str:
     A relative sqlite path is resolved against the repository root (see _repo_root), so that
     an experiment DVC runs in a temporary copy still logs to the repository's store. The
     absolute form also keeps MLflow, which caches one store per URI string, from mixing up
-    two stores whose relative paths look alike.
+    two stores whose relative paths look alike. A server that does not answer is an error.
     """
     import mlflow
 
     uri = uri or tracking_uri()
+    check_reachable(uri)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         store = (_repo_root() / uri.removeprefix("sqlite:///")).resolve()
         store.parent.mkdir(parents=True, exist_ok=True)
@@ -139,3 +142,26 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by someone else
         return True
     return True
+
+
+def check_reachable(uri: str | None = None, timeout: float = 5.0) -> None:
+    """Fail fast, naming the URI, when the tracking store is a server that does not answer.
+
+    MLflow's own client retries a dead server for minutes; a stage calls this before it
+    starts work that would be lost. An embedded (sqlite or file) store needs no check.
+    """
+    import urllib.error
+    import urllib.request
+
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PipelineError(
+            f"MLflow tracking server {uri} is unreachable ({reason}): start it, or unset "
+            "MLFLOW_TRACKING_URI to log to the embedded store"
+        ) from None

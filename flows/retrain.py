@@ -1,0 +1,198 @@
+"""Prefect flow `retrain`: the DVC pipeline as one task per stage, then a report.
+
+Each task runs `dvc repro --single-item <stage>` in the working directory: DVC runs the stage's
+command (the stage code in src/cifar10_mlops), skips it when nothing it depends on changed, and
+records it in dvc.lock, so after a flow run `dvc status` is clean. The flow adds what DVC does
+not do: a check that the MLflow and Prefect servers answer before anything runs, retries of the
+download, the stages' output in Prefect's logs, and a markdown artifact with the test metrics,
+the registry's promotion decision and links to the MLflow run and model version.
+
+  python -m flows.retrain [--force] [--epochs N] [--set train.dropout=0.2 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.tasks import exponential_backoff
+
+from cifar10_mlops import tracking
+from cifar10_mlops.config import load_params
+from cifar10_mlops.errors import PipelineError
+
+PARAMS, DVC_YAML = Path("params.yaml"), Path("dvc.yaml")
+# Stages whose failures can be transient (a network download); the others fail for reasons a
+# retry cannot fix, and a failed stage leaves nothing half-written to retry over.
+RETRIES = {"download": 3}
+# `force` reruns training and what follows it; the search reruns only when its inputs change.
+FORCED_FROM = "train"
+MLFLOW_UI = os.environ.get("MLFLOW_UI_URL", "http://127.0.0.1:5000")  # `make mlflow-ui`
+
+
+def stage_names() -> list[str]:
+    """dvc.yaml's stages, in its (data-flow) order."""
+    return list(yaml.safe_load(DVC_YAML.read_text())["stages"])
+
+
+@task(task_run_name="{stage}")
+def repro(stage: str, force: bool = False) -> bool:
+    """`dvc repro --single-item <stage>`, its output into the run's log; True when it ran."""
+    logger = get_run_logger()
+    # dvc.yaml's commands call `python`: the interpreter (virtual environment) running this flow.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] * force)]
+    logger.info("$ dvc %s", " ".join(cmd[3:]))
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.rstrip())
+        logger.info("%s", lines[-1])
+    if proc.wait() != 0:
+        errors = [x for x in lines if x.startswith(("error:", "ERROR"))] or lines[-1:]
+        raise RuntimeError(f"stage {stage} failed (exit {proc.returncode}): {errors[-1]}")
+    return not any(f"Stage '{stage}' didn't change" in x for x in lines)
+
+
+@task
+def report(ran: dict[str, bool]) -> str:
+    """The markdown artifact: what ran, the test metrics, the promotion decision, links."""
+    metrics = json.loads(Path("reports/metrics.json").read_text())
+    registry = json.loads(Path("reports/registry.json").read_text())
+    run = json.loads(Path("models/run.json").read_text())
+    ui = run["tracking_uri"] if run["tracking_uri"].startswith("http") else MLFLOW_UI
+    run_link = f"{ui}/#/experiments/{run['experiment_id']}/runs/{run['run_id']}"
+    version_link = f"{ui}/#/models/{registry['model_name']}/versions/{registry['version']}"
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status", "--quiet"], capture_output=True, text=True
+    )
+    markdown = "\n".join(
+        [
+            "# Retraining report",
+            "",
+            "| stage | " + " | ".join(ran) + " |",
+            "|---|" + "---|" * len(ran),
+            "| ran | " + " | ".join("yes" if r else "up to date" for r in ran.values()) + " |",
+            "",
+            "## Test metrics",
+            "",
+            "| accuracy | weighted F1 | macro F1 | loss |",
+            "|---|---|---|---|",
+            f"| {metrics['accuracy']:.4f} | {metrics['f1_weighted']:.4f} | "
+            f"{metrics['f1_macro']:.4f} | {metrics['loss']:.4f} |",
+            "",
+            "## Registry",
+            "",
+            f"**{registry['model_name']} v{registry['version']}**, aliases "
+            f"{', '.join(registry['aliases'])}: {registry['reason']}. "
+            f"Champion: v{registry['champion']}.",
+            "",
+            f"- MLflow run: [{run['run_id']}]({run_link})",
+            f"- Model version: [{registry['model_name']} v{registry['version']}]({version_link})",
+            f"- `dvc status`: {'up to date' if status.returncode == 0 else 'CHANGED'}",
+        ]
+    )
+    create_markdown_artifact(
+        key="retrain-report", markdown=markdown, description="Metrics and promotion decision"
+    )
+    if status.returncode != 0:
+        get_run_logger().warning("dvc status after the run:\n%s", status.stdout)
+    return markdown
+
+
+def apply_params(overrides: list[str]) -> None:
+    """Write `key=value` overrides into params.yaml as `dvc exp run -S` does (same grammar),
+    so that dvc.lock records them; params.yaml is left unchanged if the result is invalid."""
+    from dvc.utils.hydra import apply_overrides
+
+    before = PARAMS.read_text()
+    try:
+        apply_overrides(str(PARAMS), overrides)
+        load_params(PARAMS)
+    except Exception as exc:
+        PARAMS.write_text(before)
+        raise PipelineError(f"bad parameter override {' '.join(overrides)}: {exc}") from None
+
+
+def check_services() -> None:
+    """Fail before anything runs when the MLflow or Prefect server this run needs is down."""
+    tracking.check_reachable()
+    check_prefect()
+
+
+def check_prefect(timeout: float = 5.0) -> None:
+    """The Prefect API named by PREFECT_API_URL answers (nothing to check when unset: Prefect
+    then starts a temporary local server itself)."""
+    import urllib.error
+    import urllib.request
+
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        return
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as exc:
+        raise PipelineError(
+            f"Prefect server {url} is unreachable ({getattr(exc, 'reason', exc)}): start it "
+            "(make services), or unset PREFECT_API_URL"
+        ) from None
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    force: bool = False, epochs: int | None = None, set_params: list[str] | None = None
+) -> dict[str, bool]:
+    """Run the pipeline's stages in order. `force` retrains even when nothing changed;
+    `epochs` (train.epochs) and `set_params` (["train.dropout=0.2", ...]) change params.yaml
+    first, like `dvc exp run -S`. None keeps params.yaml's values."""
+    check_services()
+    overrides = [*(set_params or []), *([f"train.epochs={epochs}"] if epochs is not None else [])]
+    if overrides:
+        apply_params(overrides)
+    names = stage_names()
+    forced = set(names[names.index(FORCED_FROM) :]) if force else set()
+    ran = {}
+    for stage in names:
+        retries = RETRIES.get(stage, 0)
+        task_ = repro.with_options(
+            name=stage, retries=retries, retry_delay_seconds=exponential_backoff(10)
+        )
+        ran[stage] = task_(stage, force=stage in forced)
+    report(ran)
+    return ran
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--force", action="store_true", help="retrain even if nothing changed")
+    parser.add_argument("--epochs", type=int, help="set train.epochs first")
+    parser.add_argument(
+        "--set", dest="set_params", action="append", metavar="KEY=VALUE", default=[],
+        help="change a params.yaml value first (as dvc exp run -S); repeatable",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        check_services()  # before Prefect itself tries the server, and retries for minutes
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    state = retrain(
+        force=args.force, epochs=args.epochs, set_params=args.set_params or None, return_state=True
+    )
+    sys.exit(0 if state.is_completed() else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Stage `register`: add the evaluated model to the MLflow model registry and decide whether it
+replaces the champion.
+
+Reads  models/run.json (the training run, which `evaluate` logged the model into),
+       reports/metrics.json (test metrics), models/model.keras (for its checksum), dvc.lock
+       (upstream stages' checksum), params.yaml `register`.
+Writes reports/registry.json: the version, its aliases and the promotion decision with reason.
+
+The model becomes a new version of `register.model_name` with the alias `challenger` (the
+latest candidate). It also takes `champion` when there is none yet, or when it beats the
+champion's test `register.metric` by at least `register.min_delta`. Aliases move; so that the
+history survives them, each version keeps its decision in tags (`promotion`, `promotion_reason`,
+and `replaced_by` on a champion that lost its alias).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from cifar10_mlops import tracking
+from cifar10_mlops.config import RegisterConfig, load_params
+from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.stage import run_stage
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+# Test metrics copied into version tags; `register.metric` is one of them.
+METRICS = ("accuracy", "f1_weighted", "f1_macro", "loss")
+
+
+def file_digest(path: Path, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def lock_digest(path: Path, stage: str = "register") -> str:
+    """sha256 of dvc.lock's entries for every stage but `stage`, as canonical JSON.
+
+    It identifies the upstream stages' inputs and outputs, and unlike the file's own hash it
+    does not change when DVC records this stage in the same file."""
+    import yaml
+
+    if not path.is_file():
+        return "none"
+    stages = (yaml.safe_load(path.read_text()) or {}).get("stages", {})
+    stages.pop(stage, None)
+    return hashlib.sha256(json.dumps(stages, sort_keys=True).encode()).hexdigest()
+
+
+def decide(cfg: RegisterConfig, score: float, champion) -> tuple[bool, str]:
+    """Whether a version scoring `score` replaces `champion` (a ModelVersion or None), and why."""
+    name = f"test {cfg.metric}"
+    if champion is None:
+        return True, f"first champion: no version had the {CHAMPION} alias"
+    tag = champion.tags.get(f"test_{cfg.metric}")
+    if tag is None:
+        return False, f"kept: champion v{champion.version} has no test_{cfg.metric} tag to compare"
+    best = float(tag)
+    lower = cfg.metric == "loss"
+    gain = best - score if lower else score - best
+    verdict = f"{name} {score:.4f} vs champion v{champion.version} {best:.4f}"
+    if gain >= cfg.min_delta and gain > 0:
+        return True, f"promoted: {verdict} ({'lower' if lower else 'higher'} by {gain:.4f})"
+    return False, f"kept champion: {verdict}, needs {cfg.min_delta:.4f} better"
+
+
+def register(cfg: RegisterConfig, run_id: str, metrics: dict, lineage: dict[str, str]) -> dict:
+    """Register the model of `run_id` (or reuse its version when it already is one), move the
+    aliases, tag the decision; returns the content of registry.json."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    name = cfg.model_name
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    champion = _by_alias(client, name, CHAMPION)
+    if existing:  # a rerun of this stage for the same training run: no second version
+        version = existing[0]
+        print(f"the model of run {run_id} already is {name} v{version.version}")
+    else:
+        tags = {f"test_{k}": f"{metrics[k]:.6f}" for k in METRICS}
+        if "best_val_accuracy" in run.data.metrics:
+            tags["val_accuracy"] = f"{run.data.metrics['best_val_accuracy']:.6f}"
+        tags.update(lineage)
+        tags.update(
+            {k: run.data.tags[k] for k in ("data_sha256", "hparams_source") if k in run.data.tags}
+        )
+        try:
+            source = run.data.tags.get("model_uri", f"runs:/{run_id}/model")  # set by evaluate
+            version = mlflow.register_model(source, name, tags=tags)
+        except MlflowException as exc:
+            raise PipelineError(
+                f"cannot register the model of run {run_id}: {exc.message}"
+            ) from None
+    score = metrics[cfg.metric]
+    if champion is not None and champion.version == version.version:
+        promoted, reason = True, f"already {CHAMPION}"
+    else:
+        promoted, reason = decide(cfg, score, champion)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
+    if promoted and (champion is None or champion.version != version.version):
+        client.set_registered_model_alias(name, CHAMPION, version.version)
+        if champion is not None:
+            client.set_model_version_tag(name, champion.version, "replaced_by", version.version)
+    client.set_model_version_tag(
+        name, version.version, "promotion", CHAMPION if promoted else CHALLENGER
+    )
+    client.set_model_version_tag(name, version.version, "promotion_reason", reason)
+    return {
+        "model_name": name,
+        "version": int(version.version),
+        "model_uri": f"models:/{name}/{version.version}",
+        "run_id": run_id,
+        "aliases": [CHAMPION, CHALLENGER] if promoted else [CHALLENGER],
+        "promoted": promoted,
+        "reason": reason,
+        "metric": f"test_{cfg.metric}",
+        "score": score,
+        "champion_before": None if champion is None else int(champion.version),
+        "champion": int(version.version if promoted else champion.version),
+        "tracking_uri": mlflow.get_tracking_uri(),
+        "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _by_alias(client, name: str, alias: str):
+    """The version of `name` holding `alias`, or None (also when `name` is not registered)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--run-info", type=Path, required=True, help="train's run.json")
+    parser.add_argument("--metrics", type=Path, required=True, help="evaluate's metrics.json")
+    parser.add_argument("--model", type=Path, required=True, help="train's model.keras")
+    parser.add_argument("--lock", type=Path, required=True, help="dvc.lock, for lineage")
+    parser.add_argument("--out", type=Path, required=True, help="registry.json to write")
+    args = parser.parse_args(argv)
+    cfg = load_params(args.params).register
+    for path in (args.run_info, args.metrics, args.model):
+        if not path.is_file():
+            raise PipelineError(f"{path} not found: run the train and evaluate stages first")
+    run_info = json.loads(args.run_info.read_text())
+    metrics = json.loads(args.metrics.read_text())
+    lineage = {
+        "git_commit": tracking.git_commit(),
+        "model_md5": file_digest(args.model, "md5"),  # = the train stage's out in dvc.lock
+        "dvc_lock_sha256": lock_digest(args.lock),
+    }
+    tracking.connect(run_info["tracking_uri"])
+    result = register(cfg, run_info["run_id"], metrics, lineage)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(args.out)
+    print(
+        f"{result['model_name']} v{result['version']} ({', '.join(result['aliases'])}): "
+        f"{result['reason']} -> {args.out}"
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,80 @@
+"""The MLflow pyfunc model that `evaluate` logs and `register` registers: the trained Keras
+network behind a strict check of its input, so that `mlflow models serve` answers a malformed
+request with HTTP 400 naming the problem, and keeps serving.
+
+Input: raw RGB pixels, integers 0-255, shape (n, 32, 32, 3) (one (32, 32, 3) image is taken
+as a batch of one); output: (n, 10) class probabilities in CIFAR-10's class order.
+
+The model is logged as MLflow "models from code": MLflow stores this file with the model and
+runs it when the model is loaded, so it must not import cifar10_mlops. It is logged without a
+signature on purpose: MLflow casts JSON input to a signature's dtype before the model sees it,
+which would turn normalised floats (0.5) into the pixel value 0 instead of an error.
+"""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+
+IMAGE_SHAPE = (32, 32, 3)
+KERAS_ARTIFACT = "keras_model"  # key of the .keras file in the model's artifacts
+
+
+def check_images(data) -> np.ndarray:
+    """`data` as a uint8 batch of shape (n, 32, 32, 3), or an MlflowException (HTTP 400)."""
+    if not isinstance(data, np.ndarray | list | tuple):
+        raise _bad_input(
+            f"expected a nested list or array of images, got {type(data).__name__}; "
+            'send {"inputs": [...]} with shape (n, 32, 32, 3)'
+        )
+    try:
+        images = np.asarray(data)
+    except ValueError as exc:  # ragged nesting
+        raise _bad_input(f"images of unequal shapes ({exc})") from None
+    if images.ndim == len(IMAGE_SHAPE):
+        images = images[None]
+    if images.ndim != 4 or images.shape[1:] != IMAGE_SHAPE or not len(images):
+        raise _bad_input(
+            f"expected images of shape (n, 32, 32, 3), got {images.shape}{_hint(images)}"
+        )
+    if images.dtype.kind not in "ui":
+        raise _bad_input(
+            f"expected integer pixel values 0-255 (raw uint8 RGB), got {images.dtype} values; "
+            "send raw pixels, not normalised ones"
+        )
+    if images.min() < 0 or images.max() > 255:
+        raise _bad_input(
+            f"pixel values must be in 0-255, got values from {images.min()} to {images.max()}"
+        )
+    return images.astype(np.uint8)
+
+
+def _hint(images: np.ndarray) -> str:
+    channels = images.shape[-1] if images.ndim else None
+    if images.ndim in (3, 4) and channels in (1, 4):
+        kind = "grayscale" if channels == 1 else "RGBA"
+        return f" ({kind}: convert the images to 3-channel RGB)"
+    if images.ndim == 4 and images.shape[1:3] != IMAGE_SHAPE[:2]:
+        return " (resize the images to 32x32 first)"
+    return ""
+
+
+def _bad_input(message: str) -> MlflowException:
+    return MlflowException.invalid_parameter_value(f"bad input: {message}")  # HTTP 400
+
+
+class ImageClassifier(mlflow.pyfunc.PythonModel):
+    """Class probabilities from raw uint8 images; `.model` is the Keras model itself."""
+
+    def load_context(self, context) -> None:
+        import keras
+
+        self.model = keras.models.load_model(context.artifacts[KERAS_ARTIFACT])
+
+    def predict(self, context, model_input, params=None) -> np.ndarray:
+        return self.model.predict(check_images(model_input), verbose=0)
+
+
+# What MLflow loads when it runs this file as the model's code (models from code).
+mlflow.models.set_model(ImageClassifier())
