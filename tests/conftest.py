@@ -7,6 +7,7 @@ training on a few dozen images already does better than chance.
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import shlex
@@ -232,3 +233,42 @@ def in_project(tmp_path: Path, monkeypatch) -> Path:
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     monkeypatch.delenv("DVC_ROOT", raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def candidate(in_project, params_file):
+    """A function that makes models/{model.keras,run.json} and reports/metrics.json as train
+    and evaluate do, for an untrained model with the test `accuracy` given, logging to the
+    embedded store of in_project; it returns the run id."""
+    import mlflow
+
+    from cifar10_mlops import evaluate, tracking
+    from cifar10_mlops.model import build_model
+
+    params = params_file()
+    experiment_id = tracking.configure("cifar10-cnn")
+
+    def make(accuracy: float, loss: float = 1.0) -> str:
+        model = build_model(
+            "baseline", conv_1_filters=4, conv_2_filters=4, dense_units=8, dropout=0.0
+        )
+        Path("models").mkdir(exist_ok=True)
+        model.save("models/model.keras")
+        with mlflow.start_run(experiment_id=experiment_id) as run:
+            mlflow.log_metric("best_val_accuracy", accuracy + 0.01)
+            mlflow.set_tag("data_sha256", "ab" * 32)
+        run_info = {
+            "run_id": run.info.run_id,
+            "experiment_id": experiment_id,
+            "tracking_uri": tracking.tracking_uri(),
+        }
+        Path("models/run.json").write_text(json.dumps(run_info))
+        metrics = {"accuracy": accuracy, "f1_weighted": accuracy - 0.01, "f1_macro": 0.5}
+        metrics.update(loss=loss, per_class={})
+        Path("reports").mkdir(exist_ok=True)
+        Path("reports/metrics.json").write_text(json.dumps(metrics))
+        evaluate.log_to_mlflow(run_info, metrics, Path("models/model.keras"), [])
+        return run.info.run_id
+
+    make.params = params
+    return make

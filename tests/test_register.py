@@ -10,45 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-from cifar10_mlops import evaluate, register, tracking
+from cifar10_mlops import register
 from cifar10_mlops.config import load_params
-from cifar10_mlops.model import build_model
 from conftest import make_images, stage_args
 
 NAME = "cifar10-cnn"
-
-
-@pytest.fixture
-def candidate(in_project, params_file):
-    """Make models/{model.keras,run.json} and reports/metrics.json as train and evaluate do,
-    for a model with the test `accuracy` given; returns the run id."""
-    params = params_file()
-    experiment_id = tracking.configure("cifar10-cnn")
-
-    def make(accuracy: float, loss: float = 1.0) -> str:
-        model = build_model(
-            "baseline", conv_1_filters=4, conv_2_filters=4, dense_units=8, dropout=0.0
-        )
-        Path("models").mkdir(exist_ok=True)
-        model.save("models/model.keras")
-        with mlflow.start_run(experiment_id=experiment_id) as run:
-            mlflow.log_metric("best_val_accuracy", accuracy + 0.01)
-            mlflow.set_tag("data_sha256", "ab" * 32)
-        run_info = {
-            "run_id": run.info.run_id,
-            "experiment_id": experiment_id,
-            "tracking_uri": tracking.tracking_uri(),
-        }
-        Path("models/run.json").write_text(json.dumps(run_info))
-        metrics = {"accuracy": accuracy, "f1_weighted": accuracy - 0.01, "f1_macro": 0.5}
-        metrics.update(loss=loss, per_class={})
-        Path("reports").mkdir(exist_ok=True)
-        Path("reports/metrics.json").write_text(json.dumps(metrics))
-        evaluate.log_to_mlflow(run_info, metrics, Path("models/model.keras"), [])
-        return run.info.run_id
-
-    make.params = params
-    return make
 
 
 def run_register(params: Path) -> dict:

@@ -1,0 +1,138 @@
+"""`cifar10-mlops predict` and `request` as a user runs them, against a registered champion."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cifar10_mlops import predict, register
+from conftest import stage_args
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cifar10_mlops.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def save(path: Path, size=(32, 32), mode="RGB", seed=0) -> Path:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    pixels = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+    Image.fromarray(pixels.squeeze() if channels == 1 else pixels, mode).save(path)
+    return path
+
+
+@pytest.fixture
+def champion(candidate):
+    candidate(0.61)
+    register.main(["--params", str(candidate.params), *stage_args("register")])
+    return Path.cwd()
+
+
+def test_predict_classifies_files_and_folders_of_any_size(champion):
+    images = champion / "images"
+    images.mkdir()
+    save(images / "a.png")
+    save(images / "b.jpg", size=(640, 480), seed=1)
+    (images / "notes.txt").write_text("not an image")  # skipped in a folder: not an image suffix
+    extra = save(champion / "c.bmp", size=(20, 50), seed=2)
+
+    result = cli("predict", "images", str(extra), "--format", "json", cwd=champion)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["model"] == "models:/cifar10-cnn@champion"
+    rows = out["predictions"]
+    assert [Path(r["file"]).name for r in rows] == ["a.png", "b.jpg", "c.bmp"]
+    for row in rows:
+        assert sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+        assert row["class"] == max(row["probabilities"], key=row["probabilities"].get)
+
+    # the same probabilities as the registered model on the same resized pixels
+    import mlflow
+
+    model = mlflow.pyfunc.load_model("models:/cifar10-cnn@champion")
+    direct = model.predict(np.stack([predict.load_image(images / "b.jpg")]))[0]
+    assert list(rows[1]["probabilities"].values()) == pytest.approx(direct.tolist(), abs=1e-5)
+
+    table = cli("predict", "images", "--model", "models:/cifar10-cnn/1", cwd=champion)
+    assert table.returncode == 0, table.stderr
+    header, *lines = table.stdout.splitlines()
+    assert header.split() == ["file", "class", "prob", "runner-up"] and len(lines) == 2
+
+
+def test_load_image_crops_the_centre_and_resizes(tmp_path):
+    pixels = np.zeros((100, 300, 3), np.uint8)
+    pixels[:, 100:200] = 255  # white central square between black side bands
+    Image.fromarray(pixels).save(tmp_path / "wide.png")
+    image = predict.load_image(tmp_path / "wide.png")
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    assert image.min() > 200  # only the central square survives (bicubic blurs its edges)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b""), "empty file"),
+        (lambda p: p.write_text("hello, not a picture"), "not an image that can be read"),
+        (lambda p: save(p, mode="L"), "grayscale (1 channel) image, the model takes RGB"),
+        (lambda p: save(p, mode="RGBA"), "RGBA (4 channels) image, the model takes RGB"),
+        (lambda p: p.write_bytes(save(p).read_bytes()[:60]), "cannot decode the image"),
+    ],
+    ids=["empty", "not-an-image", "grayscale", "rgba", "truncated"],
+)
+def test_bad_image_is_a_one_line_error(tmp_path, make, message):
+    path = tmp_path / "bad.png"
+    make(path)
+    result = cli("predict", str(path), "--model", "models:/unused@champion", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {path}: {message}")
+    assert not (tmp_path / "mlruns").exists()  # the inputs are checked before any model loads
+
+
+def test_grayscale_and_rgba_convert_on_request(tmp_path):
+    assert predict.load_image(save(tmp_path / "g.png", mode="L"), convert=True).shape == (32, 32, 3)
+    assert predict.load_image(save(tmp_path / "a.png", mode="RGBA"), convert=True).shape == (
+        32,
+        32,
+        3,
+    )
+
+
+def test_huge_image_is_refused_before_decoding(tmp_path, monkeypatch):
+    monkeypatch.setattr(predict, "MAX_PIXELS", 100 * 100)
+    path = save(tmp_path / "big.png", size=(101, 100))
+    with pytest.raises(predict.PipelineError, match=r"101x100 image is too large"):
+        predict.load_image(path)
+
+
+def test_no_champion_yet_is_a_clear_message(in_project, params_file, tmp_path):
+    save(tmp_path / "a.png")
+    result = cli("predict", "a.png", "--params", str(params_file()), cwd=in_project)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: no champion yet: model 'cifar10-cnn' has no version with the alias 'champion' "
+        "in sqlite:///mlruns/mlflow.db; run the pipeline (make repro) to register one"
+    )
+
+
+def test_request_writes_the_json_body_mlflow_serves(tmp_path):
+    save(tmp_path / "a.png", size=(64, 64))
+    result = cli("request", "a.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert np.array(body["inputs"]).shape == (1, 32, 32, 3)
+    assert np.array_equal(body["inputs"][0], predict.load_image(tmp_path / "a.png"))
+
+
+def test_unknown_command_prints_usage(tmp_path):
+    result = cli("train", cwd=tmp_path)
+    assert result.returncode == 2 and "cifar10-mlops predict" in result.stderr
