@@ -11,7 +11,8 @@ LOCK_FILE ?= requirements.lock
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv repro smoke study tune-study test test-slow lock mlflow-ui
+.PHONY: help venv repro smoke study tune-study test test-slow lock mlflow-ui flow services \
+  services-stop services-status mlflow-server prefect-server deployment serve-model
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -64,6 +65,40 @@ test-slow: $(STAMP)  ## tests that need the full dataset or minutes of training
 
 mlflow-ui: $(STAMP)  ## open the MLflow UI on the embedded store at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+# Prefect: flows/retrain.py runs the stages as tasks; flows/deploy.py serves it on a schedule.
+# The local Prefect server keeps its database in .prefect/ of this checkout.
+export PREFECT_HOME ?= $(abspath .prefect)
+FLOW_ARGS ?=
+
+# `make flow` reports to the local Prefect server when it runs, else to a temporary one.
+flow: $(STAMP)  ## the pipeline as a Prefect flow run (FLOW_ARGS="--force --epochs 1")
+	if [ -z "$$PREFECT_API_URL" ] && scripts/services.sh running prefect; then \
+	  export PREFECT_API_URL=http://127.0.0.1:$${PREFECT_PORT:-4200}/api; fi; \
+	$(BIN)/python -m flows.retrain $(FLOW_ARGS)
+
+services: $(STAMP)  ## start the MLflow server, the Prefect server and the retraining deployment
+	scripts/services.sh start mlflow prefect deployment
+
+services-stop:  ## stop what `make services` started
+	scripts/services.sh stop deployment prefect mlflow
+
+services-status:  ## which local services run
+	scripts/services.sh status
+
+mlflow-server: $(STAMP)  ## start only the MLflow server (UI + API) on 127.0.0.1:5000
+	scripts/services.sh start mlflow
+
+prefect-server: $(STAMP)  ## start only the Prefect server (UI + API) on 127.0.0.1:4200
+	scripts/services.sh start prefect
+
+deployment: $(STAMP)  ## serve the scheduled retraining deployment (needs the Prefect server)
+	scripts/services.sh start deployment
+
+MODEL_URI ?= models:/cifar10-cnn@champion
+serve-model: $(STAMP)  ## serve MODEL_URI (default: the champion) at http://127.0.0.1:5001/invocations
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db} \
+	  $(BIN)/mlflow models serve -m "$(MODEL_URI)" --env-manager local -h 127.0.0.1 -p 5001
 
 UV_COMPILE := uv pip compile pyproject.toml --extra dev --python-version 3.11 \
   --python-platform x86_64-manylinux_2_28 --no-header

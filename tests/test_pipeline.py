@@ -10,6 +10,7 @@ import mlflow
 import pytest
 import yaml
 
+from cifar10_mlops.register import lock_digest
 from conftest import tiny_params, write_image_archive
 
 
@@ -46,7 +47,7 @@ def pipeline(project, tmp_path, monkeypatch):
 
 def test_dvc_repro_end_to_end(pipeline):
     first = dvc(pipeline, "repro")
-    assert ran(first) == ["download", "prepare", "tune", "train", "evaluate"]
+    assert ran(first) == ["download", "prepare", "tune", "train", "evaluate", "register"]
     for path in (
         "data/raw/manifest.json",
         "data/prepared/test.npz",
@@ -55,6 +56,7 @@ def test_dvc_repro_end_to_end(pipeline):
         "models/model.keras",
         "reports/metrics.json",
         "reports/evaluate/confusion_matrix.png",
+        "reports/registry.json",
         "dvc.lock",
     ):
         assert (pipeline / path).is_file(), path
@@ -97,18 +99,30 @@ def test_dvc_repro_end_to_end(pipeline):
         == 1
     )
 
+    # the model of that run is the registry's first version and champion, with lineage
+    registry = json.loads((pipeline / "reports" / "registry.json").read_text())
+    assert registry["version"] == 1 and registry["aliases"] == ["champion", "challenger"]
+    version = mlflow.MlflowClient().get_model_version_by_alias("cifar10-cnn", "champion")
+    assert version.run_id == run_id
+    assert version.tags["dvc_lock_sha256"] == lock_digest(pipeline / "dvc.lock")
+    lock = yaml.safe_load((pipeline / "dvc.lock").read_text())
+    [model_out] = [o for o in lock["stages"]["train"]["outs"] if o["path"] == "models/model.keras"]
+    assert version.tags["model_md5"] == model_out["md5"]
+
     again = dvc(pipeline, "repro")
     assert ran(again) == [] and "Data and pipelines are up to date" in again.stdout
 
     params = yaml.safe_load((pipeline / "params.yaml").read_text())
     params["train"]["epochs"] = 2
     (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(dvc(pipeline, "repro")) == ["train", "evaluate"]  # the search is still valid
+    # the search is still valid; the new model is registered as version 2
+    assert ran(dvc(pipeline, "repro")) == ["train", "evaluate", "register"]
+    assert json.loads((pipeline / "reports" / "registry.json").read_text())["version"] == 2
     assert "Data and pipelines are up to date" in dvc(pipeline, "status").stdout
 
     params["tune"]["enabled"] = False
     (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran(dvc(pipeline, "repro")) == ["tune", "train", "evaluate"]
+    assert ran(dvc(pipeline, "repro")) == ["tune", "train", "evaluate", "register"]
     run = mlflow.get_run(json.loads((pipeline / "models" / "run.json").read_text())["run_id"])
     assert run.data.tags["hparams_source"] == "params"
     assert run.data.params["train.conv_1_filters"] == str(params["train"]["conv_1_filters"])
@@ -158,7 +172,7 @@ def test_search_killed_under_dvc_repro_resumes_on_the_next_repro(pipeline):
     assert not (pipeline / "models" / "best_hparams.json").exists()
 
     again = dvc(pipeline, "repro")
-    assert ran(again) == ["tune", "train", "evaluate"]
+    assert ran(again) == ["tune", "train", "evaluate", "register"]
     assert "resuming after 2 finished trials" in again.stdout
     assert "[tune] trial 1 of" not in again.stdout
     mlflow.set_tracking_uri(f"sqlite:///{pipeline}/mlruns/mlflow.db")
