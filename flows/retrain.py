@@ -63,7 +63,7 @@ def repro(stage: str, force: bool = False) -> bool:
     return not any(f"Stage '{stage}' didn't change" in x for x in lines)
 
 
-@task
+@task(task_run_name="report")
 def report(ran: dict[str, bool]) -> str:
     """The markdown artifact: what ran, the test metrics, the promotion decision, links."""
     metrics = json.loads(Path("reports/metrics.json").read_text())
@@ -120,7 +120,8 @@ def apply_params(overrides: list[str]) -> None:
         load_params(PARAMS)
     except Exception as exc:
         PARAMS.write_text(before)
-        raise PipelineError(f"bad parameter override {' '.join(overrides)}: {exc}") from None
+        cause = str(exc.__cause__ or exc).splitlines()[0]  # DVC wraps Hydra's reason
+        raise PipelineError(f"bad parameter override {' '.join(overrides)}: {cause}") from None
 
 
 def check_services() -> None:

@@ -36,27 +36,33 @@ start() {
   local name=$1 url
   mkdir -p "$DIR" mlruns
   if running "$name"; then echo "$name: already running (pid $(cat "$DIR/$name.pid"))"; return; fi
+  url=$(health_of "$name")
+  if [[ -n $url ]] && curl -sf "$url" >/dev/null; then
+    echo "error: $url already answers: another $name server holds the port" >&2; exit 1
+  fi
   # shellcheck disable=SC2046
   setsid $(command_of "$name") >"$DIR/$name.log" 2>&1 &
   echo $! >"$DIR/$name.pid"
-  url=$(health_of "$name")
-  for _ in $(seq 90); do
+  for _ in $(seq 120); do
+    sleep 1
     if ! running "$name"; then
       echo "error: $name exited; last lines of $DIR/$name.log:" >&2; tail -5 "$DIR/$name.log" >&2
-      exit 1
+      rm -f "$DIR/$name.pid"; exit 1
     fi
     if [[ -z $url ]]; then
       grep -q "is being served" "$DIR/$name.log" && break
     elif curl -sf "$url" >/dev/null; then break; fi
-    sleep 1
   done
   echo "$name: started (pid $(cat "$DIR/$name.pid"), log $DIR/$name.log)"
 }
 
 stop() {
-  local name=$1
+  local name=$1 pid
   if running "$name"; then
-    kill -TERM -- "-$(cat "$DIR/$name.pid")" 2>/dev/null || kill -TERM "$(cat "$DIR/$name.pid")"
+    pid=$(cat "$DIR/$name.pid")
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
+    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true  # what did not stop in 30 s, and its children
     echo "$name: stopped"
   fi
   rm -f "$DIR/$name.pid"
@@ -65,8 +71,10 @@ stop() {
 case ${1:-} in
   start)
     for name in "${@:2}"; do start "$name"; done
-    echo "MLflow UI:  http://127.0.0.1:${MLFLOW_PORT}"
-    echo "Prefect UI: http://127.0.0.1:${PREFECT_PORT}  (export PREFECT_API_URL=${PREFECT_API_URL})" ;;
+    running mlflow && echo "MLflow UI:  http://127.0.0.1:${MLFLOW_PORT}"
+    running prefect && echo "Prefect UI: http://127.0.0.1:${PREFECT_PORT}" \
+      "(export PREFECT_API_URL=${PREFECT_API_URL} to use it)"
+    true ;;
   stop)
     for name in "${@:2}"; do stop "$name"; done ;;
   running)

@@ -1,0 +1,133 @@
+"""The scheduled retraining deployment (flows/deploy.py) on a real Prefect server on 127.0.0.1.
+
+Starts `prefect server start` with its own database, serves the deployment from a scratch
+copy of the project with tiny params, checks the schedule and the concurrency limit, then
+triggers two runs at once: both complete, one after the other.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import tiny_params, write_image_archive
+
+BIN = Path(sys.executable).parent
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check, what: str, process: subprocess.Popen, log: Path, seconds: float = 120):
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert process.poll() is None, f"{what} exited:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} in {seconds} s:\n{log.read_text()[-3000:]}"
+        time.sleep(1)
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def start(cmd: list, log: Path, env: dict, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """A Prefect server on a free port of 127.0.0.1; yields the environment that uses it."""
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    log = tmp_path / "prefect-server.log"
+    server = start(
+        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        log, env, tmp_path,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: answers(f"{api}/health"), "Prefect server", server, log)
+        yield env
+    finally:
+        stop(server)
+
+
+def test_served_deployment_is_scheduled_limited_to_one_and_runs(prefect_server, project, tmp_path):
+    archive = write_image_archive(tmp_path / "cifar10-jpg.tar.gz", fmt="JPEG")
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    env = {**prefect_server, "CIFAR10_SOURCE": str(archive)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cfg = tiny_params()["retrain"]
+    log = tmp_path / "deployment.log"
+    served = start([sys.executable, "-m", "flows.deploy"], log, env, project)
+    try:
+        wait_for(lambda: "is being served" in log.read_text(), "deployment", served, log)
+        from prefect import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with (
+            temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}),
+            get_client(sync_client=True) as client,
+        ):
+            deployment = client.read_deployment_by_name(f"retrain/{cfg['deployment']}")
+            [schedule] = deployment.schedules
+            assert schedule.schedule.cron == cfg["cron"]
+            assert schedule.schedule.timezone == cfg["timezone"] and schedule.active
+            assert deployment.global_concurrency_limit.limit == 1
+            assert deployment.parameters == {"force": cfg["force"]}
+
+            runs = [client.create_flow_run_from_deployment(deployment.id) for _ in range(2)]
+            deadline = time.monotonic() + 420
+            while True:
+                runs = [client.read_flow_run(r.id) for r in runs]
+                if all(r.state.type.value in TERMINAL for r in runs):
+                    break
+                assert served.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, [r.state for r in runs]
+                time.sleep(2)
+    finally:
+        stop(served)
+
+    assert [r.state.type.value for r in runs] == ["COMPLETED", "COMPLETED"], log.read_text()[-3000:]
+    first, second = sorted(runs, key=lambda r: r.start_time)
+    assert first.end_time <= second.start_time  # never two retrains at once
+    # the second run was forced (deployment parameter): a second version was registered
+    registry = yaml.safe_load((project / "reports" / "registry.json").read_text())
+    assert registry["version"] == 2
+    status = subprocess.run(
+        [sys.executable, "-m", "dvc", "status"], cwd=project, capture_output=True, text=True
+    )
+    assert "Data and pipelines are up to date" in status.stdout

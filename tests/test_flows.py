@@ -1,0 +1,133 @@
+"""The Prefect flow `retrain` (flows/retrain.py) on a scratch copy of the project."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from prefect.testing.utilities import prefect_test_harness
+
+from conftest import tiny_params, write_image_archive
+from flows import retrain as flow_module
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def flow_project(project, tmp_path, monkeypatch):
+    """The project copy with tiny params and a synthetic archive, as the working directory."""
+    archive = write_image_archive(tmp_path / "cifar10-jpg.tar.gz", fmt="JPEG")
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    monkeypatch.setenv("CIFAR10_SOURCE", str(archive))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(project)
+    return project
+
+
+def dvc_status(project: Path) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", "status"], cwd=project, capture_output=True, text=True
+    ).stdout
+
+
+def task_names(flow_run_id) -> list[str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+        return [r.name for r in sorted(runs, key=lambda r: r.expected_start_time)]
+
+
+def report_markdown() -> str:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-report"])),
+            limit=1,
+        )
+        return artifact.data
+
+
+def test_flow_runs_each_stage_as_a_task_registers_and_leaves_dvc_clean(harness, flow_project):
+    state = flow_module.retrain(return_state=True)
+    assert state.is_completed(), state.message
+    ran = state.result()
+    assert list(ran) == ["download", "prepare", "tune", "train", "evaluate", "register"]
+    assert all(ran.values())
+    assert task_names(state.state_details.flow_run_id) == [*ran, "report"]
+    assert "Data and pipelines are up to date" in dvc_status(flow_project)
+
+    registry = json.loads(Path("reports/registry.json").read_text())
+    assert registry["version"] == 1 and registry["promoted"] is True
+    markdown = report_markdown()
+    metrics = json.loads(Path("reports/metrics.json").read_text())
+    assert f"| {metrics['accuracy']:.4f} |" in markdown
+    assert "cifar10-cnn v1** , aliases champion, challenger".replace(" ,", ",") in markdown
+    run_id = json.loads(Path("models/run.json").read_text())["run_id"]
+    assert f"/runs/{run_id})" in markdown and "`dvc status`: up to date" in markdown
+
+    # nothing changed: every stage is skipped, nothing new is registered
+    again = flow_module.retrain(return_state=True).result()
+    assert not any(again.values())
+
+    # a forced retrain with fewer epochs: train, evaluate and register rerun (not the search),
+    # the override lands in params.yaml, and DVC agrees with what ran
+    forced = flow_module.retrain(force=True, epochs=2, return_state=True).result()
+    assert [s for s, r in forced.items() if r] == ["train", "evaluate", "register"]
+    assert yaml.safe_load(Path("params.yaml").read_text())["train"]["epochs"] == 2
+    assert "Data and pipelines are up to date" in dvc_status(flow_project)
+    second = json.loads(Path("reports/registry.json").read_text())
+    assert second["version"] == 2 and "challenger" in second["aliases"]
+    assert second["champion"] == (2 if second["promoted"] else 1)
+    mlflow.set_tracking_uri(f"sqlite:///{flow_project}/mlruns/mlflow.db")
+    aliases = mlflow.MlflowClient().get_registered_model("cifar10-cnn").aliases
+    assert str(aliases["champion"]) == str(second["champion"])
+    assert "v2" in report_markdown()
+
+
+def test_bad_override_leaves_params_unchanged(flow_project):
+    before = Path("params.yaml").read_bytes()
+    with pytest.raises(flow_module.PipelineError, match=r"train.epochs: must be >= 1, got 0"):
+        flow_module.apply_params(["train.epochs=0"])
+    with pytest.raises(flow_module.PipelineError, match="Could not override 'train.epoch'"):
+        flow_module.apply_params(["train.epoch=3"])
+    assert Path("params.yaml").read_bytes() == before
+
+
+@pytest.mark.parametrize("variable", ["MLFLOW_TRACKING_URI", "PREFECT_API_URL"])
+def test_unreachable_server_fails_before_anything_runs(flow_project, variable):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}" + (
+            "/api" if "PREFECT" in variable else ""
+        )
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.retrain"],
+        cwd=flow_project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, variable: url},
+    )
+    assert result.returncode == 1
+    assert time.monotonic() - start < 60
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and f"{url} is unreachable" in last, result.stderr
+    assert not (flow_project / "data").exists()
