@@ -37,6 +37,7 @@ def test_smoke_runs_the_pipeline_in_a_scratch_copy_and_leaves_the_repository_alo
         and f"{tmp_path}/smoke/mlruns/mlflow.db" in result.stdout
     )
     assert (tmp_path / "smoke" / "reports" / "metrics.json").is_file()
+    assert "registry:   cifar10-cnn v1 (champion, challenger): first champion" in result.stdout
     after = subprocess.run(
         ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True
     ).stdout

@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     metrics = json.loads((scratch / "reports" / "metrics.json").read_text())
     run_id = json.loads((scratch / "models" / "run.json").read_text())["run_id"]
+    registry = json.loads((scratch / "reports" / "registry.json").read_text())
     print(
         f"\nsmoke run passed in {time.perf_counter() - start:.0f}s "
         f"(test accuracy {metrics['accuracy']:.3f} after one epoch on a subset)"
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  outputs:    {scratch}/data, {scratch}/models, {scratch}/reports")
     print(f"  metrics:    {scratch}/reports/metrics.json")
     print(f"  MLflow run: {run_id} in sqlite:///{scratch}/mlruns/mlflow.db")
+    print(
+        f"  registry:   {registry['model_name']} v{registry['version']} "
+        f"({', '.join(registry['aliases'])}): {registry['reason']}"
+    )
     print(
         f"  MLflow UI:  mlflow ui --port 5001 --backend-store-uri sqlite:///{scratch}/mlruns/mlflow.db"
     )
