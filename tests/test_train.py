@@ -98,3 +98,25 @@ def test_interrupted_training_ends_its_run_killed(in_project, prepared, params_f
     [run] = mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
     assert run.info.status == "KILLED"
     assert not (in_project / "models" / "model.keras").exists()
+
+
+def test_unreachable_tracking_server_fails_before_training(
+    in_project, prepared, params_file, run_module
+):
+    import socket
+    import time
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    params = str(params_file(**{"train.use_tuned": False}))
+    start = time.monotonic()
+    result = run_module(
+        "cifar10_mlops.train", "--params", params, *stage_args("train"),
+        cwd=in_project, env={"MLFLOW_TRACKING_URI": uri},
+    )  # fmt: skip
+    assert result.returncode == 1 and time.monotonic() - start < 60
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: MLflow tracking server {uri} is unreachable ("
+    )
+    assert "Epoch 1" not in result.stdout and not (in_project / "models" / "model.keras").exists()
