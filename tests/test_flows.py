@@ -53,10 +53,12 @@ def task_names(flow_run_id) -> list[str]:
 def report_markdown() -> str:
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
-    with get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client:  # the latest version of the keyed artifact
         [artifact] = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["retrain-report"])),
+            sort=ArtifactSort.CREATED_DESC,
             limit=1,
         )
         return artifact.data
