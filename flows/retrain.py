@@ -55,8 +55,9 @@ def repro(stage: str, force: bool = False) -> bool:
     )
     lines = []
     for line in proc.stdout:
-        lines.append(line.rstrip())
-        logger.info("%s", lines[-1])
+        if line.strip():  # progress bars redraw with blank lines
+            lines.append(line.rstrip())
+            logger.info("%s", lines[-1])
     if proc.wait() != 0:
         errors = [x for x in lines if x.startswith(("error:", "ERROR"))] or lines[-1:]
         raise RuntimeError(f"stage {stage} failed (exit {proc.returncode}): {errors[-1]}")
