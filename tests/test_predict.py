@@ -115,6 +115,9 @@ def test_huge_image_is_refused_before_decoding(tmp_path, monkeypatch):
 
 
 def test_no_champion_yet_is_a_clear_message(in_project, params_file, tmp_path):
+    from cifar10_mlops import tracking
+
+    tracking.configure("cifar10-cnn")  # a store with runs but no registered model
     save(tmp_path / "a.png")
     result = cli("predict", "a.png", "--params", str(params_file()), cwd=in_project)
     assert result.returncode == 1
@@ -136,3 +139,17 @@ def test_request_writes_the_json_body_mlflow_serves(tmp_path):
 def test_unknown_command_prints_usage(tmp_path):
     result = cli("train", cwd=tmp_path)
     assert result.returncode == 2 and "cifar10-mlops predict" in result.stderr
+
+
+def test_no_store_is_a_clear_message_and_creates_none(tmp_path):
+    save(tmp_path / "a.png")
+    result = cli("predict", "a.png", "--model", "models:/cifar10-cnn@champion", cwd=tmp_path)
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: no MLflow store at mlruns/mlflow.db: run the pipeline first (make repro)"
+        )
+    )
+    assert not (tmp_path / "mlruns").exists()

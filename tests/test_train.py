@@ -116,7 +116,9 @@ def test_unreachable_tracking_server_fails_before_training(
         cwd=in_project, env={"MLFLOW_TRACKING_URI": uri},
     )  # fmt: skip
     assert result.returncode == 1 and time.monotonic() - start < 60
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        f"error: MLflow tracking server {uri} is unreachable ("
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: MLflow tracking server {uri} is unreachable (")
     )
     assert "Epoch 1" not in result.stdout and not (in_project / "models" / "model.keras").exists()

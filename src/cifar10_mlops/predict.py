@@ -91,7 +91,18 @@ def load_model(uri: str):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    store = tracking.connect()
+    store = tracking.tracking_uri()
+    db = Path(store.removeprefix("sqlite:///"))
+    if (
+        store.startswith("sqlite:///")
+        and not db.is_file()
+        and uri.startswith(("models:/", "runs:/"))
+    ):
+        raise PipelineError(
+            f"no MLflow store at {db}: run the pipeline first (make repro), "
+            "or point MLFLOW_TRACKING_URI at the store that holds the model"
+        )
+    tracking.connect(store)
     try:
         return mlflow.pyfunc.load_model(uri)
     except MlflowException as exc:
