@@ -179,6 +179,16 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def pipeline(project, tmp_path, monkeypatch):
+    """The project copy with tiny params, reading a tiny JPEG archive via CIFAR10_SOURCE."""
+    archive = write_image_archive(tmp_path / "cifar10-jpg.tar.gz", fmt="JPEG")
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    monkeypatch.setenv("CIFAR10_SOURCE", str(archive))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return project
+
+
+@pytest.fixture
 def run_module():
     """Run `python -m <module> <args>` the way dvc.yaml does; returns the CompletedProcess."""
     import sys

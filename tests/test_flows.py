@@ -12,7 +12,6 @@ import pytest
 import yaml
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import tiny_params, write_image_archive
 from flows import retrain as flow_module
 
 
@@ -23,14 +22,10 @@ def harness():
 
 
 @pytest.fixture
-def flow_project(project, tmp_path, monkeypatch):
-    """The project copy with tiny params and a synthetic archive, as the working directory."""
-    archive = write_image_archive(tmp_path / "cifar10-jpg.tar.gz", fmt="JPEG")
-    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    monkeypatch.setenv("CIFAR10_SOURCE", str(archive))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(project)
-    return project
+def flow_project(pipeline, monkeypatch):
+    """The pipeline's project copy as the working directory, as `python -m flows.retrain` runs."""
+    monkeypatch.chdir(pipeline)
+    return pipeline
 
 
 def dvc_status(project: Path) -> str:

@@ -11,7 +11,6 @@ import pytest
 import yaml
 
 from cifar10_mlops.register import lock_digest
-from conftest import tiny_params, write_image_archive
 
 
 def dvc(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -34,15 +33,6 @@ def ran(result: subprocess.CompletedProcess) -> list[str]:
         for line in result.stdout.splitlines()
         if line.startswith("Running stage")
     ]
-
-
-@pytest.fixture
-def pipeline(project, tmp_path, monkeypatch):
-    archive = write_image_archive(tmp_path / "cifar10-jpg.tar.gz", fmt="JPEG")
-    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    monkeypatch.setenv("CIFAR10_SOURCE", str(archive))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return project
 
 
 def test_dvc_repro_end_to_end(pipeline):
