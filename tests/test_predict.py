@@ -143,7 +143,8 @@ def test_unknown_command_prints_usage(tmp_path):
     assert result.returncode == 2 and "cifar10-mlops predict" in result.stderr
 
 
-def test_no_store_is_a_clear_message_and_creates_none(tmp_path):
+def test_no_store_is_a_clear_message_and_creates_none(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the default, embedded store
     save(tmp_path / "a.png")
     result = cli("predict", "a.png", "--model", "models:/cifar10-cnn@champion", cwd=tmp_path)
     assert result.returncode == 1
