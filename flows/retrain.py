@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -34,12 +35,18 @@ PARAMS, DVC_YAML = Path("params.yaml"), Path("dvc.yaml")
 RETRIES = {"download": 3}
 # `force` reruns training and what follows it; the search reruns only when its inputs change.
 FORCED_FROM = "train"
-MLFLOW_UI = os.environ.get("MLFLOW_UI_URL", "http://127.0.0.1:5000")  # `make mlflow-ui`
+MLFLOW_UI = "http://127.0.0.1:5000"  # `make mlflow-ui`; MLFLOW_UI_URL overrides it
 
 
 def stage_names() -> list[str]:
     """dvc.yaml's stages, in its (data-flow) order."""
     return list(yaml.safe_load(DVC_YAML.read_text())["stages"])
+
+
+def stage_paths(stage: str) -> dict[str, Path]:
+    """The `--option path` pairs of a stage's command in dvc.yaml, the one home of the paths."""
+    args = shlex.split(yaml.safe_load(DVC_YAML.read_text())["stages"][stage]["cmd"])
+    return {a[2:]: Path(v) for a, v in zip(args, args[1:]) if a.startswith("--")}
 
 
 @task(task_run_name="{stage}")
@@ -67,10 +74,12 @@ def repro(stage: str, force: bool = False) -> bool:
 @task(task_run_name="report")
 def report(ran: dict[str, bool]) -> str:
     """The markdown artifact: what ran, the test metrics, the promotion decision, links."""
-    metrics = json.loads(Path("reports/metrics.json").read_text())
-    registry = json.loads(Path("reports/registry.json").read_text())
-    run = json.loads(Path("models/run.json").read_text())
-    ui = run["tracking_uri"] if run["tracking_uri"].startswith("http") else MLFLOW_UI
+    paths = stage_paths("register")
+    metrics = json.loads(paths["metrics"].read_text())
+    registry = json.loads(paths["out"].read_text())
+    run = json.loads(paths["run-info"].read_text())
+    local_ui = os.environ.get("MLFLOW_UI_URL", MLFLOW_UI)
+    ui = run["tracking_uri"] if run["tracking_uri"].startswith("http") else local_ui
     run_link = f"{ui}/#/experiments/{run['experiment_id']}/runs/{run['run_id']}"
     version_link = f"{ui}/#/models/{registry['model_name']}/versions/{registry['version']}"
     status = subprocess.run(
