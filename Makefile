@@ -95,7 +95,9 @@ prefect-server: $(STAMP)  ## start only the Prefect server (UI + API) on 127.0.0
 deployment: $(STAMP)  ## serve the scheduled retraining deployment (needs the Prefect server)
 	scripts/services.sh start deployment
 
-MODEL_URI ?= models:/cifar10-cnn@champion
+# The model name has one home, params.yaml `register.model_name`.
+MODEL_URI ?= models:/$$($(BIN)/python -c 'from cifar10_mlops.config import load_params; \
+  print(load_params().register.model_name)')@champion
 serve-model: $(STAMP)  ## serve MODEL_URI (default: the champion) at http://127.0.0.1:5001/invocations
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db} \
 	  $(BIN)/mlflow models serve -m "$(MODEL_URI)" --env-manager local -h 127.0.0.1 -p 5001
