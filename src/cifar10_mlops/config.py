@@ -89,6 +89,7 @@ class TrainConfig:
     optimizer: Literal["adam", "sgd"]
     val_batch_size: int
     use_tuned: bool
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]  # see devices.py
 
     def check(self, key: str) -> None:
         for name in (
@@ -191,6 +192,7 @@ class TuneConfig:
     max_mflops: float | None
     first_trial_from_train: bool
     space: SearchSpace
+    worker_timeout: float  # seconds a distributed worker may go silent before losing its trial
 
     def check(self, key: str) -> None:
         _at_least(key, "max_epochs", self.max_epochs, 1)
@@ -204,6 +206,7 @@ class TuneConfig:
             _at_least(key, "train_per_class", self.train_per_class, 1)
         if self.max_mflops is not None:
             _positive(key, "max_mflops", self.max_mflops)
+        _positive(key, "worker_timeout", self.worker_timeout)
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,11 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
         return _build(Params, raw, "")
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def params_from_dict(raw: dict) -> Params:
+    """Params from an already-parsed mapping (dataclasses.asdict of a Params, say)."""
+    return _build(Params, raw, "")
 
 
 def flatten(params: Any, prefix: str = "") -> dict[str, Any]:

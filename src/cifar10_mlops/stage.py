@@ -23,9 +23,28 @@ def run_stage(main: Callable[[], None]) -> None:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    except Exception as exc:
+        lost = _tracking_failure(exc)
+        if lost is None:
+            raise
+        print(f"error: {lost}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def _tracking_failure(exc: Exception) -> str | None:
+    """One line for an MLflow call that failed after the client's own retries (by default
+    7, backing off for about 4 minutes: enough for a tracking server to restart)."""
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None or not isinstance(exc, mlflow.exceptions.MlflowException):
+        return None
+    message = " ".join(str(exc.message).split())
+    return (
+        f"MLflow tracking at {mlflow.get_tracking_uri()} failed after retries, so the stage "
+        f"stopped and its MLflow run is incomplete: {message[:300]}"
+    )
 
 
 def seed_everything(seed: int) -> None:

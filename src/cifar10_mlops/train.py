@@ -7,6 +7,8 @@ Writes models/model.keras (takes raw uint8 images), models/run.json (the MLflow 
        `evaluate` logs into) and reports/train/history.csv (per-epoch metrics).
 One MLflow run per training: params, data checksum and git commit tags, per-epoch loss,
 accuracy, val_loss, val_accuracy and learning_rate.
+Devices: every GPU (MirroredStrategy over several, mixed precision per `train.precision`), else
+the CPU; see devices.py. The saved model computes in float32 wherever it trained.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from cifar10_mlops import tracking
+from cifar10_mlops import devices, tracking
 from cifar10_mlops.augment import random_affine
 from cifar10_mlops.config import AugmentConfig, TrainConfig, flatten, load_params
 from cifar10_mlops.errors import PipelineError
@@ -114,10 +116,13 @@ def train(
     *,
     seed: int,
     callbacks: list[keras.callbacks.Callback] = (),
+    strategy: tf.distribute.Strategy | None = None,
 ) -> tuple[keras.Model, list[dict]]:
-    """Fit a fresh model; returns it (best validation weights when early stopping is on)
-    and one dict of HISTORY_KEYS per epoch."""
-    model = compile_model(cfg)
+    """Fit a fresh model under `strategy` (default: the current one); returns it (best
+    validation weights when early stopping is on) and one dict of HISTORY_KEYS per epoch.
+    `cfg.batch_size` is the global batch, split between the strategy's replicas."""
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = compile_model(cfg)
     model.summary(print_fn=lambda line, **_: print(line))
     callbacks = [keras.callbacks.LearningRateScheduler(step_schedule(cfg)), *callbacks]
     if cfg.early_stopping_patience is not None:
@@ -176,6 +181,22 @@ def write_history(history: list[dict], path: Path) -> None:
         writer.writerows(history)
 
 
+def float32_copy(model: keras.Model, cfg: TrainConfig) -> keras.Model:
+    """The same network and weights computing in float32, for a model trained in mixed
+    precision: the saved model then runs the same on any CPU or GPU. Weights are float32
+    under mixed precision already, so nothing is rounded."""
+    if model.dtype_policy.name == "float32":
+        return model
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        copy = compile_model(cfg)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def save_model(model: keras.Model, path: Path) -> None:
     """Save atomically: a reader never sees a half-written model.keras."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
         searched = ", ".join(f"{k}={v}" for k, v in tuned["hyperparameters"].items())
         print(f"training with the tuned values from {args.tuned}: {searched}")
     params = replace(params, train=cfg)
+    placement = devices.setup(cfg.precision)
+    print(f"training on {placement.describe()}")
     seed_everything(params.seed)
     train_split, val_split = load_split(args.data, "train"), load_split(args.data, "val")
     manifest = load_manifest(args.data)
@@ -226,12 +249,18 @@ def main(argv: list[str] | None = None) -> None:
                 "data_sha256": manifest["source_sha256"],
                 "data_source": manifest["source"],
                 "data_train_images": len(train_split[1]),
+                **placement.tags(),
             }
         )
         print(f"MLflow run {run.info.run_id} in {uri}")
         start = time.perf_counter()
         model, history = train(
-            params.train, train_split, val_split, seed=params.seed, callbacks=[MlflowEpochLogger()]
+            params.train,
+            train_split,
+            val_split,
+            seed=params.seed,
+            callbacks=[MlflowEpochLogger()],
+            strategy=placement.strategy,
         )
         seconds = time.perf_counter() - start
         best = max(history, key=lambda h: h["val_accuracy"])
@@ -244,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
                 "best_epoch": best["epoch"],
             }
         )
-        save_model(model, args.model)
+        save_model(float32_copy(model, params.train), args.model)
         write_history(history, args.history)
         args.run_info.write_text(
             json.dumps(

@@ -53,6 +53,11 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def trial_workers(state: Path) -> dict[str, str]:
+    """Trial id -> the tuner id (KERASTUNER_TUNER_ID) of the process that last ran it."""
+    return {r["trial"]: r.get("tuner", "") for r in _read_jsonl(state / "seconds.jsonl")}
+
+
 def read_curves(state: Path) -> list[dict]:
     """Per-epoch metrics of every trial; a trial rerun after an interruption keeps only the
     epochs of its last run."""

@@ -13,6 +13,13 @@ State  --state DIR holds keras-tuner's trials and checkpoints while a search run
 MLflow one parent run per attempt (search space and Hyperband settings as params; the best
        values, the trials table and both images at the end) and a nested run per trial.
 Trials are scored on the validation split; the test set is never read here.
+
+Distributed search, with Keras Tuner's own environment variables: the stage run with
+KERASTUNER_TUNER_ID=chief, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT serves the oracle and
+trains nothing; workers, `python -m cifar10_mlops.tune --worker --data ... --state ...` with a
+unique KERASTUNER_TUNER_ID each, run the trials. All share the --state folder (trial
+checkpoints, and search.json, which gives workers the chief's params and MLflow run) and one
+MLflow tracking server. An empty KERASTUNER_ORACLE_IP means a search in this process.
 """
 
 from __future__ import annotations
@@ -20,18 +27,29 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from cifar10_mlops import tracking
-from cifar10_mlops.config import IntRange, Params, flatten, load_params
-from cifar10_mlops.errors import ConfigError
-from cifar10_mlops.hyperband import SearchLog, fmt, in_space, make_tuner, mflops, searched
+from cifar10_mlops import devices, tracking
+from cifar10_mlops.config import IntRange, Params, flatten, load_params, params_from_dict
+from cifar10_mlops.errors import ConfigError, PipelineError
+from cifar10_mlops.hyperband import (
+    SearchLog,
+    fmt,
+    in_space,
+    kt_chief,
+    kt_distributed,
+    make_tuner,
+    mflops,
+    searched,
+)
 from cifar10_mlops.splits import load_manifest, load_split
 from cifar10_mlops.stage import run_stage, seed_everything
 from cifar10_mlops.train import TUNABLE, make_dataset
@@ -41,12 +59,15 @@ from cifar10_mlops.trials import (
     plot_trials,
     read_curves,
     trial_rows,
+    trial_workers,
     write_atomic,
     write_trials_csv,
 )
 
 # The `train` keys a search depends on besides the searched ones (see dvc.yaml).
 TRAIN_KEYS = ("architecture", "dropout", "batch_size", "val_batch_size", "augment")
+KT_ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
+SEARCH_FILE = "search.json"  # what a chief tells its workers, in the search's state folder
 
 
 def search_id(params: Params, data_sha256: str) -> str:
@@ -153,67 +174,220 @@ def log_settings(params: Params, *, seed: int, train_images: int, search: str, r
     )
 
 
+def search_inputs(params: Params, data: Path, seed: int):
+    """(training dataset, validation dataset, callbacks, sizes) of a search, the same for
+    every process that runs trials."""
+    tune, train = params.tune, params.train
+    x_train, y_train = subset_per_class(*load_split(data, "train"), tune.train_per_class, seed)
+    val = load_split(data, "val")
+    callbacks = []
+    if tune.early_stopping_patience is not None:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=tune.objective, patience=tune.early_stopping_patience
+            )
+        )
+    return (
+        make_dataset(x_train, y_train, train.batch_size, seed=seed, augment=train.augment),
+        make_dataset(*val, train.val_batch_size, seed=seed),
+        callbacks,
+        (len(y_train), len(val[1])),
+    )
+
+
+def search_kwargs(params: Params, callbacks) -> dict:
+    """tuner.search's keyword arguments besides the data."""
+    return {
+        "epochs": params.tune.max_epochs,
+        "callbacks": callbacks,
+        "shuffle": False,  # the tf.data pipeline shuffles
+        "verbose": 1 if sys.stdout.isatty() else 2,
+    }
+
+
 def run_search(params: Params, args: argparse.Namespace) -> None:
     import mlflow
 
     tune, train = params.tune, params.train
     first = check_space(params)
     seed = params.seed if tune.seed is None else tune.seed
+    placement = devices.setup(train.precision)
     seed_everything(seed)
     manifest = load_manifest(args.data)
-    x_train, y_train = subset_per_class(*load_split(args.data, "train"), tune.train_per_class, seed)
-    val = load_split(args.data, "val")
+    train_ds, val_ds, callbacks, (n_train, n_val) = search_inputs(params, args.data, seed)
     sid = search_id(params, manifest["source_sha256"])
     resuming = prepare_state(args.state, sid)
     state = args.state / sid
+    chief = kt_chief()
 
     uri = tracking.tracking_uri()
     experiment_id = tracking.configure(params.mlflow.experiment, uri)
     tracking.end_orphaned_runs(experiment_id)
 
     with tracking.start_run(experiment_id=experiment_id, run_name="tune-hyperband") as run:
-        log_settings(params, seed=seed, train_images=len(y_train), search=sid, resumed=resuming)
-        mlflow.set_tag("data_sha256", manifest["source_sha256"])
+        log_settings(params, seed=seed, train_images=n_train, search=sid, resumed=resuming)
+        mlflow.set_tags({"data_sha256": manifest["source_sha256"], "distributed": str(chief)})
         log = SearchLog(
             state=state, experiment_id=experiment_id, parent_id=run.info.run_id, cfg=params
         )
         tuner = make_tuner(
-            tune, train, seed=seed, first=first, log=log, directory=args.state, project=sid
-        )
+            tune, train, seed=seed, first=first, log=log, directory=args.state, project=sid,
+            strategy=placement.strategy if placement.replicas > 1 else None,
+        )  # fmt: skip
         oracle = tuner.oracle
         state.mkdir(parents=True, exist_ok=True)
-        log.total, epochs = oracle.plan()
         done = sum(t.status == "COMPLETED" for t in oracle.trials.values())
         print(
-            f"[tune] Hyperband: {log.total} trials, {epochs} epochs in all, on {len(y_train)} "
-            f"training images; objective {tune.objective} on {len(val[1])} validation images; "
+            f"[tune] Hyperband: {log.total} trials, {log.epochs} epochs in all, on {n_train} "
+            f"training images; objective {tune.objective} on {n_val} validation images; "
             f"MLflow run {run.info.run_id}"
             + (f"; resuming after {done} finished trials" if resuming else ""),
             flush=True,
         )
-        callbacks = []
-        if tune.early_stopping_patience is not None:
-            callbacks.append(
-                keras.callbacks.EarlyStopping(
-                    monitor=tune.objective, patience=tune.early_stopping_patience
-                )
-            )
+        if chief:
+            announce(params, args, sid, run.info.run_id, experiment_id, manifest)
         try:
-            tuner.search(
-                make_dataset(x_train, y_train, train.batch_size, seed=seed, augment=train.augment),
-                validation_data=make_dataset(*val, train.val_batch_size, seed=seed),
-                epochs=tune.max_epochs,
-                callbacks=callbacks,
-                shuffle=False,  # the tf.data pipeline shuffles
-                verbose=1 if sys.stdout.isatty() else 2,
-            )
+            tuner.search(train_ds, validation_data=val_ds, **search_kwargs(params, callbacks))
         except BaseException:
             log.abort()
             raise
+        end_lost_trials(run.info.run_id)
         finish(params, args, tuner, log, sid, run.info.run_id)
-    shutil.rmtree(state)
-    if not any(args.state.iterdir()):
+    shutil.rmtree(state, ignore_errors=True)
+    if args.state.exists() and not any(args.state.iterdir()):
         args.state.rmdir()
+
+
+def announce(params, args, sid: str, run_id: str, experiment_id: str, manifest: dict) -> None:
+    """Write search.json for the workers and say how to start them."""
+    info = {
+        "search_id": sid,
+        "mlflow_run_id": run_id,
+        "experiment_id": experiment_id,
+        "data_sha256": manifest["source_sha256"],
+        "params": asdict(params),
+    }
+    write_atomic(args.state / sid / SEARCH_FILE, json.dumps(info, indent=2) + "\n")
+    address = f"{os.environ['KERASTUNER_ORACLE_IP']}:{os.environ['KERASTUNER_ORACLE_PORT']}"
+    print(
+        f"[tune] chief: serving the oracle on {address}; start workers with a unique "
+        "KERASTUNER_TUNER_ID each, KERASTUNER_ORACLE_IP/PORT reaching this address and the "
+        f"same MLflow server: python -m cifar10_mlops.tune --worker --data {args.data} "
+        f"--state {args.state}",
+        flush=True,
+    )
+
+
+def end_lost_trials(parent_id: str) -> None:
+    """Mark KILLED the trial runs still RUNNING once the search is over: their worker died,
+    and another worker ran the trial again under a new run."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_id)
+    for child in client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_id}' and attributes.status = 'RUNNING'",
+    ):
+        client.set_tag(child.info.run_id, "error", "worker lost: the trial ran again elsewhere")
+        client.set_terminated(child.info.run_id, "KILLED")
+        print(f"[tune] trial run {child.info.run_id} ended KILLED: its worker was lost")
+
+
+def wait_for_search(state: Path, served: set[str], timeout: float | None) -> dict:
+    """The newest search.json under `state` whose MLflow run this worker has not served."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    said = False
+    while True:
+        found = []
+        for path in state.glob(f"*/{SEARCH_FILE}") if state.exists() else ():
+            try:
+                found.append((path.stat().st_mtime, json.loads(path.read_text()), path))
+            except (OSError, ValueError):
+                continue  # removed or replaced while reading
+        fresh = [f for f in found if f[1]["mlflow_run_id"] not in served]
+        if fresh:
+            _, info, path = max(fresh, key=lambda f: f[0])
+            return {**info, "file": path}
+        if deadline is not None and time.monotonic() > deadline:
+            raise PipelineError(
+                f"no search to join in {state} after {timeout:g}s: start the tune stage with "
+                "KERASTUNER_TUNER_ID=chief, sharing this --state folder"
+            )
+        if not said:
+            print(f"[tune] worker: waiting for a chief's {SEARCH_FILE} under {state}", flush=True)
+            said = True
+        time.sleep(2)
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    """Run trials for the chief's searches: one search, or one after another with --loop."""
+    import mlflow
+
+    tuner_id = os.environ.get("KERASTUNER_TUNER_ID", "")
+    if not kt_distributed() or not os.environ.get("KERASTUNER_ORACLE_PORT") or not tuner_id:
+        raise PipelineError(
+            "a worker needs KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT (the chief's "
+            "oracle) and KERASTUNER_TUNER_ID (unique per worker)"
+        )
+    if kt_chief():
+        raise PipelineError(
+            f"KERASTUNER_TUNER_ID={tuner_id} names the chief; give each worker another id"
+        )
+    served: set[str] = set()
+    manifest = load_manifest(args.data)
+    while True:
+        info = wait_for_search(args.state, served, args.wait)
+        served.add(info["mlflow_run_id"])
+        if info["data_sha256"] != manifest["source_sha256"]:
+            raise PipelineError(
+                f"{args.data} is not the chief's dataset (sha256 {manifest['source_sha256'][:12]}"
+                f"... vs {info['data_sha256'][:12]}...): run `dvc repro prepare` first"
+            )
+        params = params_from_dict(info["params"])
+        tune = params.tune
+        seed = params.seed if tune.seed is None else tune.seed
+        placement = devices.setup(params.train.precision)
+        seed_everything(seed)
+        train_ds, val_ds, callbacks, _ = search_inputs(params, args.data, seed)
+        uri = tracking.tracking_uri()
+        tracking.connect(uri)
+        try:
+            mlflow.MlflowClient().get_run(info["mlflow_run_id"])
+        except mlflow.exceptions.MlflowException:
+            raise PipelineError(
+                f"the chief's MLflow run {info['mlflow_run_id']} is not in {uri}: point "
+                "MLFLOW_TRACKING_URI at the chief's tracking server"
+            ) from None
+        log = SearchLog(
+            state=args.state / info["search_id"],
+            experiment_id=info["experiment_id"],
+            parent_id=info["mlflow_run_id"],
+            cfg=params,
+            search_file=info["file"],
+        )
+        tuner = make_tuner(
+            tune, params.train, seed=seed, first=None, log=log, directory=args.state,
+            project=info["search_id"],
+            strategy=placement.strategy if placement.replicas > 1 else None,
+        )  # fmt: skip
+        print(
+            f"[tune] worker {tuner_id}: joined search {info['search_id']} (MLflow run "
+            f"{info['mlflow_run_id']}) at {os.environ['KERASTUNER_ORACLE_IP']}:"
+            f"{os.environ['KERASTUNER_ORACLE_PORT']}",
+            flush=True,
+        )
+        try:
+            tuner.search(train_ds, validation_data=val_ds, **search_kwargs(params, callbacks))
+        except BaseException:
+            log.abort()
+            raise
+        print(
+            f"[tune] worker {tuner_id}: search {info['search_id']} is over; ran {log.ran} trials",
+            flush=True,
+        )
+        if not args.loop:
+            return
 
 
 def finish(params: Params, args, tuner, log: SearchLog, sid: str, run_id: str) -> None:
@@ -235,6 +409,8 @@ def finish(params: Params, args, tuner, log: SearchLog, sid: str, run_id: str) -
         "epochs_run": len(curves),
         "search_time_s": round(seconds, 1),
     }
+    if kt_chief():
+        summary["workers"] = len(set(trial_workers(log.state).values()))
     result = {
         "enabled": True,
         "hyperparameters": values,
@@ -270,10 +446,32 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--data", type=Path, required=True, help="prepare's output folder")
-    parser.add_argument("--best", type=Path, required=True, help="where to write best_hparams.json")
-    parser.add_argument("--reports", type=Path, required=True, help="folder for trials.csv etc.")
+    parser.add_argument("--best", type=Path, help="where to write best_hparams.json")
+    parser.add_argument("--reports", type=Path, help="folder for trials.csv etc.")
     parser.add_argument("--state", type=Path, required=True, help="resumable search state folder")
+    parser.add_argument(
+        "--worker", action="store_true", help="run trials for a distributed search's chief"
+    )
+    parser.add_argument(
+        "--loop", action="store_true", help="worker: join the next search when one ends"
+    )
+    parser.add_argument(
+        "--wait", type=float, help="worker: seconds to wait for a search (default: no limit)"
+    )
     args = parser.parse_args(argv)
+    for name in KT_ENV:  # an empty value (as docker compose passes an unset one) means unset
+        if name in os.environ and not os.environ[name].strip():
+            del os.environ[name]
+    if args.worker:
+        run_worker(args)
+        return
+    if args.best is None or args.reports is None:
+        parser.error("--best and --reports are required, except with --worker")
+    if kt_distributed() and not kt_chief():
+        raise PipelineError(
+            f"KERASTUNER_TUNER_ID={os.environ.get('KERASTUNER_TUNER_ID')} makes this a "
+            "worker: run it with --worker, or set KERASTUNER_TUNER_ID=chief for the stage"
+        )
     params = load_params(args.params)
     if not params.tune.enabled:
         write_disabled(args.best, args.reports)
