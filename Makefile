@@ -12,7 +12,8 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv repro smoke study tune-study test test-slow lock mlflow-ui flow services \
-  services-stop services-status mlflow-server prefect-server deployment serve-model
+  services-stop services-status mlflow-server prefect-server deployment serve-model \
+  tune-worker compose-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -101,6 +102,17 @@ MODEL_URI ?= models:/$$($(BIN)/python -c 'from cifar10_mlops.config import load_
 serve-model: $(STAMP)  ## serve MODEL_URI (default: the champion) at http://127.0.0.1:5001/invocations
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db} \
 	  $(BIN)/mlflow models serve -m "$(MODEL_URI)" --env-manager local -h 127.0.0.1 -p 5001
+
+# Keras Tuner's distributed mode: `KERASTUNER_TUNER_ID=chief dvc repro tune` serves the search,
+# each worker runs trials (KERASTUNER_ORACLE_IP/PORT reach the chief; the --state folder and the
+# MLflow server are shared). See README "Distributed tuning".
+tune-worker: $(STAMP)  ## a worker for a distributed search (KERASTUNER_* set, see README)
+	KERASTUNER_TUNER_ID=$${KERASTUNER_TUNER_ID:-worker-$$(hostname)-$$$$} \
+	  $(BIN)/python -m cifar10_mlops.tune --worker --data data/prepared --state models/tuner
+
+compose-check:  ## validate docker-compose.yml and .env with Docker Compose (no engine needed)
+	@if docker compose version >/dev/null 2>&1; then docker compose config --quiet; \
+	  else docker-compose config --quiet; fi && echo "docker-compose.yml: valid"
 
 UV_COMPILE := uv pip compile pyproject.toml --extra dev --python-version 3.11 \
   --python-platform x86_64-manylinux_2_28 --no-header

@@ -85,3 +85,59 @@ def mlflow_server(backend: str, folder: Path, port: int | None = None):
         yield url, server, log
     finally:
         stop(server)
+
+
+def postgres_bin() -> Path | None:
+    """Debian's PostgreSQL server binaries (apt-get install postgresql), newest version."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return found[-1].parent if found else None
+
+
+@contextmanager
+def postgres_server(user: str, password: str, init_sql: Path):
+    """A PostgreSQL server on a free port of 127.0.0.1 with `user`/`password` (password login
+    over TCP, as in the compose stack) and `init_sql` run once; yields its port. As root, the
+    server runs as the `postgres` system user: PostgreSQL refuses to run as root."""
+    import pwd
+    import shutil
+    import tempfile
+
+    bindir = postgres_bin()
+    home = Path(tempfile.mkdtemp(prefix="cifar10-pg-"))  # outside pytest's root-only tmp
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam("postgres")
+        os.chown(home, owner.pw_uid, owner.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    (home / "pw").write_text(password)
+    os.chmod(home / "pw", 0o644)
+    port = free_port()
+    subprocess.run(
+        [*as_user, bindir / "initdb", "-D", home / "data", "-U", user, "--pwfile", home / "pw",
+         "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    log = home / "postgres.log"
+    server = subprocess.Popen(
+        [*as_user, bindir / "postgres", "-D", home / "data", "-p", str(port), "-k", home,
+         "-c", "listen_addresses=127.0.0.1"],
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    env = {**os.environ, "PGPASSWORD": password}
+    psql = [bindir / "psql", "-h", "127.0.0.1", "-p", str(port), "-U", user, "-v", "ON_ERROR_STOP=1"]
+    try:
+        ready = [bindir / "pg_isready", "-h", "127.0.0.1", "-p", str(port), "-U", user]
+        wait_for(lambda: subprocess.run(ready, capture_output=True).returncode == 0,
+                 "PostgreSQL", server, log, seconds=60)  # fmt: skip
+        subprocess.run([*psql, "-d", "postgres", "-f", init_sql], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+
+        def query(database: str, sql: str) -> list[str]:
+            out = subprocess.run([*psql, "-d", database, "-tAc", sql], env=env, check=True,
+                                 capture_output=True, text=True).stdout  # fmt: skip
+            return out.split()
+
+        yield port, query
+    finally:
+        stop(server)
+        shutil.rmtree(home, ignore_errors=True)
