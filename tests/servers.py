@@ -124,9 +124,10 @@ def postgres_server(user: str, password: str, init_sql: Path):
         stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     env = {**os.environ, "PGPASSWORD": password}
-    psql = [bindir / "psql", "-h", "127.0.0.1", "-p", str(port), "-U", user, "-v", "ON_ERROR_STOP=1"]
+    address = ["-h", "127.0.0.1", "-p", str(port), "-U", user]
+    psql = [bindir / "psql", *address, "-v", "ON_ERROR_STOP=1"]
     try:
-        ready = [bindir / "pg_isready", "-h", "127.0.0.1", "-p", str(port), "-U", user]
+        ready = [bindir / "pg_isready", *address]
         wait_for(lambda: subprocess.run(ready, capture_output=True).returncode == 0,
                  "PostgreSQL", server, log, seconds=60)  # fmt: skip
         subprocess.run([*psql, "-d", "postgres", "-f", init_sql], env=env, check=True,

@@ -6,59 +6,17 @@ triggers two runs at once: both complete, one after the other.
 """
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import tiny_params, write_image_archive
+from servers import BIN, answers, free_port, start, stop, wait_for
 
-BIN = Path(sys.executable).parent
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(check, what: str, process: subprocess.Popen, log: Path, seconds: float = 120):
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert process.poll() is None, f"{what} exited:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"no {what} in {seconds} s:\n{log.read_text()[-3000:]}"
-        time.sleep(1)
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-def start(cmd: list, log: Path, env: dict, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )  # fmt: skip
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture

@@ -11,17 +11,15 @@ server then trains, logs and registers through the MLflow server, both on Postgr
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
-import mlflow
 import pytest
 import yaml
 
 from compose import example_env, project_copy, resolved
 from conftest import REPO, write_image_archive
-from servers import answers, env_with_bin, free_port, postgres_bin, postgres_server, start, stop
+from servers import env_with_bin, free_port, postgres_bin, postgres_server, start, stop
 from servers import tail, wait_for
 
 PASSWORD = "native-test-secret"
@@ -112,7 +110,8 @@ def test_stack_retrains_through_mlflow_and_prefect_on_postgres(native, pipeline,
         processes.append(retrainer)
         wait_for(lambda: native.healthy("retrainer"), "healthy retrainer", retrainer, log, 180)
 
-        deployment = f"retrain/{yaml.safe_load((pipeline / 'params.yaml').read_text())['retrain']['deployment']}"  # noqa: E501
+        params = yaml.safe_load((pipeline / "params.yaml").read_text())
+        deployment = f"retrain/{params['retrain']['deployment']}"
         triggered = subprocess.run(
             [sys.executable, "-m", "prefect", "deployment", "run", deployment, "--watch",
              "--watch-timeout", "420"],
@@ -126,9 +125,10 @@ def test_stack_retrains_through_mlflow_and_prefect_on_postgres(native, pipeline,
 
     # MLflow's runs and registry are in PostgreSQL, its artifacts in the artifacts folder.
     assert native.query("mlflow", "SELECT count(*) FROM runs WHERE status = 'FINISHED'")[0] >= "2"
-    assert native.query(
-        "mlflow", "SELECT alias FROM registered_model_aliases ORDER BY alias"
-    ) == ["challenger", "champion"]
+    assert native.query("mlflow", "SELECT alias FROM registered_model_aliases ORDER BY alias") == [
+        "challenger",
+        "champion",
+    ]
     assert list((tmp_path / "mlartifacts").rglob("model.keras"))
     # Prefect's flow and task runs are in PostgreSQL too.
     states = native.query("prefect", "SELECT state_type FROM flow_run")
