@@ -35,7 +35,8 @@ RUN pip install --no-deps --no-build-isolation -e . \
  && mkdir -p data models/tuner mlartifacts .dvc/cache \
  && chown -R app:app /app
 USER app
-# dvc.yaml's stages must see the checkout as a git repository owned by someone else.
+# git (hence DVC) refuses a repository owned by another user: the image may be run under
+# another uid (`user:` in compose) than the one that owns /app.
 RUN git config --global --add safe.directory /app
 
 ENTRYPOINT ["tini", "--"]
