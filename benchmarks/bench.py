@@ -1,0 +1,319 @@
+"""Training speed of this project against the study's notebook, measured side by side.
+
+    .venv/bin/python benchmarks/bench.py            # all four measurements
+    .venv/bin/python benchmarks/bench.py --only throughput tracking
+
+1. throughput: images/s in steady state (warm-up steps excluded) of the study's input pipeline
+   (ImageDataGenerator.flow, batch 64) and of the `train` stage's (train.make_dataset at
+   params.yaml's batch size), both feeding the same network: the study's baseline CNN.
+2. time_to_accuracy: the `train` stage's training with params.yaml as it stands, scored on
+   the test split after every epoch (scoring time excluded): wall time until the test
+   accuracy first reaches the study's 0.8015, and the final accuracy. Needs data/prepared.
+3. tracking: the same short training with and without MLflow logging (a run, its params,
+   per-epoch metrics, into a throwaway sqlite store), alternated; the ratio of the medians.
+4. noop_repro: `dvc repro` with nothing to do, in this checkout (needs an up-to-date pipeline).
+
+The table is printed and written, with the machine's description, to
+benchmarks/results/<date>-<host>.json. Without data/prepared, throughput and tracking use
+random images of CIFAR-10's shape (speed does not depend on pixel values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from datetime import datetime, UTC
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY_ACCURACY = 0.8015  # the study's test accuracy
+STUDY_BATCH = 64
+SECTIONS = ("throughput", "time_to_accuracy", "tracking", "noop_repro")
+
+
+def machine() -> dict:
+    import tensorflow as tf
+
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
+
+
+def load_data(prepared: Path, n_synthetic: int = 10_000):
+    """(train, val, test) splits of data/prepared, or random ones when it is absent."""
+    from cifar10_mlops.splits import load_split
+
+    if (prepared / "train.npz").exists():
+        return tuple(load_split(prepared, name) for name in ("train", "val", "test")), "prepared"
+    rng = np.random.default_rng(0)
+
+    def fake(n):
+        return rng.integers(0, 256, (n, 32, 32, 3), np.uint8), rng.integers(0, 10, n, np.uint8)
+
+    return (fake(n_synthetic), fake(1000), fake(1000)), "random"
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Times training steps after the first `warmup` (graph tracing, caches, pipeline fill)."""
+
+    def __init__(self, warmup: int):
+        super().__init__()
+        self.warmup, self.steps, self.start = warmup, 0, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+        if self.steps == self.warmup:
+            self.start = time.perf_counter()
+
+    def rate(self, batch_size: int) -> float:
+        """Images per second over the timed steps."""
+        return (self.steps - self.warmup) * batch_size / (time.perf_counter() - self.start)
+
+
+def baseline(optimizer_lr: float = 1e-3):
+    """The study's §3.3 network, compiled as the study did."""
+    from cifar10_mlops.model import build_model
+
+    model = build_model("baseline", conv_1_filters=32, conv_2_filters=64, dense_units=64)
+    model.compile(
+        optimizer=keras.optimizers.Adam(optimizer_lr),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def throughput(data, params, *, warmup: int = 10, steps: int = 60) -> dict:
+    """Images/s of both input pipelines feeding the study's baseline network."""
+    from tensorflow.keras.preprocessing.image import ImageDataGenerator  # the study's import
+
+    from cifar10_mlops.train import make_dataset
+
+    x, y = data[0]
+    augment = params.train.augment
+    # The study's notebook: float images in [0, 1], its generator, batch 64.
+    generator = ImageDataGenerator(
+        rotation_range=15,
+        width_shift_range=0.1,
+        height_shift_range=0.1,
+        shear_range=0.2,
+        zoom_range=0.2,
+        horizontal_flip=True,
+    )
+    study_steps = warmup + steps
+    flow = generator.flow(x[: study_steps * STUDY_BATCH], y[: study_steps * STUDY_BATCH],
+                          batch_size=STUDY_BATCH, seed=0)  # fmt: skip
+    timer = StepTimer(warmup)
+    baseline().fit(flow, steps_per_epoch=study_steps, epochs=1, callbacks=[timer], verbose=0)
+    study = timer.rate(STUDY_BATCH)
+
+    batch = params.train.batch_size
+    ours_steps = warmup + max(steps * STUDY_BATCH // batch, 20)
+    subset = ours_steps * batch
+    dataset = make_dataset(x[:subset], y[:subset], batch, seed=0, augment=augment)
+    timer = StepTimer(warmup)
+    baseline().fit(dataset, epochs=1, callbacks=[timer], verbose=0)
+    ours = timer.rate(batch)
+    return {
+        "study_images_per_s": round(study, 1),
+        "study_batch": STUDY_BATCH,
+        "project_images_per_s": round(ours, 1),
+        "project_batch": batch,
+        "ratio": round(ours / study, 2),
+        "network": "the study's baseline CNN",
+    }
+
+
+def time_to_accuracy(data, params) -> dict:
+    """The train stage's training (params.yaml as is), test accuracy after every epoch."""
+    from cifar10_mlops.train import train
+
+    train_split, val_split, (x_test, y_test) = data
+
+    class TestProbe(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.scoring, self.curve, self.start = 0.0, [], time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            began = time.perf_counter()
+            elapsed = began - self.start - self.scoring  # training time, scoring excluded
+            probs = self.model.predict(x_test, batch_size=1000, verbose=0)
+            accuracy = float((probs.argmax(axis=1) == y_test).mean())
+            self.scoring += time.perf_counter() - began
+            self.curve.append({"epoch": epoch + 1, "seconds": round(elapsed, 1),
+                               "test_accuracy": accuracy})  # fmt: skip
+            print(f"  epoch {epoch + 1}: {elapsed:.0f}s, test accuracy {accuracy:.4f}", flush=True)
+
+    probe = TestProbe()
+    train(params.train, train_split, val_split, seed=params.seed, callbacks=[probe])
+    reached = next((p for p in probe.curve if p["test_accuracy"] >= STUDY_ACCURACY), None)
+    return {
+        "target": STUDY_ACCURACY,
+        "seconds_to_target": None if reached is None else reached["seconds"],
+        "epoch_at_target": None if reached is None else reached["epoch"],
+        "train_seconds": probe.curve[-1]["seconds"],
+        "final_test_accuracy": probe.curve[-1]["test_accuracy"],
+        "curve": probe.curve,
+    }
+
+
+def tracking(data, params, *, repeats: int = 3, images: int = 10_000, epochs: int = 2) -> dict:
+    """Wall time of the same short training with and without MLflow logging."""
+    import mlflow
+
+    from cifar10_mlops.config import flatten
+    from cifar10_mlops.train import MlflowEpochLogger, train
+
+    (x, y), val = data[0], data[1]
+    cfg = replace(params.train, epochs=epochs, early_stopping_patience=None)
+    split = (x[:images], y[:images])
+    val = (val[0][:1000], val[1][:1000])
+    store = tempfile.mkdtemp(prefix="bench-mlflow-")
+    mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
+    experiment = mlflow.create_experiment("bench", artifact_location=Path(store).as_uri())
+
+    def plain():
+        train(cfg, split, val, seed=params.seed)
+
+    def tracked():
+        with mlflow.start_run(experiment_id=experiment):
+            mlflow.log_params(flatten(params))
+            train(cfg, split, val, seed=params.seed, callbacks=[MlflowEpochLogger()])
+
+    plain()  # warm-up: graph tracing, caches
+    times = {"without": [], "with": []}
+    for _ in range(repeats):
+        for name, fn in (("without", plain), ("with", tracked)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    without, with_ = statistics.median(times["without"]), statistics.median(times["with"])
+    return {
+        "seconds_without": round(without, 2),
+        "seconds_with": round(with_, 2),
+        "overhead": round(with_ / without - 1, 4),
+        "runs": repeats,
+        "images": images,
+        "epochs": epochs,
+    }
+
+
+def noop_repro(repeats: int = 3) -> dict:
+    """`dvc repro` with nothing to do; skipped unless the pipeline is up to date."""
+    dvc = [sys.executable, "-m", "dvc"]
+    status = subprocess.run([*dvc, "status"], cwd=ROOT, capture_output=True, text=True)
+    if "Data and pipelines are up to date" not in status.stdout:
+        return {"skipped": "the pipeline is not up to date here: run `make repro` first"}
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([*dvc, "repro"], cwd=ROOT, capture_output=True, check=True)
+        times.append(time.perf_counter() - start)
+    return {"seconds": round(statistics.median(times), 2), "runs": repeats}
+
+
+def table(results: dict) -> str:
+    rows = []
+    if "throughput" in results:
+        t = results["throughput"]
+        rows += [
+            ("throughput, study (ImageDataGenerator, batch 64)",
+             f"{t['study_images_per_s']:,.0f} img/s"),
+            (f"throughput, project (tf.data, batch {t['project_batch']})",
+             f"{t['project_images_per_s']:,.0f} img/s"),
+            ("throughput ratio, project / study", f"{t['ratio']:.2f}x"),
+        ]  # fmt: skip
+    if "time_to_accuracy" in results:
+        t = results["time_to_accuracy"]
+        reached = (
+            "not reached"
+            if t["seconds_to_target"] is None
+            else (f"{t['seconds_to_target'] / 60:.1f} min (epoch {t['epoch_at_target']})")
+        )
+        rows += [
+            (f"train time to test accuracy {t['target']}", reached),
+            ("train time, whole / final test accuracy",
+             f"{t['train_seconds'] / 60:.1f} min / {t['final_test_accuracy']:.4f}"),
+        ]  # fmt: skip
+    if "tracking" in results:
+        t = results["tracking"]
+        rows.append(("MLflow tracking overhead", f"{t['overhead']:+.1%} ({t['seconds_with']}s vs "
+                                                 f"{t['seconds_without']}s)"))  # fmt: skip
+    if "noop_repro" in results:
+        t = results["noop_repro"]
+        rows.append(("no-op `dvc repro`", t.get("skipped") or f"{t['seconds']} s"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "prepared")
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--out", type=Path, help="JSON file (default: benchmarks/results/...)")
+    args = parser.parse_args(argv)
+
+    from cifar10_mlops.config import load_params
+
+    params = load_params(args.params)
+    data, source = load_data(args.data)
+    if "time_to_accuracy" in args.only and source != "prepared":
+        parser.error(f"time_to_accuracy needs {args.data}: run `dvc repro prepare` first")
+
+    results: dict = {}
+    for name in args.only:
+        print(f"[bench] {name} ...", flush=True)
+        if name == "throughput":
+            results[name] = throughput(data, params)
+        elif name == "time_to_accuracy":
+            results[name] = time_to_accuracy(data, params)
+        elif name == "tracking":
+            results[name] = tracking(data, params)
+        else:
+            results[name] = noop_repro()
+    report = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": machine(),
+        "data": source,
+        "results": results,
+    }
+    print(table(results))
+    out = args.out or ROOT / "benchmarks" / "results" / (
+        f"{report['date'][:10]}-{socket.gethostname()}.json")  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
