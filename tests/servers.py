@@ -64,7 +64,8 @@ def env_with_bin(**extra: str) -> dict:
 
 
 def mlflow_server_cmd(backend: str, artifacts: Path, port: int) -> list:
-    """The command docker-compose.yml's `mlflow` service runs, on 127.0.0.1."""
+    """An `mlflow server` serving artifacts through itself, as the compose service does
+    (tests/test_services.py runs the compose service's own command)."""
     return [
         BIN / "mlflow", "server", "--backend-store-uri", backend,
         "--artifacts-destination", artifacts, "--serve-artifacts",
