@@ -87,3 +87,18 @@ def test_a_bad_replica_count_is_a_one_line_error(in_project, prepared, params_fi
         "error: CIFAR10_CPU_REPLICAS: expected a whole number >= 1, got 'two'"
     )
     assert not (in_project / "models" / "model.keras").exists()
+
+
+def test_tune_stage_with_a_cost_cap_runs_on_two_devices(
+    in_project, prepared, params_file, run_module
+):
+    # The cost cap builds networks to count their FLOPs: that must come after the devices
+    # are set up, which TensorFlow refuses once it has started (as it would with GPUs).
+    params = params_file(**{"tune.max_mflops": 50})
+    result = run_module(
+        "cifar10_mlops.tune", "--params", str(params), *stage_args("tune"),
+        cwd=in_project, env={"CIFAR10_CPU_REPLICAS": "2"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = json.loads((in_project / "models" / "best_hparams.json").read_text())
+    assert best["trials"] == 5

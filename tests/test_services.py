@@ -23,7 +23,6 @@ from servers import env_with_bin, free_port, postgres_bin, postgres_server, star
 from servers import tail, wait_for
 
 PASSWORD = "native-test-secret"
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 @pytest.fixture

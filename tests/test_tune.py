@@ -163,7 +163,11 @@ def test_budget_that_admits_nothing_is_an_error(in_project, prepared, params_fil
 def test_plan_counts_the_studys_search():
     # Study §4.4: max_epochs 10, factor 3, 2 iterations: 60 trials, 240 epochs.
     oracle = hyperband.BudgetedHyperbandOracle(
-        objective="val_accuracy", max_epochs=10, factor=3, hyperband_iterations=2
+        objective="val_accuracy",
+        max_epochs=10,
+        factor=3,
+        hyperband_iterations=2,
+        worker_timeout=900,
     )
     assert oracle.plan() == (60, 240)
 
@@ -225,6 +229,7 @@ def test_make_tune_study_is_the_studys_search(tmp_path):
         max_epochs=tune_cfg.max_epochs,
         factor=tune_cfg.factor,
         hyperband_iterations=tune_cfg.hyperband_iterations,
+        worker_timeout=tune_cfg.worker_timeout,
     )
     assert oracle.plan() == (60, 240)
     assert tune_cfg.train_per_class is None and tune_cfg.max_mflops is None

@@ -55,11 +55,11 @@ def cpu_replicas() -> int:
     return int(raw)
 
 
-def setup(precision: str = "auto") -> Placement:
+def setup(precision: str) -> Placement:
     """Configure TensorFlow's devices and Keras' dtype policy; return where training runs.
 
-    precision: "auto" (mixed_float16 on GPUs of compute capability 7.0 or newer, float32
-    otherwise) or a Keras dtype policy name, used as given.
+    precision: params.yaml `train.precision`: "auto" (mixed_float16 on GPUs of compute
+    capability 7.0 or newer, float32 otherwise) or a Keras dtype policy name, used as given.
     """
     import keras
     import tensorflow as tf

@@ -119,7 +119,7 @@ class BudgetedHyperbandOracle(kt.oracles.HyperbandOracle):
         *args,
         first: dict | None = None,
         admissible=None,
-        worker_timeout: float = 900.0,
+        worker_timeout: float,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)

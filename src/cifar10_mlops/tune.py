@@ -174,10 +174,14 @@ def log_settings(params: Params, *, seed: int, train_images: int, search: str, r
     )
 
 
-def search_inputs(params: Params, data: Path, seed: int):
-    """(training dataset, validation dataset, callbacks, sizes) of a search, the same for
-    every process that runs trials."""
+def prepare_search(params: Params, data: Path) -> tuple[int, object, dict, tuple[int, int]]:
+    """What every process that runs trials sets up, in this order: the devices (before
+    TensorFlow starts), the seed, the data. Returns the seed, the strategy for the tuner (None
+    on one device), tuner.search's arguments and the (training, validation) sizes."""
     tune, train = params.tune, params.train
+    placement = devices.setup(train.precision)
+    seed = params.seed if tune.seed is None else tune.seed
+    seed_everything(seed)
     x_train, y_train = subset_per_class(*load_split(data, "train"), tune.train_per_class, seed)
     val = load_split(data, "val")
     callbacks = []
@@ -187,34 +191,34 @@ def search_inputs(params: Params, data: Path, seed: int):
                 monitor=tune.objective, patience=tune.early_stopping_patience
             )
         )
-    return (
-        make_dataset(x_train, y_train, train.batch_size, seed=seed, augment=train.augment),
-        make_dataset(*val, train.val_batch_size, seed=seed),
-        callbacks,
-        (len(y_train), len(val[1])),
-    )
-
-
-def search_kwargs(params: Params, callbacks) -> dict:
-    """tuner.search's keyword arguments besides the data."""
-    return {
-        "epochs": params.tune.max_epochs,
+    search = {
+        "x": make_dataset(x_train, y_train, train.batch_size, seed=seed, augment=train.augment),
+        "validation_data": make_dataset(*val, train.val_batch_size, seed=seed),
+        "epochs": tune.max_epochs,
         "callbacks": callbacks,
         "shuffle": False,  # the tf.data pipeline shuffles
         "verbose": 1 if sys.stdout.isatty() else 2,
     }
+    strategy = placement.strategy if placement.replicas > 1 else None
+    return seed, strategy, search, (len(y_train), len(val[1]))
+
+
+def run_trials(tuner, log: SearchLog, search: dict) -> None:
+    """tuner.search; an interrupted trial's MLflow run ends KILLED."""
+    try:
+        tuner.search(**search)
+    except BaseException:
+        log.abort()
+        raise
 
 
 def run_search(params: Params, args: argparse.Namespace) -> None:
     import mlflow
 
     tune, train = params.tune, params.train
+    seed, strategy, search, (n_train, n_val) = prepare_search(params, args.data)
     first = check_space(params)
-    seed = params.seed if tune.seed is None else tune.seed
-    placement = devices.setup(train.precision)
-    seed_everything(seed)
     manifest = load_manifest(args.data)
-    train_ds, val_ds, callbacks, (n_train, n_val) = search_inputs(params, args.data, seed)
     sid = search_id(params, manifest["source_sha256"])
     resuming = prepare_state(args.state, sid)
     state = args.state / sid
@@ -232,7 +236,7 @@ def run_search(params: Params, args: argparse.Namespace) -> None:
         )
         tuner = make_tuner(
             tune, train, seed=seed, first=first, log=log, directory=args.state, project=sid,
-            strategy=placement.strategy if placement.replicas > 1 else None,
+            strategy=strategy,
         )  # fmt: skip
         oracle = tuner.oracle
         state.mkdir(parents=True, exist_ok=True)
@@ -246,11 +250,7 @@ def run_search(params: Params, args: argparse.Namespace) -> None:
         )
         if chief:
             announce(params, args, sid, run.info.run_id, experiment_id, manifest)
-        try:
-            tuner.search(train_ds, validation_data=val_ds, **search_kwargs(params, callbacks))
-        except BaseException:
-            log.abort()
-            raise
+        run_trials(tuner, log, search)
         end_lost_trials(run.info.run_id)
         finish(params, args, tuner, log, sid, run.info.run_id)
     shutil.rmtree(state, ignore_errors=True)
@@ -345,11 +345,7 @@ def run_worker(args: argparse.Namespace) -> None:
                 f"... vs {info['data_sha256'][:12]}...): run `dvc repro prepare` first"
             )
         params = params_from_dict(info["params"])
-        tune = params.tune
-        seed = params.seed if tune.seed is None else tune.seed
-        placement = devices.setup(params.train.precision)
-        seed_everything(seed)
-        train_ds, val_ds, callbacks, _ = search_inputs(params, args.data, seed)
+        seed, strategy, search, _ = prepare_search(params, args.data)
         uri = tracking.tracking_uri()
         tracking.connect(uri)
         try:
@@ -367,9 +363,8 @@ def run_worker(args: argparse.Namespace) -> None:
             search_file=info["file"],
         )
         tuner = make_tuner(
-            tune, params.train, seed=seed, first=None, log=log, directory=args.state,
-            project=info["search_id"],
-            strategy=placement.strategy if placement.replicas > 1 else None,
+            params.tune, params.train, seed=seed, first=None, log=log, directory=args.state,
+            project=info["search_id"], strategy=strategy,
         )  # fmt: skip
         print(
             f"[tune] worker {tuner_id}: joined search {info['search_id']} (MLflow run "
@@ -377,11 +372,7 @@ def run_worker(args: argparse.Namespace) -> None:
             f"{os.environ['KERASTUNER_ORACLE_PORT']}",
             flush=True,
         )
-        try:
-            tuner.search(train_ds, validation_data=val_ds, **search_kwargs(params, callbacks))
-        except BaseException:
-            log.abort()
-            raise
+        run_trials(tuner, log, search)
         print(
             f"[tune] worker {tuner_id}: search {info['search_id']} is over; ran {log.ran} trials",
             flush=True,
