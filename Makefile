@@ -13,7 +13,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .DEFAULT_GOAL := help
 .PHONY: help venv repro smoke study tune-study test test-slow lock mlflow-ui flow services \
   services-stop services-status mlflow-server prefect-server deployment serve-model \
-  tune-worker compose-check
+  tune-worker compose-check bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -35,12 +35,20 @@ repro: $(STAMP)  ## run the whole pipeline (dvc repro) with params.yaml
 smoke: $(STAMP)  ## the pipeline on a few hundred images, 1 epoch, in a scratch copy
 	$(BIN)/python -m cifar10_mlops.smoke
 
+# What the study's notebook did in every run: Keras' ImageDataGenerator warp (rotation 15°,
+# shift 0.1, shear 0.2, zoom 0.2, flip), Adam, plain cross-entropy, no flip averaging.
+STUDY_TRAINING := -S train.architecture=baseline -S train.dropout=0.0 -S train.batch_size=64 \
+  -S train.optimizer=adam -S train.learning_rate=0.001 -S train.lr_schedule=step \
+  -S train.weight_decay=0.0 -S train.label_smoothing=0.0 -S train.flip_averaging=false \
+  -S train.augment.rotation=15.0 -S train.augment.shift=0.1 -S train.augment.shear=0.2 \
+  -S train.augment.zoom=0.2 -S train.augment.crop=0 -S train.augment.horizontal_flip=true
+
 # The study's first phase (§3.3, §4.2): baseline CNN, batch 64, 30 epochs, Adam 1e-3 divided
 # by 10 after epoch 10, no early stopping, no tuning. Runs as a DVC experiment in a temporary copy.
-STUDY := -S tune.enabled=false -S train.architecture=baseline -S train.conv_1_filters=32 -S train.conv_2_filters=64 \
-  -S train.dense_units=64 -S train.dropout=0.0 -S train.batch_size=64 -S train.epochs=30 \
-  -S train.learning_rate=0.001 -S train.lr_drop_every=10 -S train.lr_drop_factor=0.1 \
-  -S train.lr_min=0.0001 -S train.early_stopping_patience=null
+STUDY := $(STUDY_TRAINING) -S tune.enabled=false -S train.conv_1_filters=32 \
+  -S train.conv_2_filters=64 -S train.dense_units=64 -S train.epochs=30 \
+  -S train.lr_drop_every=10 -S train.lr_drop_factor=0.1 -S train.lr_min=0.0001 \
+  -S train.early_stopping_patience=null
 
 study: $(STAMP)  ## the study's exact first-phase recipe as a DVC experiment (see `dvc exp show`)
 	$(BIN)/dvc exp run --temp -n study-phase1 $(STUDY)
@@ -49,14 +57,22 @@ study: $(STAMP)  ## the study's exact first-phase recipe as a DVC experiment (se
 # max_epochs 10, factor 3 and 2 iterations (60 trials, 240 epochs) on the whole training split,
 # patience 3 and no cost cap; then 15 epochs at the best values, constant learning rate,
 # patience 3. Baseline network, batch 64. About 1.5 h of search on a 2-core CPU.
-STUDY_TUNE := -S tune.enabled=true -S tune.max_epochs=10 -S tune.factor=3 \
+STUDY_TUNE := $(STUDY_TRAINING) -S tune.enabled=true -S tune.max_epochs=10 -S tune.factor=3 \
   -S tune.hyperband_iterations=2 -S tune.early_stopping_patience=3 -S tune.train_per_class=null \
-  -S tune.max_mflops=null -S tune.first_trial_from_train=false -S train.architecture=baseline \
-  -S train.dropout=0.0 -S train.batch_size=64 -S train.epochs=15 -S train.lr_drop_every=15 \
-  -S train.early_stopping_patience=3 -S train.use_tuned=true
+  -S tune.max_mflops=null -S tune.first_trial_from_train=false \
+  -S 'tune.space.conv_1_filters={min:32,max:64,step:16}' \
+  -S 'tune.space.conv_2_filters={min:64,max:128,step:32}' \
+  -S 'tune.space.dense_units={min:64,max:128,step:32}' \
+  -S 'tune.space.learning_rate={min:0.0001,max:0.001,sampling:log}' \
+  -S 'tune.space.optimizer={values:[adam,sgd]}' \
+  -S train.epochs=15 -S train.lr_drop_every=15 -S train.early_stopping_patience=3 \
+  -S train.use_tuned=true
 
 tune-study: $(STAMP)  ## the study's exact Hyperband search + final training as a DVC experiment
 	$(BIN)/dvc exp run --temp -n study-tuning $(STUDY_TUNE)
+
+bench: $(STAMP)  ## training speed vs the study's pipeline (benchmarks/bench.py; needs `make repro` first)
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 test: $(STAMP)  ## the offline test suite (tiny synthetic data)
 	$(BIN)/python -m pytest

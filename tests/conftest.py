@@ -108,8 +108,9 @@ def image_archive(tmp_path: Path) -> Path:
 
 
 def tiny_params(**overrides) -> dict:
-    """The repository's params.yaml shrunk to seconds: one epoch of a small baseline, and a
-    Hyperband search of 5 trials (7 epochs in all) around it."""
+    """The repository's params.yaml shrunk to seconds: one epoch of a small baseline (Adam,
+    the default cosine schedule and augmentation), and a Hyperband search of 5 trials (7
+    epochs in all) around it."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["download"].update(checksum=None, retries=1)
     params["tune"].update(
@@ -128,6 +129,8 @@ def tiny_params(**overrides) -> dict:
     )
     params["train"].update(
         architecture="baseline",
+        optimizer="adam",  # the tiny space's optimizers and learning rates
+        learning_rate=0.001,
         conv_1_filters=8,
         conv_2_filters=8,
         dense_units=16,

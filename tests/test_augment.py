@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cifar10_mlops.augment import random_affine
+from cifar10_mlops.augment import augment_batch, random_affine, random_crop_flip
+from cifar10_mlops.config import AugmentConfig
 
 NONE = dict(rotation=0.0, shift=0.0, shear=0.0, zoom=0.0, horizontal_flip=False)
 
@@ -43,3 +44,52 @@ def test_full_study_augmentation_changes_images_but_keeps_their_statistics(image
     ).numpy()
     assert not np.array_equal(out, images.numpy())
     assert abs(out.mean() - images.numpy().mean()) < 10
+
+
+def test_crop_zero_without_flip_leaves_images_unchanged(images):
+    out = random_crop_flip(images, crop=0, horizontal_flip=False)
+    assert out.dtype == tf.uint8
+    np.testing.assert_array_equal(out.numpy(), images.numpy())
+
+
+def test_crop_is_a_whole_pixel_shift_within_the_range_with_reflected_borders(images):
+    tf.random.set_seed(1)
+    out = random_crop_flip(images, crop=2, horizontal_flip=False).numpy()
+    padded = np.pad(images.numpy(), ((0, 0), (2, 2), (2, 2), (0, 0)), mode="symmetric")
+    shifts = set()
+    for o, p in zip(out, padded):
+        # Every output is some 32x32 window of the reflect-padded image.
+        matches = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if np.array_equal(o, p[dy : dy + 32, dx : dx + 32])
+        ]
+        assert matches, "an output is not a window of the padded image"
+        shifts.add(matches[0])
+    assert len(shifts) > 10  # the windows vary: 25 possible offsets, 64 images
+
+
+def test_crop_flip_mirrors_about_half_of_the_images(images):
+    tf.random.set_seed(0)
+    out = random_crop_flip(images, crop=0, horizontal_flip=True).numpy()
+    flipped = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images.numpy())]
+    kept = [np.array_equal(o, i) for o, i in zip(out, images.numpy())]
+    assert all(f or k for f, k in zip(flipped, kept))
+    assert 16 < sum(flipped) < 48
+
+
+@pytest.mark.parametrize(
+    ("settings", "changed"),
+    [
+        ({}, False),
+        ({"crop": 2}, True),
+        ({"horizontal_flip": True}, True),
+        ({"rotation": 15.0, "crop": 2, "horizontal_flip": True}, True),
+    ],
+)
+def test_augment_batch_applies_what_the_config_sets(images, settings, changed):
+    cfg = AugmentConfig(**{**NONE, "crop": 0, **settings})
+    out = augment_batch(images, cfg).numpy()
+    assert out.shape == images.shape
+    assert (not np.array_equal(out, images.numpy())) == changed

@@ -18,12 +18,13 @@ def test_repository_params_load_as_typed_config():
     assert isinstance(params, Params)
     assert params.download.checksum == "md5:c58f30108f718f92721af3b95e74349a"
     assert params.prepare.val_fraction == 0.1
-    assert params.train.augment.rotation == 15.0
+    assert params.train.augment.crop == 2
+    assert params.train.architecture == "fast"
 
 
 def test_flatten_gives_dotted_keys_for_mlflow():
     flat = flatten(load_params(REPO / "params.yaml"))
-    assert flat["train.augment.zoom"] == 0.2
+    assert flat["train.augment.crop"] == 2
     assert flat["seed"] == 42
     assert not any(isinstance(v, dict) for v in flat.values())
 
@@ -37,7 +38,18 @@ def test_flatten_gives_dotted_keys_for_mlflow():
         ({"train.epochs": 2.5}, "train.epochs: expected int, got float"),
         ({"train.batch_size": True}, "train.batch_size: expected int, got bool"),
         ({"train.epochs": 0}, "train.epochs: must be >= 1, got 0"),
-        ({"train.architecture": "resnet"}, "train.architecture: must be one of baseline, deeper"),
+        (
+            {"train.architecture": "resnet"},
+            "train.architecture: must be one of baseline, deeper, fast",
+        ),
+        ({"train.lr_schedule": "linear"}, "train.lr_schedule: must be one of step, cosine"),
+        ({"train.label_smoothing": 1.0}, "train.label_smoothing: must be in [0, 1), got 1.0"),
+        ({"train.warmup_epochs": -1}, "train.warmup_epochs: must be >= 0, got -1"),
+        ({"train.augment.crop": 20}, "train.augment.crop: must be in [0, 16] pixels, got 20"),
+        (
+            {"train.architecture": "fast"},
+            "tune.space.dense_units: the fast architecture has no hidden dense layer",
+        ),
         ({"prepare.val_fraction": 1.5}, "prepare.val_fraction: must be in (0, 1)"),
         ({"download.checksum": "md5:xyz"}, "download.checksum: expected 'md5:<32 hex>'"),
         ({"train.augment": [1, 2]}, "train.augment: expected a mapping, got list"),

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar10_mlops.download import download, extract
+from cifar10_mlops.dataset import extract
+from cifar10_mlops.download import download
 from cifar10_mlops.errors import PipelineError
 from conftest import add_bytes, write_image_archive, write_python_archive
 
@@ -25,13 +26,15 @@ def assert_nothing_written(out: Path) -> None:
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}")] == []
 
 
-def test_python_archive_is_extracted_and_counted(python_archive, tmp_path):
+def test_python_archive_is_checked_counted_and_kept_packed(python_archive, tmp_path):
     out = tmp_path / "raw"
     manifest = run(python_archive, out)
-    assert manifest["format"] == "python"
+    assert manifest["format"] == "python" and manifest["root"] == "cifar-10-batches-py"
     assert manifest["counts"]["train"]["cat"] == 10 and manifest["counts"]["test"]["truck"] == 4
     assert json.loads((out / "manifest.json").read_text()) == manifest
-    assert (out / "cifar-10-batches-py" / "data_batch_5").is_file()
+    # One file for DVC to track, not the extracted tree: the archive, byte for byte.
+    assert sorted(p.name for p in out.iterdir()) == ["cifar-10-python.tar.gz", "manifest.json"]
+    assert (out / manifest["archive"]).read_bytes() == python_archive.read_bytes()
 
 
 def test_image_archive_is_extracted_and_counted(image_archive, tmp_path):

@@ -84,7 +84,10 @@ def image_raw(tmp_path, bad_name: str, bad_bytes: bytes):
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
-        (b"\xff\xd8\xff\xe0 not really a jpeg", "corrupt image .*cifar10/train/dog/bad.jpg"),
+        (
+            b"\xff\xd8\xff\xe0 not really a jpeg",
+            r"corrupt image .*raw/b\.tar\.gz:cifar10/train/dog/bad\.jpg",
+        ),
         (
             encode(np.zeros((48, 48, 3), np.uint8), "PNG"),
             r"wrong-sized image .*bad.jpg: expected 32x32 RGB, got \(48, 48\) RGB",

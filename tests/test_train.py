@@ -1,5 +1,8 @@
 import csv
 import json
+import os
+import subprocess
+import sys
 
 import keras
 import mlflow
@@ -24,15 +27,30 @@ def test_step_schedule_reproduces_the_studys_first_phase():
     assert train.step_schedule(halving)(25) == pytest.approx(2.5e-4)  # study §4.3
 
 
-def test_augmented_dataset_yields_shuffled_uint8_batches():
+def test_cosine_schedule_warms_up_then_decays_to_the_floor():
+    cfg = load_params(REPO / "params.yaml").train
+    from dataclasses import replace
+
+    cfg = replace(cfg, learning_rate=0.2, lr_min=0.0, warmup_epochs=1.0, epochs=4)
+    schedule = train.cosine_schedule(cfg, steps_per_epoch=10)
+    lrs = [float(schedule(step)) for step in range(41)]
+    assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.1) and lrs[10] == pytest.approx(0.2)
+    assert lrs[25] == pytest.approx(0.1)  # half-way through the decay
+    assert lrs[40] == pytest.approx(0.0, abs=1e-7)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_augmented_dataset_yields_shuffled_uint8_batches_with_one_hot_labels():
     x = np.arange(20, dtype=np.uint8).repeat(32 * 32 * 3).reshape(20, 32, 32, 3)
-    y = np.arange(20, dtype=np.uint8)
+    y = np.arange(20, dtype=np.uint8) % 10
     cfg = load_params(REPO / "params.yaml").train.augment
     batches = list(train.make_dataset(x, y, 8, seed=0, augment=cfg))
     assert [len(b[1]) for b in batches] == [8, 8, 4]
     assert batches[0][0].dtype == "uint8"
+    order = np.concatenate([b[0].numpy()[:, 0, 0, 0] for b in batches])  # image i is all i
+    assert sorted(order) == list(range(20)) and list(order) != list(range(20))
     labels = np.concatenate([b[1].numpy() for b in batches])
-    assert sorted(labels) == list(range(20)) and list(labels) != list(range(20))
+    np.testing.assert_array_equal(labels, np.eye(10)[order % 10])
 
 
 def train_cli(in_project, prepared, params_file, **overrides):
@@ -64,7 +82,7 @@ def test_training_writes_model_history_and_one_mlflow_run(in_project, prepared, 
     assert run.info.status == "FINISHED"
     assert mlflow.get_experiment(run.info.experiment_id).name == "cifar10-cnn"
     assert run.data.params["train.epochs"] == "2"
-    assert run.data.params["train.augment.rotation"] == "15.0"
+    assert run.data.params["train.augment.crop"] == "2"
     assert run.data.params["prepare.val_fraction"] == "0.1"
     assert run.data.tags["data_sha256"] == "ab" * 32
     assert len(run.data.tags["git_commit"]) >= 7
@@ -122,3 +140,40 @@ def test_unreachable_tracking_server_fails_before_training(
         .startswith(f"error: MLflow tracking server {uri} is unreachable (")
     )
     assert "Epoch 1" not in result.stdout and not (in_project / "models" / "model.keras").exists()
+
+
+def test_fast_network_saves_a_portable_model_that_averages_flips(
+    in_project, prepared, params_file, tmp_path
+):
+    train_cli(
+        in_project,
+        prepared,
+        params_file,
+        **{
+            "train.architecture": "fast",
+            "tune.space.dense_units": None,
+            "train.flip_averaging": True,
+        },
+    )
+    # A fresh interpreter with Keras only, as `mlflow models serve` loads it: no
+    # FusedBatchNormalization or other class of this package is needed.
+    script = tmp_path / "load.py"
+    script.write_text(
+        "import sys, keras, numpy as np\n"
+        "model = keras.models.load_model(sys.argv[1])\n"
+        "names = {type(layer).__name__ for layer in model._flatten_layers()}\n"
+        "assert 'FusedBatchNormalization' not in names, names\n"
+        "x = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)\n"
+        "p = model.predict(x, verbose=0)\n"
+        "q = model.predict(x[:, :, ::-1], verbose=0)\n"
+        "assert np.allclose(p, q, atol=1e-6), 'not flip-invariant'\n"
+        "print('ok', sorted(names))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, str(script), str(in_project / "models" / "model.keras")],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "'Average'" in result.stdout

@@ -3,6 +3,8 @@
 import csv
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import pytest
 import yaml
 
 from cifar10_mlops import hyperband, tracking, tune
-from cifar10_mlops.config import load_params
+from cifar10_mlops.config import Params, load_params
 from cifar10_mlops.errors import ConfigError
 from conftest import REPO, stage_args, tiny_params
 
@@ -210,19 +212,22 @@ def test_killed_search_resumes_and_leaves_no_run_running(in_project, prepared, p
     assert resumed.data.tags["resumed"] == "true"
 
 
-def makefile_overrides(variable: str) -> dict:
-    """The `-S key=value` overrides a Makefile variable passes to `dvc exp run`."""
+def params_with_makefile_overrides(variable: str, tmp_path) -> Params:
+    """Tiny params with the `-S` overrides a Makefile variable passes to `dvc exp run`,
+    applied by DVC's own code, as `dvc exp run -S` applies them."""
+    from dvc.utils.hydra import apply_overrides
+
     text = (REPO / "Makefile").read_text().replace("\\\n", " ")
-    [line] = [line for line in text.splitlines() if line.startswith(f"{variable} :=")]
-    pairs = [arg.split("=", 1) for arg in line.split(":=", 1)[1].split() if arg != "-S"]
-    return {key: yaml.safe_load(value) for key, value in pairs}
+    variables = dict(re.findall(r"^(\w+) := (.*)$", text, re.M))
+    line = re.sub(r"\$\((\w+)\)", lambda m: variables[m.group(1)], variables[variable])
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_params()))
+    apply_overrides(path, [arg for arg in shlex.split(line) if arg != "-S"])
+    return load_params(path)  # every override names a real key with a valid value
 
 
 def test_make_tune_study_is_the_studys_search(tmp_path):
-    overrides = makefile_overrides("STUDY_TUNE")
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(tiny_params(**overrides)))
-    params = load_params(path)  # every override names a real key with a valid value
+    params = params_with_makefile_overrides("STUDY_TUNE", tmp_path)
     tune_cfg = params.tune
     oracle = hyperband.BudgetedHyperbandOracle(
         objective="val_accuracy",
@@ -234,28 +239,28 @@ def test_make_tune_study_is_the_studys_search(tmp_path):
     assert oracle.plan() == (60, 240)
     assert tune_cfg.train_per_class is None and tune_cfg.max_mflops is None
     assert tune_cfg.early_stopping_patience == 3
-    # The repository's search space is the study's (§4.4); the study search keeps it.
-    space = load_params(REPO / "params.yaml").tune.space
-    assert (space.conv_1_filters.min, space.conv_1_filters.max, space.conv_1_filters.step) == (
-        32,
-        64,
-        16,
-    )
-    assert (space.conv_2_filters.min, space.conv_2_filters.max, space.conv_2_filters.step) == (
-        64,
-        128,
-        32,
-    )
-    assert (space.dense_units.min, space.dense_units.max, space.dense_units.step) == (64, 128, 32)
+    # The study's search space (§4.4).
+    space = tune_cfg.space
+    assert vars(space.conv_1_filters) == {"min": 32, "max": 64, "step": 16}
+    assert vars(space.conv_2_filters) == {"min": 64, "max": 128, "step": 32}
+    assert vars(space.dense_units) == {"min": 64, "max": 128, "step": 32}
     assert (space.learning_rate.min, space.learning_rate.max) == (1e-4, 1e-3)
     assert space.learning_rate.sampling == "log"
     assert space.optimizer.values == ["adam", "sgd"]
-    assert params.train.epochs == 15 and params.train.early_stopping_patience == 3
+    train = params.train
+    assert (train.architecture, train.optimizer, train.batch_size) == ("baseline", "adam", 64)
+    assert train.epochs == 15 and train.early_stopping_patience == 3
 
 
 def test_make_study_trains_the_first_phase_without_tuning(tmp_path):
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(tiny_params(**makefile_overrides("STUDY"))))
-    params = load_params(path)
+    params = params_with_makefile_overrides("STUDY", tmp_path)
+    train = params.train
     assert params.tune.enabled is False
-    assert (params.train.architecture, params.train.epochs) == ("baseline", 30)
+    assert (train.architecture, train.epochs, train.batch_size) == ("baseline", 30, 64)
+    assert (train.optimizer, train.learning_rate, train.lr_schedule) == ("adam", 1e-3, "step")
+    assert train.label_smoothing == 0 and train.weight_decay == 0 and not train.flip_averaging
+    # The study's ImageDataGenerator settings, and no pad-and-crop.
+    assert vars(train.augment) == {
+        "rotation": 15.0, "shift": 0.1, "shear": 0.2, "zoom": 0.2, "crop": 0,
+        "horizontal_flip": True,
+    }  # fmt: skip

@@ -59,9 +59,17 @@ class AugmentConfig:
     shift: float
     shear: float
     zoom: float
+    crop: int  # pixels of pad-and-crop translation; 0: none
     horizontal_flip: bool
 
+    @property
+    def warps(self) -> bool:
+        """Whether the study's affine warp (rotation, shift, shear, zoom) is on."""
+        return any((self.rotation, self.shift, self.shear, self.zoom))
+
     def check(self, key: str) -> None:
+        if not 0 <= self.crop <= 16:
+            raise ConfigError(f"{key}.crop: must be in [0, 16] pixels, got {self.crop}")
         if not 0 <= self.rotation <= 180:
             raise ConfigError(f"{key}.rotation: must be in [0, 180] degrees, got {self.rotation}")
         for name in ("shift", "zoom"):
@@ -73,7 +81,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    architecture: Literal["baseline", "deeper"]
+    architecture: Literal["baseline", "deeper", "fast"]
     conv_1_filters: int
     conv_2_filters: int
     dense_units: int
@@ -81,15 +89,20 @@ class TrainConfig:
     batch_size: int
     epochs: int
     learning_rate: float
+    lr_schedule: Literal["step", "cosine"]
+    warmup_epochs: float
     lr_drop_every: int
     lr_drop_factor: float
     lr_min: float
+    weight_decay: float
+    label_smoothing: float
     early_stopping_patience: int | None
     augment: AugmentConfig
-    optimizer: Literal["adam", "sgd"]
+    optimizer: Literal["adam", "sgd", "nesterov"]
     val_batch_size: int
     use_tuned: bool
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]  # see devices.py
+    flip_averaging: bool  # the saved model averages each image with its mirror image
 
     def check(self, key: str) -> None:
         for name in (
@@ -111,9 +124,17 @@ class TrainConfig:
             raise ConfigError(f"{key}.lr_min: must be in [0, learning_rate], got {self.lr_min}")
         if self.early_stopping_patience is not None:
             _at_least(key, "early_stopping_patience", self.early_stopping_patience, 1)
+        if not self.warmup_epochs >= 0:
+            raise ConfigError(f"{key}.warmup_epochs: must be >= 0, got {self.warmup_epochs}")
+        if not 0 <= self.weight_decay < 1:
+            raise ConfigError(f"{key}.weight_decay: must be in [0, 1), got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(
+                f"{key}.label_smoothing: must be in [0, 1), got {self.label_smoothing}"
+            )
 
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "nesterov")
 
 
 @dataclass(frozen=True)
@@ -148,7 +169,8 @@ class FloatRange:
 
 @dataclass(frozen=True)
 class OptimizerChoice:
-    """Optimizer names to choose from (HyperParameters.Choice); sgd uses momentum 0.9."""
+    """Optimizer names to choose from (HyperParameters.Choice); sgd and nesterov use
+    momentum 0.9."""
 
     values: list[str]
 
@@ -269,6 +291,11 @@ class Params:
 
     def check(self, key: str) -> None:
         _at_least(key, "seed", self.seed, 0)
+        if self.train.architecture == "fast" and self.tune.space.dense_units is not None:
+            raise ConfigError(
+                "tune.space.dense_units: the fast architecture has no hidden dense layer; "
+                "set it to null"
+            )
 
 
 def check_checksum(value: str, key: str) -> None:

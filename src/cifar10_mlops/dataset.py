@@ -1,5 +1,5 @@
-"""Reading CIFAR-10 in its two archive layouts, shared by `download` (validate, count) and
-`prepare` (decode).
+"""Extracting and reading CIFAR-10 in its two archive layouts, shared by `download`
+(validate, count) and `prepare` (decode).
 
 - python: the official `cifar-10-batches-py/` pickles (data_batch_1..5, test_batch,
   batches.meta), read with an unpickler that admits numpy arrays and plain types only;
@@ -11,11 +11,15 @@ from __future__ import annotations
 import codecs
 import io
 import pickle
+import posixpath
+import tarfile
+import zipfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from cifar10_mlops.errors import PipelineError
 
@@ -38,6 +42,56 @@ _SAFE_GLOBALS = {
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): codecs.encode,
 }
+
+
+def _check_member(name: str, link: str | None, link_target: str | None, is_special: bool) -> None:
+    """Refuse absolute or parent paths, devices, and links resolving outside the archive.
+
+    `link` is "sym" (target relative to the member's folder) or "hard" (relative to the
+    archive root), None for a regular member.
+    """
+    parts = PurePosixPath(name).parts
+    if name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")) or ".." in parts:
+        raise PipelineError(f"unsafe archive member {name!r}: path leaves the target folder")
+    if is_special:
+        raise PipelineError(f"unsafe archive member {name!r}: device or fifo")
+    if link:
+        base = PurePosixPath(name).parent if link == "sym" else PurePosixPath()
+        target = posixpath.normpath(base / (link_target or ""))
+        if (link_target or "").startswith("/") or target.split("/")[0] == "..":
+            raise PipelineError(
+                f"unsafe archive member {name!r}: link to {link_target!r} points outside"
+            )
+
+
+def extract(archive: Path, target: Path) -> None:
+    """Extract a tar (any compression) or zip archive into `target`, refusing unsafe members."""
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
+                    if is_link:
+                        raise PipelineError(
+                            f"unsafe archive member {info.filename!r}: symlink in zip"
+                        )
+                    _check_member(info.filename, None, None, False)
+                zf.extractall(target)
+            return
+        with tarfile.open(archive) as tf:
+            members = tf.getmembers()
+            for m in members:
+                link = "sym" if m.issym() else "hard" if m.islnk() else None
+                _check_member(m.name, link, m.linkname, m.isdev() or m.isfifo())
+            # The 'data' filter enforces the same rules again inside tarfile itself.
+            bar = tqdm(members, desc="extract", unit="file", disable=None)  # no bar off a terminal
+            tf.extractall(target, members=bar, filter="data")
+    except (tarfile.ReadError, zipfile.BadZipFile):
+        raise PipelineError(f"{archive.name}: not a tar or zip archive") from None
+    except (EOFError, tarfile.TarError, zipfile.LargeZipFile, OSError) as exc:
+        if isinstance(exc, tarfile.FilterError):
+            raise PipelineError(f"unsafe archive member: {exc}") from None
+        raise PipelineError(f"{archive.name}: truncated or corrupt archive ({exc})") from None
 
 
 @dataclass(frozen=True)

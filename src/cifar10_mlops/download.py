@@ -1,9 +1,11 @@
-"""Stage `download`: fetch the CIFAR-10 archive, verify it, extract it safely.
+"""Stage `download`: fetch the CIFAR-10 archive, verify it, check that it extracts safely.
 
 Reads  params.yaml `download` (source, checksum, retries, timeout); the environment variable
        CIFAR10_SOURCE (a path or URL) overrides `source`, with CIFAR10_CHECKSUM for its digest.
-Writes data/raw/: the extracted archive and manifest.json (source, format, checksums, image
-       counts per split and class). Nothing is written there unless every check passes.
+Writes data/raw/: the archive itself and manifest.json (source, file name, format, checksums,
+       image counts per split and class). Nothing is written there unless every check passes.
+       The archive stays packed: DVC then tracks one file instead of 60,000, which keeps a
+       no-op `dvc repro` fast; `prepare` extracts it again, with the same checks.
 """
 
 from __future__ import annotations
@@ -12,14 +14,11 @@ import argparse
 import hashlib
 import json
 import os
-import posixpath
 import shutil
-import tarfile
 import tempfile
 import time
 import urllib.error
 import urllib.request
-import zipfile
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
@@ -107,55 +106,6 @@ def verify(path: Path, expected: str | None) -> dict[str, str]:
     return found
 
 
-def _check_member(name: str, link: str | None, link_target: str | None, is_special: bool) -> None:
-    """Refuse absolute or parent paths, devices, and links resolving outside the archive.
-
-    `link` is "sym" (target relative to the member's folder) or "hard" (relative to the
-    archive root), None for a regular member.
-    """
-    parts = PurePosixPath(name).parts
-    if name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")) or ".." in parts:
-        raise PipelineError(f"unsafe archive member {name!r}: path leaves the target folder")
-    if is_special:
-        raise PipelineError(f"unsafe archive member {name!r}: device or fifo")
-    if link:
-        base = PurePosixPath(name).parent if link == "sym" else PurePosixPath()
-        target = posixpath.normpath(base / (link_target or ""))
-        if (link_target or "").startswith("/") or target.split("/")[0] == "..":
-            raise PipelineError(
-                f"unsafe archive member {name!r}: link to {link_target!r} points outside"
-            )
-
-
-def extract(archive: Path, target: Path) -> None:
-    """Extract a tar (any compression) or zip archive into `target`, refusing unsafe members."""
-    try:
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                for info in zf.infolist():
-                    is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
-                    if is_link:
-                        raise PipelineError(
-                            f"unsafe archive member {info.filename!r}: symlink in zip"
-                        )
-                    _check_member(info.filename, None, None, False)
-                zf.extractall(target)
-            return
-        with tarfile.open(archive) as tf:
-            members = tf.getmembers()
-            for m in members:
-                link = "sym" if m.issym() else "hard" if m.islnk() else None
-                _check_member(m.name, link, m.linkname, m.isdev() or m.isfifo())
-            # The 'data' filter enforces the same rules again inside tarfile itself.
-            tf.extractall(target, members=tqdm(members, desc="extract", unit="file"), filter="data")
-    except (tarfile.ReadError, zipfile.BadZipFile):
-        raise PipelineError(f"{archive.name}: not a tar or zip archive") from None
-    except (EOFError, tarfile.TarError, zipfile.LargeZipFile, OSError) as exc:
-        if isinstance(exc, tarfile.FilterError):
-            raise PipelineError(f"unsafe archive member: {exc}") from None
-        raise PipelineError(f"{archive.name}: truncated or corrupt archive ({exc})") from None
-
-
 def count_images(layout: dataset.Layout) -> dict[str, dict[str, int]]:
     """Images per split and class; validates the layout (batches, class folders)."""
     counts = {}
@@ -176,24 +126,32 @@ def count_images(layout: dataset.Layout) -> dict[str, dict[str, int]]:
 def download(
     source: str, checksum: str | None, out_dir: Path, *, retries: int, timeout: float
 ) -> dict:
-    """Fetch, verify and extract `source` into `out_dir`, replacing it only on success."""
+    """Fetch and verify `source`, check its extraction and layout, and keep the archive and
+    its manifest in `out_dir`, replacing it only on success."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
         tmp = Path(tmp)
         archive = fetch(source, tmp, retries=retries, timeout=timeout)
         found = verify(archive, checksum)
-        staged = tmp / "extracted"
-        extract(archive, staged)
-        layout = dataset.find_layout(staged)
+        extracted = tmp / "extracted"
+        dataset.extract(archive, extracted)
+        layout = dataset.find_layout(extracted)
         manifest = {
             "source": source,
+            "archive": archive.name,
             "format": layout.kind,
-            "root": layout.root.relative_to(staged).as_posix(),
+            "root": layout.root.relative_to(extracted).as_posix(),
             "md5": found["md5"],
             "sha256": found["sha256"],
             "checksum_verified": checksum,
             "counts": count_images(layout),
         }
+        staged = tmp / "staged"
+        staged.mkdir()
+        if archive.parent == tmp:  # downloaded: move it; a local source is copied
+            archive.rename(staged / archive.name)
+        else:
+            shutil.copyfile(archive, staged / archive.name)
         (staged / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -70,13 +70,14 @@ def in_space(value, spec) -> bool:
 class CnnHyperModel(kt.HyperModel):
     """`train`'s network and optimizer with the searched entries taken from the trial."""
 
-    def __init__(self, train_cfg: TrainConfig, space: SearchSpace):
+    def __init__(self, train_cfg: TrainConfig, space: SearchSpace, images):
         super().__init__(name="cifar10_cnn")
         self.train_cfg = train_cfg
         self.space = space
+        self.images = images  # training images, for the `fast` network's whitening layer
 
     def build(self, hp):
-        return compile_model(replace(self.train_cfg, **declare(hp, self.space)))
+        return compile_model(replace(self.train_cfg, **declare(hp, self.space)), self.images)
 
 
 @cache
@@ -193,11 +194,14 @@ def make_tuner(
     log: SearchLog,
     directory: Path,
     project: str,
+    images,
     strategy=None,
 ) -> TrackedHyperband:
     """A tuner over `tune.space` that resumes the search saved in directory/project, if any.
 
-    `strategy` (a tf.distribute.Strategy) trains each trial across several devices."""
+    `images` are the search's training images (the `fast` network fits its whitening layer
+    on them); `strategy` (a tf.distribute.Strategy) trains each trial across several
+    devices."""
     objective = kt.Objective(tune.objective, "max" if tune.objective == "val_accuracy" else "min")
     budget = tune.max_mflops
     oracle = BudgetedHyperbandOracle(
@@ -212,7 +216,7 @@ def make_tuner(
     )
     log.total, log.epochs = oracle.plan()
     return TrackedHyperband(
-        CnnHyperModel(train, tune.space),
+        CnnHyperModel(train, tune.space, images),
         oracle,
         log=log,
         directory=str(directory),

@@ -1,6 +1,7 @@
 """Stage `prepare`: decode the raw archive into uint8 arrays and split off validation data.
 
-Reads  data/raw/ (from `download`), params.yaml `prepare` and `seed`.
+Reads  data/raw/ (from `download`: the archive, extracted here into a temporary folder with
+       download's checks, and its manifest), params.yaml `prepare` and `seed`.
 Writes data/prepared/ in the format of splits.py: {train,val,test}.npz and manifest.json, a
        stratified validation split taken from the training set so that only `evaluate` ever
        touches the test set; reports/prepare/class_counts.json and the study's 2x5 sample
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -109,15 +111,27 @@ def read_manifest(raw_dir: Path) -> dict:
     path = raw_dir / "manifest.json"
     if not path.is_file():
         raise PipelineError(f"{path} not found: run the download stage first")
-    return json.loads(path.read_text())
+    manifest = json.loads(path.read_text())
+    if "archive" not in manifest:
+        raise PipelineError(f"{path} is from an extracting download: rerun the download stage")
+    return manifest
 
 
 def decode(raw_dir: Path, manifest: dict) -> dict[str, Split]:
-    """Decode both splits of data/raw, checking shapes, classes and the manifest's counts."""
-    layout = dataset.Layout(manifest["format"], raw_dir / manifest["root"])
+    """Decode both splits of data/raw's archive, checking shapes, classes and the manifest's
+    counts."""
+    archive = raw_dir / manifest["archive"]
+    if not archive.is_file():
+        raise PipelineError(f"{archive} not found: rerun the download stage")
+    with tempfile.TemporaryDirectory(prefix="cifar10-") as tmp:
+        dataset.extract(archive, Path(tmp))
+        layout = dataset.Layout(manifest["format"], Path(tmp) / manifest["root"])
+        try:
+            splits = {split: dataset.load_split(layout, split) for split in dataset.SPLITS}
+        except PipelineError as exc:  # name a bad file by its place in the archive
+            raise PipelineError(str(exc).replace(f"{tmp}/", f"{archive}:")) from None
     decoded = {}
-    for split in dataset.SPLITS:
-        x, y = dataset.load_split(layout, split)
+    for split, (x, y) in splits.items():
         check_split(split, x, y)
         found = class_counts({split: (x, y)})[split]
         if found != manifest["counts"][split]:

@@ -27,10 +27,10 @@ import numpy as np
 import tensorflow as tf
 
 from cifar10_mlops import devices, tracking
-from cifar10_mlops.augment import random_affine
+from cifar10_mlops.augment import augment_batch
 from cifar10_mlops.config import AugmentConfig, TrainConfig, flatten, load_params
 from cifar10_mlops.errors import PipelineError
-from cifar10_mlops.model import build_model
+from cifar10_mlops.model import NUM_CLASSES, build_model, fit_whitening, with_flip_averaging
 from cifar10_mlops.splits import load_manifest, load_split
 from cifar10_mlops.stage import run_stage, seed_everything
 
@@ -50,6 +50,20 @@ def step_schedule(cfg: TrainConfig):
     return schedule
 
 
+def cosine_schedule(cfg: TrainConfig, steps_per_epoch: int):
+    """Per step: linear warm-up from lr_min to learning_rate over `warmup_epochs`, then a
+    cosine decay back to lr_min at the end of the last epoch."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=cfg.lr_min if warmup else cfg.learning_rate,
+        decay_steps=total - warmup,
+        alpha=cfg.lr_min / cfg.learning_rate,
+        warmup_target=cfg.learning_rate if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
 def make_dataset(
     x: np.ndarray,
     y: np.ndarray,
@@ -58,17 +72,32 @@ def make_dataset(
     seed: int,
     augment: AugmentConfig | None = None,
 ) -> tf.data.Dataset:
-    """Batches of uint8 images; shuffled and augmented on the fly when `augment` is given."""
+    """Batches of uint8 images and one-hot labels (for label smoothing); shuffled and
+    augmented on the fly when `augment` is given."""
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if augment is not None:
         ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    if augment is not None:
-        ds = ds.map(
-            lambda images, labels: (random_affine(images, **vars(augment)), labels),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    return ds.prefetch(tf.data.AUTOTUNE)
+
+    def transform(images, labels):
+        if augment is not None:
+            images = augment_batch(images, augment)
+        return images, tf.one_hot(tf.cast(labels, tf.int32), NUM_CLASSES)
+
+    return ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+class LearningRateLog(keras.callbacks.Callback):
+    """Put the optimizer's current learning rate into each epoch's logs (and so the history),
+    as LearningRateScheduler does for the step schedule."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = current_learning_rate(self.model)
+
+
+def current_learning_rate(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
@@ -78,32 +107,48 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         import mlflow
 
         metrics = {k: float(v) for k, v in (logs or {}).items() if k in HISTORY_KEYS}
-        metrics["learning_rate"] = float(
-            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-        )
+        metrics["learning_rate"] = current_learning_rate(self.model)
         mlflow.log_metrics(metrics, step=epoch)
 
 
-def make_optimizer(name: str, learning_rate) -> keras.optimizers.Optimizer:
+def make_optimizer(name: str, learning_rate, weight_decay: float) -> keras.optimizers.Optimizer:
+    decay = weight_decay or None
     if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate, momentum=0.9)
+        return keras.optimizers.Adam(learning_rate, weight_decay=decay)
+    if name in ("sgd", "nesterov"):
+        return keras.optimizers.SGD(
+            learning_rate, momentum=0.9, nesterov=name == "nesterov", weight_decay=decay
+        )
     raise ValueError(f"unknown optimizer {name!r}")
 
 
-def compile_model(cfg: TrainConfig) -> keras.Model:
-    """The network and optimizer `cfg` describes; the tuner's hypermodel builds through here."""
+def compile_model(
+    cfg: TrainConfig,
+    images: np.ndarray | None = None,
+    *,
+    learning_rate=None,
+    portable: bool = False,
+) -> keras.Model:
+    """The network and optimizer `cfg` describes; the tuner's hypermodel builds through here.
+
+    `images` (training images) fit the `fast` network's whitening layer. `learning_rate` (a
+    number or schedule) replaces cfg's constant one. `portable` builds with Keras' own
+    BatchNormalization instead of the fused one: the form a saved model is loaded in."""
     model = build_model(
         cfg.architecture,
         conv_1_filters=cfg.conv_1_filters,
         conv_2_filters=cfg.conv_2_filters,
         dense_units=cfg.dense_units,
         dropout=cfg.dropout,
+        fused_batch_norm=not portable,
     )
+    if cfg.architecture == "fast" and images is not None:
+        fit_whitening(model, images)
     model.compile(
-        optimizer=make_optimizer(cfg.optimizer, cfg.learning_rate),
-        loss="sparse_categorical_crossentropy",
+        optimizer=make_optimizer(
+            cfg.optimizer, learning_rate or cfg.learning_rate, cfg.weight_decay
+        ),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
     )
     return model
@@ -121,10 +166,17 @@ def train(
     """Fit a fresh model under `strategy` (default: the current one); returns it (best
     validation weights when early stopping is on) and one dict of HISTORY_KEYS per epoch.
     `cfg.batch_size` is the global batch, split between the strategy's replicas."""
+    steps_per_epoch = -(-len(train_split[1]) // cfg.batch_size)
+    if cfg.lr_schedule == "cosine":
+        learning_rate = cosine_schedule(cfg, steps_per_epoch)
+        callbacks = [LearningRateLog(), *callbacks]
+    else:
+        learning_rate = cfg.learning_rate
+        callbacks = [keras.callbacks.LearningRateScheduler(step_schedule(cfg)), *callbacks]
     with (strategy or tf.distribute.get_strategy()).scope():
-        model = compile_model(cfg)
+        model = compile_model(cfg, train_split[0], learning_rate=learning_rate)
     model.summary(print_fn=lambda line, **_: print(line))
-    callbacks = [keras.callbacks.LearningRateScheduler(step_schedule(cfg)), *callbacks]
+    callbacks = list(callbacks)
     if cfg.early_stopping_patience is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(
@@ -181,20 +233,19 @@ def write_history(history: list[dict], path: Path) -> None:
         writer.writerows(history)
 
 
-def float32_copy(model: keras.Model, cfg: TrainConfig) -> keras.Model:
-    """The same network and weights computing in float32, for a model trained in mixed
-    precision: the saved model then runs the same on any CPU or GPU. Weights are float32
-    under mixed precision already, so nothing is rounded."""
-    if model.dtype_policy.name == "float32":
-        return model
+def portable_copy(model: keras.Model, cfg: TrainConfig) -> keras.Model:
+    """The trained network as it is saved: Keras' own layers (no fused BatchNormalization),
+    float32 compute (weights are float32 under mixed precision already, so nothing is
+    rounded), and flip averaging when `cfg.flip_averaging`. It loads and runs the same on any
+    CPU or GPU, without this package."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
     try:
-        copy = compile_model(cfg)
+        copy = compile_model(cfg, portable=True)
+        copy.set_weights(model.get_weights())
+        return with_flip_averaging(copy) if cfg.flip_averaging else copy
     finally:
         keras.config.set_dtype_policy(previous)
-    copy.set_weights(model.get_weights())
-    return copy
 
 
 def save_model(model: keras.Model, path: Path) -> None:
@@ -273,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
                 "best_epoch": best["epoch"],
             }
         )
-        save_model(float32_copy(model, params.train), args.model)
+        save_model(portable_copy(model, params.train), args.model)
         write_history(history, args.history)
         args.run_info.write_text(
             json.dumps(

@@ -33,6 +33,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -65,7 +66,10 @@ from cifar10_mlops.trials import (
 )
 
 # The `train` keys a search depends on besides the searched ones (see dvc.yaml).
-TRAIN_KEYS = ("architecture", "dropout", "batch_size", "val_batch_size", "augment")
+TRAIN_KEYS = (
+    "architecture", "dropout", "batch_size", "val_batch_size", "augment", "weight_decay",
+    "label_smoothing",
+)  # fmt: skip
 KT_ENV = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 SEARCH_FILE = "search.json"  # what a chief tells its workers, in the search's state folder
 
@@ -174,10 +178,17 @@ def log_settings(params: Params, *, seed: int, train_images: int, search: str, r
     )
 
 
-def prepare_search(params: Params, data: Path) -> tuple[int, object, dict, tuple[int, int]]:
+class Search(NamedTuple):
+    seed: int
+    strategy: object  # for the tuner; None on one device
+    kwargs: dict  # tuner.search's arguments
+    images: np.ndarray  # the search's training images
+    n_val: int  # validation images
+
+
+def prepare_search(params: Params, data: Path) -> Search:
     """What every process that runs trials sets up, in this order: the devices (before
-    TensorFlow starts), the seed, the data. Returns the seed, the strategy for the tuner (None
-    on one device), tuner.search's arguments and the (training, validation) sizes."""
+    TensorFlow starts), the seed, the data."""
     tune, train = params.tune, params.train
     placement = devices.setup(train.precision)
     seed = params.seed if tune.seed is None else tune.seed
@@ -200,7 +211,7 @@ def prepare_search(params: Params, data: Path) -> tuple[int, object, dict, tuple
         "verbose": 1 if sys.stdout.isatty() else 2,
     }
     strategy = placement.strategy if placement.replicas > 1 else None
-    return seed, strategy, search, (len(y_train), len(val[1]))
+    return Search(seed, strategy, search, x_train, len(val[1]))
 
 
 def run_trials(tuner, log: SearchLog, search: dict) -> None:
@@ -216,7 +227,8 @@ def run_search(params: Params, args: argparse.Namespace) -> None:
     import mlflow
 
     tune, train = params.tune, params.train
-    seed, strategy, search, (n_train, n_val) = prepare_search(params, args.data)
+    search = prepare_search(params, args.data)
+    seed, n_train = search.seed, len(search.images)
     first = check_space(params)
     manifest = load_manifest(args.data)
     sid = search_id(params, manifest["source_sha256"])
@@ -236,21 +248,21 @@ def run_search(params: Params, args: argparse.Namespace) -> None:
         )
         tuner = make_tuner(
             tune, train, seed=seed, first=first, log=log, directory=args.state, project=sid,
-            strategy=strategy,
+            images=search.images, strategy=search.strategy,
         )  # fmt: skip
         oracle = tuner.oracle
         state.mkdir(parents=True, exist_ok=True)
         done = sum(t.status == "COMPLETED" for t in oracle.trials.values())
         print(
             f"[tune] Hyperband: {log.total} trials, {log.epochs} epochs in all, on {n_train} "
-            f"training images; objective {tune.objective} on {n_val} validation images; "
+            f"training images; objective {tune.objective} on {search.n_val} validation images; "
             f"MLflow run {run.info.run_id}"
             + (f"; resuming after {done} finished trials" if resuming else ""),
             flush=True,
         )
         if chief:
             announce(params, args, sid, run.info.run_id, experiment_id, manifest)
-        run_trials(tuner, log, search)
+        run_trials(tuner, log, search.kwargs)
         end_lost_trials(run.info.run_id)
         finish(params, args, tuner, log, sid, run.info.run_id)
     shutil.rmtree(state, ignore_errors=True)
@@ -345,7 +357,7 @@ def run_worker(args: argparse.Namespace) -> None:
                 f"... vs {info['data_sha256'][:12]}...): run `dvc repro prepare` first"
             )
         params = params_from_dict(info["params"])
-        seed, strategy, search, _ = prepare_search(params, args.data)
+        search = prepare_search(params, args.data)
         uri = tracking.tracking_uri()
         tracking.connect(uri)
         try:
@@ -363,8 +375,9 @@ def run_worker(args: argparse.Namespace) -> None:
             search_file=info["file"],
         )
         tuner = make_tuner(
-            params.tune, params.train, seed=seed, first=None, log=log, directory=args.state,
-            project=info["search_id"], strategy=strategy,
+            params.tune, params.train, seed=search.seed, first=None, log=log,
+            directory=args.state, project=info["search_id"], images=search.images,
+            strategy=search.strategy,
         )  # fmt: skip
         print(
             f"[tune] worker {tuner_id}: joined search {info['search_id']} (MLflow run "
@@ -372,7 +385,7 @@ def run_worker(args: argparse.Namespace) -> None:
             f"{os.environ['KERASTUNER_ORACLE_PORT']}",
             flush=True,
         )
-        run_trials(tuner, log, search)
+        run_trials(tuner, log, search.kwargs)
         print(
             f"[tune] worker {tuner_id}: search {info['search_id']} is over; ran {log.ran} trials",
             flush=True,
