@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -68,7 +69,7 @@ def machine() -> dict:
     }
 
 
-def load_data(prepared: Path, n_synthetic: int = 10_000):
+def load_data(prepared: Path, n_synthetic: int):
     """(train, val, test) splits of data/prepared, or random ones when it is absent."""
     from cifar10_mlops.splits import load_split
 
@@ -116,7 +117,7 @@ def study_model():
     return model
 
 
-def throughput(data, params, *, images: int = 12_800, warmup: int = 10, rounds: int = 3) -> dict:
+def throughput(data, params, *, images: int, rounds: int, warmup: int = 10) -> dict:
     """Images/s of the study's pipeline and the `train` stage's, both training the study's
     baseline network, alternated `rounds` times on `images` images each; medians."""
     from tensorflow.keras.preprocessing.image import ImageDataGenerator  # the study's import
@@ -151,6 +152,11 @@ def throughput(data, params, *, images: int = 12_800, warmup: int = 10, rounds: 
         print(f"  round {round_ + 1}: study {rates['study'][-1]:,.0f} img/s, project "
               f"{rates['project'][-1]:,.0f} img/s", flush=True)  # fmt: skip
     study_rate, ours_rate = (statistics.median(rates[k]) for k in ("study", "project"))
+    # What limits it: the network's arithmetic against the most this CPU multiplies per second.
+    from cifar10_mlops.model import forward_mflops
+
+    train_mflops = 3 * forward_mflops(ours)  # forward + backward (input and weight gradients)
+    peak = matmul_gflops()
     return {
         "study_images_per_s": round(study_rate, 1),
         "study_batch": STUDY_BATCH,
@@ -159,7 +165,27 @@ def throughput(data, params, *, images: int = 12_800, warmup: int = 10, rounds: 
         "ratio": round(ours_rate / study_rate, 2),
         "rounds": {k: [round(r, 1) for r in v] for k, v in rates.items()},
         "network": "the study's baseline CNN",
+        "train_mflops_per_image": round(train_mflops, 1),
+        "project_gflops": round(ours_rate * train_mflops / 1e3, 1),
+        "matmul_gflops": round(peak, 1),
+        "ceiling_images_per_s": round(peak * 1e3 / train_mflops),
     }
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 20) -> float:
+    """float32 GFLOP/s of large matrix products: about the most arithmetic this CPU does."""
+    import tensorflow as tf
+
+    a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
+    product = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))
+    product().numpy()  # trace, warm the caches
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            product().numpy()
+        best = max(best, 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9)
+    return best
 
 
 def time_to_accuracy(data, params) -> dict:
@@ -199,7 +225,7 @@ def time_to_accuracy(data, params) -> dict:
     }
 
 
-def tracking(data, params, *, repeats: int = 3, images: int = 10_000, epochs: int = 2) -> dict:
+def tracking(data, params, *, images: int, repeats: int, epochs: int = 2) -> dict:
     """Wall time of the same short training with and without MLflow logging."""
     import mlflow
 
@@ -210,7 +236,7 @@ def tracking(data, params, *, repeats: int = 3, images: int = 10_000, epochs: in
     cfg = replace(params.train, epochs=epochs, early_stopping_patience=None)
     split = (x[:images], y[:images])
     val = (val[0][:1000], val[1][:1000])
-    store = tempfile.mkdtemp(prefix="bench-mlflow-")
+    store = tempfile.mkdtemp(prefix="bench-mlflow-")  # removed at the end
     mlflow.set_tracking_uri(f"sqlite:///{store}/mlflow.db")
     experiment = mlflow.create_experiment("bench", artifact_location=Path(store).as_uri())
 
@@ -229,6 +255,7 @@ def tracking(data, params, *, repeats: int = 3, images: int = 10_000, epochs: in
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
+    shutil.rmtree(store, ignore_errors=True)
     without, with_ = statistics.median(times["without"]), statistics.median(times["with"])
     return {
         "seconds_without": round(without, 2),
@@ -264,6 +291,10 @@ def table(results: dict) -> str:
             (f"throughput, project (tf.data, batch {t['project_batch']})",
              f"{t['project_images_per_s']:,.0f} img/s"),
             ("throughput ratio, project / study", f"{t['ratio']:.2f}x"),
+            ("project's arithmetic rate / float32 matmul rate",
+             f"{t['project_gflops']:.0f} / {t['matmul_gflops']:.0f} GFLOP/s"),
+            ("compute ceiling for this network (matmul rate)",
+             f"{t['ceiling_images_per_s']:,} img/s"),
         ]  # fmt: skip
     if "time_to_accuracy" in results:
         t = results["time_to_accuracy"]
@@ -294,12 +325,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "prepared")
     parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
     parser.add_argument("--out", type=Path, help="JSON file (default: benchmarks/results/...)")
+    parser.add_argument(
+        "--images", type=int, default=12_800, help="training images per throughput/tracking run"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="alternated rounds of throughput and tracking"
+    )
     args = parser.parse_args(argv)
 
     from cifar10_mlops.config import load_params
 
     params = load_params(args.params)
-    data, source = load_data(args.data)
+    data, source = load_data(args.data, args.images)
     if "time_to_accuracy" in args.only and source != "prepared":
         parser.error(f"time_to_accuracy needs {args.data}: run `dvc repro prepare` first")
 
@@ -307,11 +344,11 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.only:
         print(f"[bench] {name} ...", flush=True)
         if name == "throughput":
-            results[name] = throughput(data, params)
+            results[name] = throughput(data, params, images=args.images, rounds=args.repeats)
         elif name == "time_to_accuracy":
             results[name] = time_to_accuracy(data, params)
         elif name == "tracking":
-            results[name] = tracking(data, params)
+            results[name] = tracking(data, params, images=args.images, repeats=args.repeats)
         else:
             results[name] = noop_repro()
     report = {

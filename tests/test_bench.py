@@ -1,0 +1,35 @@
+"""benchmarks/bench.py runs from a checkout and writes what the README's table shows."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_benchmark_measures_throughput_and_tracking_side_by_side(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable, str(REPO / "benchmarks" / "bench.py"),
+            "--only", "throughput", "tracking",
+            "--data", str(tmp_path / "absent"),  # random images of CIFAR-10's shape
+            "--images", "1024", "--repeats", "1", "--out", str(out),
+        ],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "throughput ratio, project / study" in result.stdout
+    assert "MLflow tracking overhead" in result.stdout
+    report = json.loads(out.read_text())
+    assert report["data"] == "random"
+    assert report["machine"]["tensorflow"] and report["machine"]["cores"] >= 1
+    t = report["results"]["throughput"]
+    assert t["study_images_per_s"] > 0 and t["project_images_per_s"] > 0
+    assert t["ratio"] == round(t["project_images_per_s"] / t["study_images_per_s"], 2)
+    assert t["ceiling_images_per_s"] > 0 and t["matmul_gflops"] > 0
+    tracking = report["results"]["tracking"]
+    assert tracking["seconds_with"] > 0 and tracking["seconds_without"] > 0
+    # The MLflow store it timed against is a throwaway one, removed afterwards.
+    assert not any(p.name.startswith("bench-mlflow-") for p in tmp_path.iterdir())
