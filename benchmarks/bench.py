@@ -141,12 +141,16 @@ def throughput(data, params, *, images: int, rounds: int, warmup: int = 10) -> d
     ours = compile_model(cfg, x)
     dataset = make_dataset(x, y, cfg.batch_size, seed=0, augment=cfg.augment)
     rates = {"study": [], "project": []}
+
+    def timed(batch: int) -> StepTimer:  # at most half of a round's steps are warm-up
+        return StepTimer(min(warmup, max(1, len(x) // batch // 2)))
+
     for round_ in range(rounds):
-        timer = StepTimer(warmup)
+        timer = timed(STUDY_BATCH)
         flow = generator.flow(x, y, batch_size=STUDY_BATCH, seed=round_)
         study.fit(flow, epochs=1, callbacks=[timer], verbose=0)
         rates["study"].append(timer.rate(STUDY_BATCH))
-        timer = StepTimer(warmup)
+        timer = timed(cfg.batch_size)
         ours.fit(dataset, epochs=1, callbacks=[timer], verbose=0)
         rates["project"].append(timer.rate(cfg.batch_size))
         print(f"  round {round_ + 1}: study {rates['study'][-1]:,.0f} img/s, project "
