@@ -194,6 +194,7 @@ def matmul_gflops(n: int = 2048, repeats: int = 20) -> float:
 
 def time_to_accuracy(data, params) -> dict:
     """The train stage's training (params.yaml as is), test accuracy after every epoch."""
+    from cifar10_mlops.model import with_flip_averaging
     from cifar10_mlops.train import train
 
     train_split, val_split, (x_test, y_test) = data
@@ -206,10 +207,10 @@ def time_to_accuracy(data, params) -> dict:
         def on_epoch_end(self, epoch, logs=None):
             began = time.perf_counter()
             elapsed = began - self.start - self.scoring  # training time, scoring excluded
-            probs = self.model.predict(x_test, batch_size=1000, verbose=0)
+            scored = self.model
             if params.train.flip_averaging:  # as the saved model predicts
-                mirrored = self.model.predict(x_test[:, :, ::-1], batch_size=1000, verbose=0)
-                probs = (probs + mirrored) / 2
+                scored = with_flip_averaging(self.model)
+            probs = scored.predict(x_test, batch_size=1000, verbose=0)
             accuracy = float((probs.argmax(axis=1) == y_test).mean())
             self.scoring += time.perf_counter() - began
             self.curve.append({"epoch": epoch + 1, "seconds": round(elapsed, 1),
