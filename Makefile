@@ -74,14 +74,21 @@ tune-study: $(STAMP)  ## the study's exact Hyperband search + final training as 
 bench: $(STAMP)  ## training speed vs the study's pipeline (benchmarks/bench.py; needs `make repro` first)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
-test: $(STAMP)  ## the offline test suite (tiny synthetic data)
-	$(BIN)/python -m pytest
+# Most tests wait on subprocesses and servers, so more workers than cores pays (README:
+# Development has the measurements).
+TEST_WORKERS ?= 4
+test: $(STAMP)  ## the offline test suite (tiny synthetic data), TEST_WORKERS in parallel
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-slow: $(STAMP)  ## tests that need the full dataset or minutes of training
 	$(BIN)/python -m pytest -m slow
 
+# The embedded store's URI and the champion alias have one home, cifar10_mlops.tracking.
+TRACKING = $(BIN)/python -c 'from cifar10_mlops import tracking; print(tracking.$(1))'
+STORE_URI ?= $$($(call TRACKING,DEFAULT_TRACKING_URI))
+
 mlflow-ui: $(STAMP)  ## open the MLflow UI on the embedded store at http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri "$(STORE_URI)" --host 127.0.0.1 --port 5000
 
 # Prefect: flows/retrain.py runs the stages as tasks; flows/deploy.py serves it on a schedule.
 # The local Prefect server keeps its database in .prefect/ of this checkout.
@@ -113,10 +120,10 @@ deployment: $(STAMP)  ## serve the scheduled retraining deployment (needs the Pr
 	scripts/services.sh start deployment
 
 # The model name has one home, params.yaml `register.model_name`.
-MODEL_URI ?= models:/$$($(BIN)/python -c 'from cifar10_mlops.config import load_params; \
-  print(load_params().register.model_name)')@champion
+MODEL_URI ?= $$($(BIN)/python -c 'from cifar10_mlops import config, tracking; \
+  print(tracking.champion_uri(config.load_params().register.model_name))')
 serve-model: $(STAMP)  ## serve MODEL_URI (default: the champion) at http://127.0.0.1:5001/invocations
-	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///mlruns/mlflow.db} \
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE_URI)} \
 	  $(BIN)/mlflow models serve -m "$(MODEL_URI)" --env-manager local -h 127.0.0.1 -p 5001
 
 # Keras Tuner's distributed mode: `KERASTUNER_TUNER_ID=chief dvc repro tune` serves the search,

@@ -5,7 +5,7 @@
 
 1. throughput: images/s in steady state (warm-up steps excluded) of the study's pipeline
    (ImageDataGenerator.flow, batch 64, Keras' layers, Adam) and of the `train` stage's
-   (train.make_dataset and train.compile_model at params.yaml's settings), both training the
+   (fit.make_dataset and fit.compile_model at params.yaml's settings), both training the
    same network, the study's baseline CNN; alternated three times, medians and their ratio.
 2. time_to_accuracy: the `train` stage's training with params.yaml as it stands, scored on
    the test split after every epoch (scoring time excluded): wall time until the test
@@ -122,7 +122,7 @@ def throughput(data, params, *, images: int, rounds: int, warmup: int = 10) -> d
     baseline network, alternated `rounds` times on `images` images each; medians."""
     from tensorflow.keras.preprocessing.image import ImageDataGenerator  # the study's import
 
-    from cifar10_mlops.train import compile_model, make_dataset
+    from cifar10_mlops.fit import compile_model, make_dataset
 
     x, y = data[0][0][:images], data[0][1][:images]
     # The study's notebook: its generator, batch 64, Keras' BatchNormalization, Adam.
@@ -136,7 +136,7 @@ def throughput(data, params, *, images: int, rounds: int, warmup: int = 10) -> d
     )
     study = study_model()
     # The train stage's: params.yaml's batch size, augmentation, optimizer and loss, through
-    # train.compile_model (fused BatchNormalization), on the same architecture.
+    # fit.compile_model (fused BatchNormalization), on the same architecture.
     cfg = replace(params.train, **STUDY_NETWORK)
     ours = compile_model(cfg, x)
     dataset = make_dataset(x, y, cfg.batch_size, seed=0, augment=cfg.augment)

@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
-from cifar10_mlops import tracking
+from cifar10_mlops import health, tracking
 from cifar10_mlops.config import load_params
 from cifar10_mlops.errors import PipelineError
 
@@ -143,22 +143,13 @@ def check_services() -> None:
 def check_prefect(timeout: float = 5.0) -> None:
     """The Prefect API named by PREFECT_API_URL answers (nothing to check when unset: Prefect
     then starts a temporary local server itself)."""
-    import urllib.error
-    import urllib.request
-
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
-    if not url:
-        return
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as exc:
-        raise PipelineError(
-            f"Prefect server {url} is unreachable ({getattr(exc, 'reason', exc)}): start it "
-            "(make services), or unset PREFECT_API_URL"
-        ) from None
+    if url:
+        health.require(
+            url, "Prefect server", "start it (make services), or unset PREFECT_API_URL", timeout
+        )
 
 
 @flow(name="retrain", log_prints=True)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start, stop or list the local services on 127.0.0.1, without Docker (`make services`):
-#   mlflow      MLflow server/UI on the embedded store (sqlite:///mlruns/mlflow.db)  :MLFLOW_PORT
+#   mlflow      MLflow server/UI on the stages' embedded store (under mlruns/)       :MLFLOW_PORT
 #   prefect     Prefect server and UI (its database under PREFECT_HOME)             :PREFECT_PORT
 #   deployment  the scheduled `retrain` deployment served against that Prefect server
 # Each runs in the background with its pid and log in .services/.
@@ -12,10 +12,12 @@ DIR=.services
 export PREFECT_SERVER_ANALYTICS_ENABLED=false  # no telemetry calls home
 export PREFECT_API_URL="http://127.0.0.1:${PREFECT_PORT}/api"
 
+# The embedded store the stages log to (its one home: cifar10_mlops.tracking).
+store_uri() { python -c 'from cifar10_mlops import tracking; print(tracking.DEFAULT_TRACKING_URI)'; }
 
 command_of() {
   case $1 in
-    mlflow) echo "mlflow server --backend-store-uri sqlite:///mlruns/mlflow.db \
+    mlflow) echo "mlflow server --backend-store-uri $(store_uri) \
       --default-artifact-root mlruns/artifacts --host 127.0.0.1 --port ${MLFLOW_PORT}" ;;
     prefect) echo "prefect server start --host 127.0.0.1 --port ${PREFECT_PORT}" ;;
     deployment) echo "python -m flows.deploy" ;;

@@ -9,9 +9,10 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
+
+from cifar10_mlops.health import answers
 
 BIN = Path(sys.executable).parent  # the venv's `mlflow`, `prefect`, `dvc`, `python`
 
@@ -20,14 +21,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def tail(log: Path, chars: int = 3000) -> str:

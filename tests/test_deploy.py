@@ -1,8 +1,8 @@
 """The scheduled retraining deployment (flows/deploy.py) on a real Prefect server on 127.0.0.1.
 
-Starts `prefect server start` with its own database, serves the deployment from a scratch
-copy of the project with tiny params, checks the schedule and the concurrency limit, then
-triggers two runs at once: both complete, one after the other.
+Starts `prefect server start` with its own database, serves the deployment from a copy of
+the reproduced tiny pipeline, checks the schedule and the concurrency limit, then triggers two
+runs at once: both complete, one after the other.
 """
 
 import os
@@ -13,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from conftest import tiny_params, write_image_archive
+from conftest import tiny_params
 from servers import BIN, answers, free_port, start, stop, wait_for
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -43,10 +43,12 @@ def prefect_server(tmp_path):
         stop(server)
 
 
-def test_served_deployment_is_scheduled_limited_to_one_and_runs(prefect_server, project, tmp_path):
-    archive = write_image_archive(tmp_path / "cifar10-jpg.tar.gz", fmt="JPEG")
-    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    env = {**prefect_server, "CIFAR10_SOURCE": str(archive)}
+def test_served_deployment_is_scheduled_limited_to_one_and_runs(
+    prefect_server, reproduced, tmp_path
+):
+    project = reproduced
+    before = yaml.safe_load((project / "reports" / "registry.json").read_text())["version"]
+    env = {**prefect_server, "CIFAR10_SOURCE": os.environ["CIFAR10_SOURCE"]}
     env.pop("MLFLOW_TRACKING_URI", None)
     cfg = tiny_params()["retrain"]
     log = tmp_path / "deployment.log"
@@ -82,9 +84,9 @@ def test_served_deployment_is_scheduled_limited_to_one_and_runs(prefect_server, 
     assert [r.state.type.value for r in runs] == ["COMPLETED", "COMPLETED"], log.read_text()[-3000:]
     first, second = sorted(runs, key=lambda r: r.start_time)
     assert first.end_time <= second.start_time  # never two retrains at once
-    # the second run was forced (deployment parameter): a second version was registered
+    # both runs were forced (deployment parameter): each registered a version
     registry = yaml.safe_load((project / "reports" / "registry.json").read_text())
-    assert registry["version"] == 2
+    assert registry["version"] == before + 2
     status = subprocess.run(
         [sys.executable, "-m", "dvc", "status"], cwd=project, capture_output=True, text=True
     )

@@ -12,16 +12,17 @@ import time
 import mlflow
 import pytest
 
-from conftest import stage_args
+from conftest import place_store, stage_args
 from servers import env_with_bin, free_port, mlflow_server, start, stop, tail, wait_for
 
 
 @pytest.fixture
-def cluster(in_project, prepared, params_file, tmp_path):
+def cluster(in_project, prepared, params_file, tmp_path, migrated_store):
     """A function starting the chief (the tune stage) and workers against one MLflow server;
     yields it, then stops whatever still runs."""
     processes = []
-    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as (url, *_):
+    backend = f"sqlite:///{place_store(migrated_store, tmp_path / 'server.db')}"
+    with mlflow_server(backend, tmp_path) as (url, *_):
         oracle = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(free_port())}
 
         def launch(name: str, args: list, **env):

@@ -1,9 +1,15 @@
-"""End to end: `dvc repro` in a scratch copy of the repository, on a tiny synthetic archive."""
+"""End to end: `dvc repro` in a scratch copy of the repository, on a tiny synthetic archive.
 
+The first `dvc repro` from scratch is conftest's `reproduced_once` (made once per test run);
+each test here works on a copy of it, as a teammate would on a clone after `make repro`.
+"""
+
+import csv
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -11,32 +17,17 @@ import pytest
 import yaml
 
 from cifar10_mlops.register import lock_digest
+from conftest import run_dvc as dvc
 
 
-def dvc(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    bin_dir = str(Path(sys.executable).parent)
-    result = subprocess.run(
-        [str(Path(bin_dir) / "dvc"), *args],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", **(env or {})},
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
+def ran(result: subprocess.CompletedProcess | str) -> list[str]:
+    output = result if isinstance(result, str) else result.stdout
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
-def ran(result: subprocess.CompletedProcess) -> list[str]:
-    return [
-        line.split("'")[1]
-        for line in result.stdout.splitlines()
-        if line.startswith("Running stage")
-    ]
-
-
-def test_dvc_repro_end_to_end(pipeline):
-    first = dvc(pipeline, "repro")
+def test_dvc_repro_end_to_end(reproduced, reproduced_once):
+    pipeline = reproduced
+    first = (reproduced_once / "repro.log").read_text()
     assert ran(first) == ["download", "prepare", "tune", "train", "evaluate", "register"]
     for path in (
         "data/raw/manifest.json",
@@ -118,11 +109,10 @@ def test_dvc_repro_end_to_end(pipeline):
     assert run.data.params["train.conv_1_filters"] == str(params["train"]["conv_1_filters"])
 
 
-def test_dvc_exp_run_logs_to_the_repository_store_and_leaves_the_workspace(pipeline):
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
-    subprocess.run([*git, "add", "-A"], cwd=pipeline, check=True)
-    subprocess.run([*git, "commit", "-qm", "baseline"], cwd=pipeline, check=True)
-    dvc(pipeline, "exp", "run", "--temp", "-n", "two-epochs", "-S", "train.epochs=2")
+def test_dvc_exp_run_logs_to_the_repository_store_and_leaves_the_workspace(reproduced):
+    pipeline = reproduced  # committed after its `dvc repro`: the experiment's baseline
+    exp = dvc(pipeline, "exp", "run", "--temp", "-n", "two-epochs", "-S", "train.epochs=2")
+    assert ran(exp) == ["train", "evaluate", "register"]
     assert yaml.safe_load((pipeline / "params.yaml").read_text())["train"]["epochs"] == 1
     shown = json.loads(dvc(pipeline, "exp", "show", "--json").stdout)
     [experiment] = [e for rev in shown for e in (rev.get("experiments") or [])]
@@ -138,36 +128,61 @@ def test_dvc_exp_run_logs_to_the_repository_store_and_leaves_the_workspace(pipel
     assert exp_run.data.metrics["test_accuracy"] == pytest.approx(accuracy)
 
 
-def test_search_killed_under_dvc_repro_resumes_on_the_next_repro(pipeline):
-    """What a user does: `dvc repro`, the search dies (kill -9), `dvc repro` again."""
+def test_search_killed_under_dvc_repro_resumes_on_the_next_repro(reproduced):
+    """What a user does: `dvc repro`, the search dies (kill -9), `dvc repro` again: the
+    finished trials are not run again, and no MLflow run is left RUNNING."""
+    pipeline = reproduced
+    params = yaml.safe_load((pipeline / "params.yaml").read_text())
+    params["tune"]["seed"] = 7  # another search
+    (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONUNBUFFERED": "1"}
     repro = subprocess.Popen(
-        [str(Path(bin_dir) / "dvc"), "repro"],
-        cwd=pipeline,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+        [str(Path(bin_dir) / "dvc"), "repro"], cwd=pipeline, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
     output = []
     for line in repro.stdout:
         output.append(line)
         if line.startswith("[tune] trial 3 of"):  # two trials done, the third running
-            search = subprocess.run(
-                ["pgrep", "-f", "cifar10_mlops.tune --data"], capture_output=True, text=True
-            ).stdout.split()
-            subprocess.run(["kill", "-9", *search], check=True)
+            time.sleep(1)
+            kill_stage(repro.pid, "cifar10_mlops.tune")
     assert repro.wait(timeout=120) != 0, "".join(output)
     assert not (pipeline / "models" / "best_hparams.json").exists()
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline}/mlruns/mlflow.db")
+    [killed] = [r for r in tune_runs() if r.info.status == "RUNNING"]  # nobody could end it
 
     again = dvc(pipeline, "repro")
     assert ran(again) == ["tune", "train", "evaluate", "register"]
     assert "resuming after 2 finished trials" in again.stdout
-    assert "[tune] trial 1 of" not in again.stdout
-    mlflow.set_tracking_uri(f"sqlite:///{pipeline}/mlruns/mlflow.db")
+    assert "[tune] trial 1 of" not in again.stdout  # trials 1 and 2 were not run again
+    assert "[tune] trial 3 of" in again.stdout
+    assert mlflow.get_run(killed.info.run_id).info.status == "KILLED"
     runs = mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
-    statuses = sorted({r.info.status for r in runs})
-    assert statuses == ["FINISHED", "KILLED"]
-    rows = (pipeline / "reports" / "tune" / "trials.csv").read_text().splitlines()
-    assert len(rows) == 1 + 5
+    assert sorted({r.info.status for r in runs}) == ["FINISHED", "KILLED"]
+    [resumed] = [r for r in tune_runs() if r.data.tags["resumed"] == "true"]
+    assert resumed.data.tags["resumed"] == "true"
+    with open(pipeline / "reports" / "tune" / "trials.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 5 and all(r["status"] == "COMPLETED" for r in rows)
+    summary = json.loads((pipeline / "reports" / "tune" / "summary.json").read_text())
+    assert summary["epochs_run"] == 7  # the killed trial's partial epochs are not counted
+
+
+def tune_runs() -> list:
+    runs = mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
+    return [r for r in runs if r.data.tags.get("stage") == "tune"]
+
+
+def kill_stage(parent: int, module: str) -> None:
+    """kill -9 the stage process running `module` among `parent`'s descendants only (other
+    tests may run the same stage at the same time)."""
+    import psutil
+
+    found = [
+        p for p in psutil.Process(parent).children(recursive=True)
+        if module in " ".join(p.cmdline())
+    ]  # fmt: skip
+    assert found, f"no {module} process under {parent}"
+    for process in found:
+        process.kill()

@@ -12,7 +12,7 @@ import time
 
 import mlflow
 
-from conftest import stage_args
+from conftest import place_store, stage_args
 from servers import env_with_bin, free_port, mlflow_server, start, stop, tail, wait_for
 
 EPOCHS = 30
@@ -42,8 +42,11 @@ def start_train(in_project, params_file, url, tmp_path, **env):
     return process, log
 
 
-def test_server_restarted_mid_training_loses_no_metric(in_project, prepared, params_file, tmp_path):
-    backend, port = f"sqlite:///{tmp_path / 'server.db'}", free_port()
+def test_server_restarted_mid_training_loses_no_metric(
+    in_project, prepared, params_file, tmp_path, migrated_store
+):
+    backend = f"sqlite:///{place_store(migrated_store, tmp_path / 'server.db')}"
+    port = free_port()
     with mlflow_server(backend, tmp_path, port) as (url, server, _):
         train, log = start_train(in_project, params_file, url, tmp_path)
         wait_for(lambda: logged_steps(url) >= 2, "epoch 2 in MLflow", train, log, seconds=180)
@@ -64,8 +67,11 @@ def test_server_restarted_mid_training_loses_no_metric(in_project, prepared, par
             assert steps == list(range(EPOCHS)), key
 
 
-def test_server_gone_for_good_stops_with_one_line(in_project, prepared, params_file, tmp_path):
-    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as (url, server, _):
+def test_server_gone_for_good_stops_with_one_line(
+    in_project, prepared, params_file, tmp_path, migrated_store
+):
+    backend = f"sqlite:///{place_store(migrated_store, tmp_path / 'server.db')}"
+    with mlflow_server(backend, tmp_path) as (url, server, _):
         # Two quick retries instead of four minutes of them.
         train, log = start_train(
             in_project, params_file, url, tmp_path,

@@ -2,20 +2,18 @@
 
 import csv
 import json
-import os
 import re
 import shlex
-import signal
-import subprocess
-import sys
-import time
 
 import mlflow
 import pytest
 import yaml
 
-from cifar10_mlops import hyperband, tracking, tune
+from cifar10_mlops import tracking
 from cifar10_mlops.config import Params, load_params
+from cifar10_mlops.tune import __main__ as tune
+from cifar10_mlops.tune.oracle import BudgetedHyperbandOracle
+from cifar10_mlops.tune.space import mflops
 from cifar10_mlops.errors import ConfigError
 from conftest import REPO, stage_args, tiny_params
 
@@ -118,7 +116,7 @@ def test_disabled_tuning_skips_the_search_and_train_keeps_its_values(
 
 def test_budget_keeps_expensive_configurations_out_of_the_search(in_project, prepared, params_file):
     cfg = load_params(params_file()).train
-    cheap = hyperband.mflops(cfg, {"conv_1_filters": 8, "conv_2_filters": 8, "dense_units": 32})
+    cheap = mflops(cfg, {"conv_1_filters": 8, "conv_2_filters": 8, "dense_units": 32})
     tune_cli(params_file, **{"tune.max_mflops": cheap + 0.01})
     rows = trials_csv(in_project)
     assert len(rows) >= 2
@@ -144,16 +142,26 @@ def test_budget_keeps_expensive_configurations_out_of_the_search(in_project, pre
     ],
 )
 def test_bad_search_settings_stop_before_any_trial(
-    in_project, prepared, params_file, run_module, override, message
+    in_empty_project, prepared, params_file, override, message
 ):
-    path = params_file(**override)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        tune_cli(params_file, **override)
+    assert not (in_empty_project / "models").exists()
+    assert not (in_empty_project / "mlruns").exists()
+
+
+def test_stage_reports_a_bad_setting_in_one_line(
+    in_empty_project, prepared, params_file, run_module
+):
+    path = params_file(**{"tune.space.optimizer": {"values": ["adam", "rmsprop"]}})
     result = run_module("cifar10_mlops.tune", "--params", str(path), *stage_args("tune"))
     assert result.returncode == 1
     # The last line is the error; the lines above it are TensorFlow's start-up notices.
     line = result.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: ") and message in line, result.stderr
+    assert line.startswith("error: ") and "unknown optimizer 'rmsprop'" in line, result.stderr
     assert "Traceback" not in result.stderr
-    assert not (in_project / "models").exists() and not (in_project / "mlruns").exists()
+    assert not (in_empty_project / "models").exists()
+    assert not (in_empty_project / "mlruns").exists()
 
 
 def test_budget_that_admits_nothing_is_an_error(in_project, prepared, params_file):
@@ -164,7 +172,7 @@ def test_budget_that_admits_nothing_is_an_error(in_project, prepared, params_fil
 
 def test_plan_counts_the_studys_search():
     # Study §4.4: max_epochs 10, factor 3, 2 iterations: 60 trials, 240 epochs.
-    oracle = hyperband.BudgetedHyperbandOracle(
+    oracle = BudgetedHyperbandOracle(
         objective="val_accuracy",
         max_epochs=10,
         factor=3,
@@ -172,44 +180,6 @@ def test_plan_counts_the_studys_search():
         worker_timeout=900,
     )
     assert oracle.plan() == (60, 240)
-
-
-def test_killed_search_resumes_and_leaves_no_run_running(in_project, prepared, params_file):
-    """kill -9 in the middle of the search, rerun: finished trials are not run again."""
-    params = params_file()
-    cmd = [sys.executable, "-m", "cifar10_mlops.tune", "--params", str(params), *stage_args("tune")]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    output = []
-    for line in proc.stdout:
-        output.append(line)
-        if line.startswith("[tune] trial 3 of"):  # two trials finished, the third running
-            time.sleep(1)
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=60)
-    assert proc.returncode == -signal.SIGKILL, "".join(output)
-    assert not (in_project / "models" / "best_hparams.json").exists()
-    [killed] = runs(stage="tune")
-    assert killed.info.status == "RUNNING"  # nobody could end it yet
-
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "resuming after 2 finished trials" in result.stdout
-    assert "[tune] trial 1 of" not in result.stdout  # trials 1 and 2 were not run again
-    assert "[tune] trial 3 of" in result.stdout
-
-    assert mlflow.get_run(killed.info.run_id).info.status == "KILLED"
-    statuses = [r.info.status for r in runs()]
-    assert "RUNNING" not in statuses
-    rows = trials_csv(in_project)
-    assert len(rows) == TRIALS and all(r["status"] == "COMPLETED" for r in rows)
-    summary = json.loads((in_project / "reports" / "tune" / "summary.json").read_text())
-    assert summary["epochs_run"] == EPOCHS  # the killed trial's partial epochs are not counted
-    [resumed] = [r for r in runs(stage="tune") if r.info.status == "FINISHED"]
-    assert resumed.data.tags["resumed"] == "true"
 
 
 def params_with_makefile_overrides(variable: str, tmp_path) -> Params:
@@ -229,7 +199,7 @@ def params_with_makefile_overrides(variable: str, tmp_path) -> Params:
 def test_make_tune_study_is_the_studys_search(tmp_path):
     params = params_with_makefile_overrides("STUDY_TUNE", tmp_path)
     tune_cfg = params.tune
-    oracle = hyperband.BudgetedHyperbandOracle(
+    oracle = BudgetedHyperbandOracle(
         objective="val_accuracy",
         max_epochs=tune_cfg.max_epochs,
         factor=tune_cfg.factor,

@@ -23,6 +23,13 @@ from cifar10_mlops.errors import ConfigError
 
 PARAMS_FILE = Path("params.yaml")
 
+# The names the code dispatches on have one home each: these types. model.py builds the
+# architectures, fit.py the optimizers (sgd and nesterov with momentum 0.9).
+Architecture = Literal["baseline", "deeper", "fast"]
+Optimizer = Literal["adam", "sgd", "nesterov"]
+ARCHITECTURES: tuple[str, ...] = typing.get_args(Architecture)
+OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
+
 
 @dataclass(frozen=True)
 class DownloadConfig:
@@ -81,7 +88,7 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    architecture: Literal["baseline", "deeper", "fast"]
+    architecture: Architecture
     conv_1_filters: int
     conv_2_filters: int
     dense_units: int
@@ -98,7 +105,7 @@ class TrainConfig:
     label_smoothing: float
     early_stopping_patience: int | None
     augment: AugmentConfig
-    optimizer: Literal["adam", "sgd", "nesterov"]
+    optimizer: Optimizer
     val_batch_size: int
     use_tuned: bool
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]  # see devices.py
@@ -132,9 +139,6 @@ class TrainConfig:
             raise ConfigError(
                 f"{key}.label_smoothing: must be in [0, 1), got {self.label_smoothing}"
             )
-
-
-OPTIMIZERS = ("adam", "sgd", "nesterov")
 
 
 @dataclass(frozen=True)
@@ -197,8 +201,12 @@ class SearchSpace:
     optimizer: OptimizerChoice | None
 
     def check(self, key: str) -> None:
-        if all(getattr(self, f.name) is None for f in dataclasses.fields(self)):
+        if all(getattr(self, name) is None for name in TUNABLE):
             raise ConfigError(f"{key}: every entry is null; nothing to search")
+
+
+# The `train` values a search may replace: one entry of `tune.space` each.
+TUNABLE: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SearchSpace))
 
 
 @dataclass(frozen=True)

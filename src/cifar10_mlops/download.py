@@ -11,8 +11,6 @@ Writes data/raw/: the archive itself and manifest.json (source, file name, forma
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -26,6 +24,7 @@ from tqdm import tqdm
 from cifar10_mlops import dataset
 from cifar10_mlops.config import check_checksum, load_params
 from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.files import file_digests, write_json
 from cifar10_mlops.stage import run_stage
 
 SOURCE_ENV = "CIFAR10_SOURCE"
@@ -85,18 +84,9 @@ def _download(url: str, dest: Path, timeout: float) -> None:
             raise ConnectionError(f"connection closed after {out.tell()} of {total} bytes")
 
 
-def digests(path: Path) -> dict[str, str]:
-    md5, sha256 = hashlib.md5(), hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            md5.update(chunk)
-            sha256.update(chunk)
-    return {"md5": md5.hexdigest(), "sha256": sha256.hexdigest()}
-
-
 def verify(path: Path, expected: str | None) -> dict[str, str]:
     """Compute the archive's digests and compare with `expected` ("algo:hex") when given."""
-    found = digests(path)
+    found = file_digests(path, "md5", "sha256")
     if expected:
         algo, _, want = expected.partition(":")
         if found[algo] != want.lower():
@@ -152,7 +142,7 @@ def download(
             archive.rename(staged / archive.name)
         else:
             shutil.copyfile(archive, staged / archive.name)
-        (staged / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        write_json(staged / "manifest.json", manifest)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staged.rename(out_dir)

@@ -26,6 +26,7 @@ from cifar10_mlops import tracking
 from cifar10_mlops.config import load_params
 from cifar10_mlops.dataset import CLASSES
 from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.files import replacing, write_json
 from cifar10_mlops.splits import load_split
 from cifar10_mlops.stage import run_stage
 
@@ -79,7 +80,8 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> None:
             color="white" if cm[i, j] > threshold else "black",
         )
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100)
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
@@ -94,7 +96,8 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=100)
 
 
 def read_history(path: Path) -> list[dict]:
@@ -170,15 +173,13 @@ def main(argv: list[str] | None = None) -> None:
     probs = model.predict(x, batch_size=cfg.batch_size, verbose=0)
     metrics = score(y, probs)
 
-    args.plots.mkdir(parents=True, exist_ok=True)
-    with open(args.plots / "predictions.csv", "w", newline="") as fh:
+    with replacing(args.plots / "predictions.csv") as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["actual", "predicted"])
         writer.writerows((CLASSES[a], CLASSES[p]) for a, p in zip(y, probs.argmax(axis=1)))
     plot_confusion(y, probs.argmax(axis=1), args.plots / "confusion_matrix.png")
     plot_curves(read_history(args.history), args.plots / "learning_curves.png")
-    args.metrics.parent.mkdir(parents=True, exist_ok=True)
-    args.metrics.write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json(args.metrics, metrics)
 
     run_info = json.loads(args.run_info.read_text())
     files = [args.metrics, args.plots / "confusion_matrix.png", args.plots / "learning_curves.png"]

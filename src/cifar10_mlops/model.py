@@ -11,9 +11,10 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from cifar10_mlops.config import ARCHITECTURES
+
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
-ARCHITECTURES = ("baseline", "deeper", "fast")
 
 
 # Keras' default momentum of 0.99 leaves the moving statistics hundreds of steps behind the

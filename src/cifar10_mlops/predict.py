@@ -92,12 +92,8 @@ def load_model(uri: str):
     from mlflow.exceptions import MlflowException
 
     store = tracking.tracking_uri()
-    db = Path(store.removeprefix("sqlite:///"))
-    if (
-        store.startswith("sqlite:///")
-        and not db.is_file()
-        and uri.startswith(("models:/", "runs:/"))
-    ):
+    db = tracking.sqlite_file(store)
+    if db is not None and not db.is_file() and uri.startswith(("models:/", "runs:/")):
         raise PipelineError(
             f"no MLflow store at {db}: run the pipeline first (make repro), "
             "or point MLFLOW_TRACKING_URI at the store that holds the model"
@@ -165,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     files = collect(args.images)
     images = np.stack([load_image(f, args.convert) for f in files])  # all checked first
-    uri = args.model or f"models:/{load_params(args.params).register.model_name}@champion"
+    uri = args.model or tracking.champion_uri(load_params(args.params).register.model_name)
     probs = classify(load_model(uri), images)
     print(as_json(files, probs, uri) if args.format == "json" else format_table(files, probs))
 

@@ -22,6 +22,7 @@ from sklearn.model_selection import train_test_split
 from cifar10_mlops import dataset
 from cifar10_mlops.config import PrepareConfig, load_params
 from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.files import write_json
 from cifar10_mlops.splits import Split, write_splits
 from cifar10_mlops.stage import run_stage
 
@@ -175,8 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     splits, lineage = prepare(args.raw, params.prepare, params.seed)
     counts = class_counts(splits)
     write_splits(splits, args.out, lineage)
-    args.reports.mkdir(parents=True, exist_ok=True)
-    (args.reports / "class_counts.json").write_text(json.dumps(counts, indent=2) + "\n")
+    write_json(args.reports / "class_counts.json", counts)
     sample_grid(*splits["train"], args.reports / "samples.png", params.seed)
     print({name: sum(c.values()) for name, c in counts.items()}, "images ->", args.out)
 

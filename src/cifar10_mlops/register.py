@@ -16,7 +16,6 @@ and `replaced_by` on a champion that lost its alias).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -24,19 +23,12 @@ from pathlib import Path
 from cifar10_mlops import tracking
 from cifar10_mlops.config import RegisterConfig, load_params
 from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.files import file_digest, text_digest, write_json
 from cifar10_mlops.stage import run_stage
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER = tracking.CHAMPION, tracking.CHALLENGER
 # Test metrics copied into version tags; `register.metric` is one of them.
 METRICS = ("accuracy", "f1_weighted", "f1_macro", "loss")
-
-
-def file_digest(path: Path, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def lock_digest(path: Path, stage: str = "register") -> str:
@@ -50,7 +42,7 @@ def lock_digest(path: Path, stage: str = "register") -> str:
         return "none"
     stages = (yaml.safe_load(path.read_text()) or {}).get("stages", {})
     stages.pop(stage, None)
-    return hashlib.sha256(json.dumps(stages, sort_keys=True).encode()).hexdigest()
+    return text_digest(json.dumps(stages, sort_keys=True))
 
 
 def decide(cfg: RegisterConfig, score: float, champion) -> tuple[bool, str]:
@@ -74,31 +66,11 @@ def register(cfg: RegisterConfig, run_id: str, metrics: dict, lineage: dict[str,
     """Register the model of `run_id` (or reuse its version when it already is one), move the
     aliases, tag the decision; returns the content of registry.json."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     client = mlflow.MlflowClient()
-    run = client.get_run(run_id)
     name = cfg.model_name
-    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
     champion = _by_alias(client, name, CHAMPION)
-    if existing:  # a rerun of this stage for the same training run: no second version
-        version = existing[0]
-        print(f"the model of run {run_id} already is {name} v{version.version}")
-    else:
-        tags = {f"test_{k}": f"{metrics[k]:.6f}" for k in METRICS}
-        if "best_val_accuracy" in run.data.metrics:
-            tags["val_accuracy"] = f"{run.data.metrics['best_val_accuracy']:.6f}"
-        tags.update(lineage)
-        tags.update(
-            {k: run.data.tags[k] for k in ("data_sha256", "hparams_source") if k in run.data.tags}
-        )
-        try:
-            source = run.data.tags.get("model_uri", f"runs:/{run_id}/model")  # set by evaluate
-            version = mlflow.register_model(source, name, tags=tags)
-        except MlflowException as exc:
-            raise PipelineError(
-                f"cannot register the model of run {run_id}: {exc.message}"
-            ) from None
+    version = _version_of(client, name, run_id, metrics, lineage)
     score = metrics[cfg.metric]
     if champion is not None and champion.version == version.version:
         promoted, reason = True, f"already {CHAMPION}"
@@ -128,6 +100,31 @@ def register(cfg: RegisterConfig, run_id: str, metrics: dict, lineage: dict[str,
         "tracking_uri": mlflow.get_tracking_uri(),
         "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _version_of(client, name: str, run_id: str, metrics: dict, lineage: dict[str, str]):
+    """The version of `name` holding the model of `run_id`: a new one, tagged with the test
+    metrics and lineage, unless a rerun of this stage already registered it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        print(f"the model of run {run_id} already is {name} v{existing[0].version}")
+        return existing[0]
+    run = client.get_run(run_id)
+    tags = {f"test_{k}": f"{metrics[k]:.6f}" for k in METRICS}
+    if "best_val_accuracy" in run.data.metrics:
+        tags["val_accuracy"] = f"{run.data.metrics['best_val_accuracy']:.6f}"
+    tags.update(lineage)
+    tags.update(
+        {k: run.data.tags[k] for k in ("data_sha256", "hparams_source") if k in run.data.tags}
+    )
+    try:
+        source = run.data.tags.get("model_uri", f"runs:/{run_id}/model")  # set by evaluate
+        return mlflow.register_model(source, name, tags=tags)
+    except MlflowException as exc:
+        raise PipelineError(f"cannot register the model of run {run_id}: {exc.message}") from None
 
 
 def _by_alias(client, name: str, alias: str):
@@ -162,10 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     tracking.connect(run_info["tracking_uri"])
     result = register(cfg, run_info["run_id"], metrics, lineage)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.out)
+    write_json(args.out, result)
     print(
         f"{result['model_name']} v{result['version']} ({', '.join(result['aliases'])}): "
         f"{result['reason']} -> {args.out}"

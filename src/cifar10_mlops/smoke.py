@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from cifar10_mlops import tracking
 from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.stage import run_stage
 
@@ -74,20 +75,19 @@ def main(argv: list[str] | None = None) -> None:
     metrics = json.loads((scratch / "reports" / "metrics.json").read_text())
     run_id = json.loads((scratch / "models" / "run.json").read_text())["run_id"]
     registry = json.loads((scratch / "reports" / "registry.json").read_text())
+    store = f"{tracking.SQLITE}{scratch / tracking.sqlite_file(tracking.DEFAULT_TRACKING_URI)}"
     print(
         f"\nsmoke run passed in {time.perf_counter() - start:.0f}s "
         f"(test accuracy {metrics['accuracy']:.3f} after one epoch on a subset)"
     )
     print(f"  outputs:    {scratch}/data, {scratch}/models, {scratch}/reports")
     print(f"  metrics:    {scratch}/reports/metrics.json")
-    print(f"  MLflow run: {run_id} in sqlite:///{scratch}/mlruns/mlflow.db")
+    print(f"  MLflow run: {run_id} in {store}")
     print(
         f"  registry:   {registry['model_name']} v{registry['version']} "
         f"({', '.join(registry['aliases'])}): {registry['reason']}"
     )
-    print(
-        f"  MLflow UI:  mlflow ui --port 5001 --backend-store-uri sqlite:///{scratch}/mlruns/mlflow.db"
-    )
+    print(f"  MLflow UI:  mlflow ui --port 5001 --backend-store-uri {store}")
 
 
 if __name__ == "__main__":

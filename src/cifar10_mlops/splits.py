@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.files import write_json
 
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -27,7 +28,7 @@ def write_splits(splits: dict[str, Split], out_dir: Path, manifest: dict) -> Non
         staged.mkdir()
         for name, (x, y) in splits.items():
             np.savez(staged / f"{name}.npz", x=x, y=y)
-        (staged / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        write_json(staged / "manifest.json", manifest)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staged.rename(out_dir)

@@ -14,13 +14,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cifar10_mlops.errors import PipelineError
+from cifar10_mlops import health
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+SQLITE = "sqlite:///"
+DEFAULT_TRACKING_URI = f"{SQLITE}mlruns/mlflow.db"
+# The registry's aliases: `register` moves them, `predict` and `make serve-model` load CHAMPION.
+CHAMPION, CHALLENGER = "champion", "challenger"
 
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", "").strip() or DEFAULT_TRACKING_URI
+
+
+def champion_uri(model_name: str) -> str:
+    """The MLflow model URI of `model_name`'s champion version."""
+    return f"models:/{model_name}@{CHAMPION}"
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of an embedded `sqlite:///` store URI (relative or absolute); None
+    for any other store."""
+    return Path(uri.removeprefix(SQLITE)) if uri.startswith(SQLITE) else None
 
 
 def connect(uri: str | None = None) -> str:
@@ -35,10 +49,11 @@ def connect(uri: str | None = None) -> str:
 
     uri = uri or tracking_uri()
     check_reachable(uri)
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        store = (_repo_root() / uri.removeprefix("sqlite:///")).resolve()
+    database = sqlite_file(uri)
+    if database is not None and not database.is_absolute():
+        store = (_repo_root() / database).resolve()
         store.parent.mkdir(parents=True, exist_ok=True)
-        mlflow.set_tracking_uri(f"sqlite:///{store}")
+        mlflow.set_tracking_uri(f"{SQLITE}{store}")
     else:
         mlflow.set_tracking_uri(uri)
     return uri
@@ -60,9 +75,9 @@ def configure(experiment: str, uri: str | None = None) -> str:
 
     connect(uri)
     artifacts = None
-    store = mlflow.get_tracking_uri()
-    if store.startswith("sqlite:///"):
-        artifacts = (Path(store.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+    database = sqlite_file(mlflow.get_tracking_uri())
+    if database is not None:
+        artifacts = (database.parent / "artifacts").as_uri()
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
@@ -150,18 +165,11 @@ def check_reachable(uri: str | None = None, timeout: float = 5.0) -> None:
     MLflow's own client retries a dead server for minutes; a stage calls this before it
     starts work that would be lost. An embedded (sqlite or file) store needs no check.
     """
-    import urllib.error
-    import urllib.request
-
     uri = uri or tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as response:
-            response.read()
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise PipelineError(
-            f"MLflow tracking server {uri} is unreachable ({reason}): start it, or unset "
-            "MLFLOW_TRACKING_URI to log to the embedded store"
-        ) from None
+    if uri.startswith(("http://", "https://")):
+        health.require(
+            uri,
+            "MLflow tracking server",
+            "start it, or unset MLFLOW_TRACKING_URI to log to the embedded store",
+            timeout,
+        )

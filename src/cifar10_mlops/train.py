@@ -16,88 +16,31 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from cifar10_mlops import devices, tracking
-from cifar10_mlops.augment import augment_batch
-from cifar10_mlops.config import AugmentConfig, TrainConfig, flatten, load_params
+from cifar10_mlops.config import TUNABLE, Params, TrainConfig, flatten, load_params
 from cifar10_mlops.errors import PipelineError
-from cifar10_mlops.model import NUM_CLASSES, build_model, fit_whitening, with_flip_averaging
+from cifar10_mlops.files import replacing, write_json
+from cifar10_mlops.fit import (
+    LearningRateLog,
+    compile_model,
+    cosine_schedule,
+    current_learning_rate,
+    make_dataset,
+    step_schedule,
+)
+from cifar10_mlops.model import with_flip_averaging
 from cifar10_mlops.splits import load_manifest, load_split
 from cifar10_mlops.stage import run_stage, seed_everything
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
-# The train values a search may replace (params.yaml `tune.space` has one entry for each).
-TUNABLE = ("conv_1_filters", "conv_2_filters", "dense_units", "learning_rate", "optimizer")
-
-
-def step_schedule(cfg: TrainConfig):
-    """The study's step decay: lr * factor ** (epoch // every), never below lr_min."""
-
-    def schedule(epoch: int, _lr: float | None = None) -> float:
-        return max(
-            cfg.lr_min, cfg.learning_rate * cfg.lr_drop_factor ** (epoch // cfg.lr_drop_every)
-        )
-
-    return schedule
-
-
-def cosine_schedule(cfg: TrainConfig, steps_per_epoch: int):
-    """Per step: linear warm-up from lr_min to learning_rate over `warmup_epochs`, then a
-    cosine decay back to lr_min at the end of the last epoch."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=cfg.lr_min if warmup else cfg.learning_rate,
-        decay_steps=total - warmup,
-        alpha=cfg.lr_min / cfg.learning_rate,
-        warmup_target=cfg.learning_rate if warmup else None,
-        warmup_steps=warmup,
-    )
-
-
-def make_dataset(
-    x: np.ndarray,
-    y: np.ndarray,
-    batch_size: int,
-    *,
-    seed: int,
-    augment: AugmentConfig | None = None,
-) -> tf.data.Dataset:
-    """Batches of uint8 images and one-hot labels (for label smoothing); shuffled and
-    augmented on the fly when `augment` is given."""
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if augment is not None:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-
-    def transform(images, labels):
-        if augment is not None:
-            images = augment_batch(images, augment)
-        return images, tf.one_hot(tf.cast(labels, tf.int32), NUM_CLASSES)
-
-    return ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-class LearningRateLog(keras.callbacks.Callback):
-    """Put the optimizer's current learning rate into each epoch's logs (and so the history),
-    as LearningRateScheduler does for the step schedule."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["learning_rate"] = current_learning_rate(self.model)
-
-
-def current_learning_rate(model: keras.Model) -> float:
-    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
 class MlflowEpochLogger(keras.callbacks.Callback):
@@ -109,49 +52,6 @@ class MlflowEpochLogger(keras.callbacks.Callback):
         metrics = {k: float(v) for k, v in (logs or {}).items() if k in HISTORY_KEYS}
         metrics["learning_rate"] = current_learning_rate(self.model)
         mlflow.log_metrics(metrics, step=epoch)
-
-
-def make_optimizer(name: str, learning_rate, weight_decay: float) -> keras.optimizers.Optimizer:
-    decay = weight_decay or None
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate, weight_decay=decay)
-    if name in ("sgd", "nesterov"):
-        return keras.optimizers.SGD(
-            learning_rate, momentum=0.9, nesterov=name == "nesterov", weight_decay=decay
-        )
-    raise ValueError(f"unknown optimizer {name!r}")
-
-
-def compile_model(
-    cfg: TrainConfig,
-    images: np.ndarray | None = None,
-    *,
-    learning_rate=None,
-    portable: bool = False,
-) -> keras.Model:
-    """The network and optimizer `cfg` describes; the tuner's hypermodel builds through here.
-
-    `images` (training images) fit the `fast` network's whitening layer. `learning_rate` (a
-    number or schedule) replaces cfg's constant one. `portable` builds with Keras' own
-    BatchNormalization instead of the fused one: the form a saved model is loaded in."""
-    model = build_model(
-        cfg.architecture,
-        conv_1_filters=cfg.conv_1_filters,
-        conv_2_filters=cfg.conv_2_filters,
-        dense_units=cfg.dense_units,
-        dropout=cfg.dropout,
-        fused_batch_norm=not portable,
-    )
-    if cfg.architecture == "fast" and images is not None:
-        fit_whitening(model, images)
-    model.compile(
-        optimizer=make_optimizer(
-            cfg.optimizer, learning_rate or cfg.learning_rate, cfg.weight_decay
-        ),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
-        metrics=["accuracy"],
-    )
-    return model
 
 
 def train(
@@ -226,8 +126,7 @@ def with_tuned(cfg: TrainConfig, path: Path) -> tuple[TrainConfig, dict | None]:
 
 
 def write_history(history: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fh:
+    with replacing(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=["epoch", *HISTORY_KEYS])
         writer.writeheader()
         writer.writerows(history)
@@ -250,10 +149,74 @@ def portable_copy(model: keras.Model, cfg: TrainConfig) -> keras.Model:
 
 def save_model(model: keras.Model, path: Path) -> None:
     """Save atomically: a reader never sees a half-written model.keras."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    model.save(tmp)
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        model.save(tmp)
+
+
+def run_tags(tuned: dict | None, manifest: dict, train_images: int, placement) -> dict:
+    """A training run's tags: where its values, data, code and devices came from."""
+    return {
+        **tracking.process_tags(),
+        "stage": "train",
+        "hparams_source": "params" if tuned is None else "tune",
+        **({} if tuned is None else {"tune_run_id": tuned.get("mlflow_run_id")}),
+        "git_commit": tracking.git_commit(),
+        "data_sha256": manifest["source_sha256"],
+        "data_source": manifest["source"],
+        "data_train_images": train_images,
+        **placement.tags(),
+    }
+
+
+def run_training(
+    params: Params,
+    data: Path,
+    *,
+    tuned: dict | None,
+    placement: devices.Placement,
+    model_path: Path,
+    history_path: Path,
+    run_info_path: Path,
+) -> dict:
+    """Train `params.train` on `data` under one MLflow run and write the stage's outputs
+    (inside the run, so a run that failed to log leaves none); returns the best epoch."""
+    import mlflow
+
+    train_split, val_split = load_split(data, "train"), load_split(data, "val")
+    manifest = load_manifest(data)
+    uri = tracking.tracking_uri()
+    experiment_id = tracking.configure(params.mlflow.experiment, uri)
+    tracking.end_orphaned_runs(experiment_id)
+    with tracking.start_run(experiment_id=experiment_id, run_name="train") as run:
+        # The values trained with: params.yaml's, with the searched ones replaced when tuned.
+        mlflow.log_params(flatten(params))
+        mlflow.set_tags(run_tags(tuned, manifest, len(train_split[1]), placement))
+        print(f"MLflow run {run.info.run_id} in {uri}")
+        start = time.perf_counter()
+        model, history = train(
+            params.train, train_split, val_split, seed=params.seed,
+            callbacks=[MlflowEpochLogger()], strategy=placement.strategy,
+        )  # fmt: skip
+        seconds = time.perf_counter() - start
+        best = max(history, key=lambda h: h["val_accuracy"])
+        mlflow.log_metrics(
+            {
+                "train_time_s": seconds,
+                "train_images_per_s": len(history) * len(train_split[1]) / seconds,
+                "epochs_run": len(history),
+                "best_val_accuracy": best["val_accuracy"],
+                "best_epoch": best["epoch"],
+            }
+        )
+        save_model(portable_copy(model, params.train), model_path)
+        write_history(history, history_path)
+        info = {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri}
+        write_json(run_info_path, info)
+    print(
+        f"trained {len(history)} epochs in {seconds:.0f}s; best val_accuracy "
+        f"{best['val_accuracy']:.4f} at epoch {best['epoch'] + 1} -> {model_path}"
+    )
+    return best
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -274,73 +237,13 @@ def main(argv: list[str] | None = None) -> None:
     else:
         searched = ", ".join(f"{k}={v}" for k, v in tuned["hyperparameters"].items())
         print(f"training with the tuned values from {args.tuned}: {searched}")
-    params = replace(params, train=cfg)
     placement = devices.setup(cfg.precision)
     print(f"training on {placement.describe()}")
     seed_everything(params.seed)
-    train_split, val_split = load_split(args.data, "train"), load_split(args.data, "val")
-    manifest = load_manifest(args.data)
-
-    import mlflow
-
-    uri = tracking.tracking_uri()
-    experiment_id = tracking.configure(params.mlflow.experiment, uri)
-    tracking.end_orphaned_runs(experiment_id)
-    run_name = f"train-{params.train.architecture}"
-    with tracking.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        # The values trained with: params.yaml's, with the searched ones replaced when tuned.
-        mlflow.log_params(flatten(params))
-        mlflow.set_tags(
-            {
-                **tracking.process_tags(),
-                "stage": "train",
-                "hparams_source": "params" if tuned is None else "tune",
-                **({} if tuned is None else {"tune_run_id": tuned.get("mlflow_run_id")}),
-                "git_commit": tracking.git_commit(),
-                "data_sha256": manifest["source_sha256"],
-                "data_source": manifest["source"],
-                "data_train_images": len(train_split[1]),
-                **placement.tags(),
-            }
-        )
-        print(f"MLflow run {run.info.run_id} in {uri}")
-        start = time.perf_counter()
-        model, history = train(
-            params.train,
-            train_split,
-            val_split,
-            seed=params.seed,
-            callbacks=[MlflowEpochLogger()],
-            strategy=placement.strategy,
-        )
-        seconds = time.perf_counter() - start
-        best = max(history, key=lambda h: h["val_accuracy"])
-        mlflow.log_metrics(
-            {
-                "train_time_s": seconds,
-                "train_images_per_s": len(history) * len(train_split[1]) / seconds,
-                "epochs_run": len(history),
-                "best_val_accuracy": best["val_accuracy"],
-                "best_epoch": best["epoch"],
-            }
-        )
-        save_model(portable_copy(model, params.train), args.model)
-        write_history(history, args.history)
-        args.run_info.write_text(
-            json.dumps(
-                {
-                    "run_id": run.info.run_id,
-                    "experiment_id": experiment_id,
-                    "tracking_uri": uri,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
-    print(
-        f"trained {len(history)} epochs in {seconds:.0f}s; best val_accuracy "
-        f"{best['val_accuracy']:.4f} at epoch {best['epoch'] + 1} -> {args.model}"
-    )
+    run_training(
+        replace(params, train=cfg), args.data, tuned=tuned, placement=placement,
+        model_path=args.model, history_path=args.history, run_info_path=args.run_info,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,21 +1,19 @@
-"""The record of a search: trials.csv, the per-epoch curves and the two images.
+"""The search's reports: trials.csv, the per-epoch curves and the two images.
 
-Curves and trial durations are read from the search's state folder (SearchLog appends them
-there), so a resumed search reports the trials run before the interruption too.
+Curves and trial durations are read from the search's state folder (records.SearchLog appends
+them there), so a resumed search reports the trials run before the interruption too.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from cifar10_mlops.config import TrainConfig
-from cifar10_mlops.hyperband import fmt, mflops
-from cifar10_mlops.train import TUNABLE
+from cifar10_mlops.config import TUNABLE, TrainConfig
+from cifar10_mlops.files import replacing
+from cifar10_mlops.tune.space import fmt, mflops
+
 
 TRIALS_FIELDS = (
     "trial",
@@ -30,21 +28,6 @@ TRIALS_FIELDS = (
     "seconds",
     "score",
 )
-
-
-@contextmanager
-def replacing(path: Path) -> Iterator[Path]:
-    """A temporary sibling of `path` to write; it replaces `path` in one step on success, so
-    a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    yield tmp
-    os.replace(tmp, path)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    with replacing(path) as tmp:
-        tmp.write_text(text)
 
 
 def _read_jsonl(path: Path) -> list[dict]:

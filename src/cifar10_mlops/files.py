@@ -1,0 +1,61 @@
+"""The file idioms every stage shares: write atomically, and digest a file.
+
+A stage's output is written to a temporary sibling and moved into place in one step, so a
+reader (the next stage, DVC, a person) never sees a half-written file, and a killed stage
+leaves the previous version or nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_CHUNK = 1 << 20  # bytes read at a time when hashing
+
+
+@contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write; it replaces `path` in one step on success, and
+    is removed on failure, so a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through `replacing`."""
+    with replacing(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: Path, data) -> None:
+    """`data` as indented JSON with a final newline, written atomically."""
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def file_digests(path: Path, *algorithms: str) -> dict[str, str]:
+    """Hex digests of a file by each of `algorithms` (hashlib names), in one read."""
+    hashes = {name: hashlib.new(name) for name in algorithms}
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            for digest in hashes.values():
+                digest.update(chunk)
+    return {name: digest.hexdigest() for name, digest in hashes.items()}
+
+
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """One hex digest of a file."""
+    return file_digests(path, algorithm)[algorithm]
+
+
+def text_digest(text: str) -> str:
+    """sha256 of a string, as hex."""
+    return hashlib.sha256(text.encode()).hexdigest()

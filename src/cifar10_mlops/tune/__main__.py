@@ -1,0 +1,58 @@
+"""`python -m cifar10_mlops.tune`: the `tune` stage, or with --worker a distributed worker."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from cifar10_mlops.config import load_params
+from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.stage import run_stage
+from cifar10_mlops.tune import __doc__ as DOC
+from cifar10_mlops.tune.distributed import run_worker
+from cifar10_mlops.tune.oracle import KT_ENV, kt_chief, kt_distributed
+from cifar10_mlops.tune.search import run_search, write_disabled
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=DOC.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--data", type=Path, required=True, help="prepare's output folder")
+    parser.add_argument("--best", type=Path, help="where to write best_hparams.json")
+    parser.add_argument("--reports", type=Path, help="folder for trials.csv etc.")
+    parser.add_argument("--state", type=Path, required=True, help="resumable search state folder")
+    parser.add_argument(
+        "--worker", action="store_true", help="run trials for a distributed search's chief"
+    )
+    parser.add_argument(
+        "--loop", action="store_true", help="worker: join the next search when one ends"
+    )
+    parser.add_argument(
+        "--wait", type=float, help="worker: seconds to wait for a search (default: no limit)"
+    )
+    args = parser.parse_args(argv)
+    for name in KT_ENV:  # an empty value (as docker compose passes an unset one) means unset
+        if name in os.environ and not os.environ[name].strip():
+            del os.environ[name]
+    if args.worker:
+        run_worker(data=args.data, state_root=args.state, loop=args.loop, wait=args.wait)
+        return
+    if args.best is None or args.reports is None:
+        parser.error("--best and --reports are required, except with --worker")
+    if kt_distributed() and not kt_chief():
+        raise PipelineError(
+            f"KERASTUNER_TUNER_ID={os.environ.get('KERASTUNER_TUNER_ID')} makes this a "
+            "worker: run it with --worker, or set KERASTUNER_TUNER_ID=chief for the stage"
+        )
+    params = load_params(args.params)
+    if not params.tune.enabled:
+        write_disabled(args.best, args.reports)
+        return
+    run_search(
+        params, data=args.data, state_root=args.state, best_path=args.best, reports=args.reports
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)
