@@ -16,7 +16,9 @@ from cifar10_mlops.tune.search import run_search, write_disabled
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=DOC.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m cifar10_mlops.tune", description=DOC.splitlines()[0]
+    )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--data", type=Path, required=True, help="prepare's output folder")
     parser.add_argument("--best", type=Path, help="where to write best_hparams.json")
