@@ -286,7 +286,7 @@ def relocate(source: Path, dest: Path) -> Path:
     locations, model sources) at the copy, so that nothing the copy logs lands in `source`."""
     import sqlite3
 
-    shutil.copytree(source, dest, symlinks=True)
+    shutil.copytree(source, dest, symlinks=True, dirs_exist_ok=True)
     with sqlite3.connect(dest / "mlruns" / "mlflow.db") as db:
         tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         for table in tables:
@@ -320,6 +320,11 @@ def run_module():
 @pytest.fixture
 def prepared(tmp_path: Path) -> Path:
     """data/prepared as the prepare stage writes it, from 20 images per class."""
+    return write_prepared(tmp_path / "data" / "prepared")
+
+
+def write_prepared(out: Path) -> Path:
+    """Write a prepared folder (as the prepare stage does) from 20 images per class."""
     from cifar10_mlops.prepare import split_data
     from cifar10_mlops.splits import write_splits
 
@@ -331,7 +336,6 @@ def prepared(tmp_path: Path) -> Path:
         test_per_class=None,
         seed=0,
     )
-    out = tmp_path / "data" / "prepared"
     write_splits(
         splits,
         out,

@@ -58,11 +58,12 @@ def env_with_bin(**extra: str) -> dict:
 
 def mlflow_server_cmd(backend: str, artifacts: Path, port: int) -> list:
     """An `mlflow server` serving artifacts through itself, as the compose service does
-    (tests/test_services.py runs the compose service's own command)."""
+    (tests/test_services.py runs the compose service's own command), with one worker process
+    instead of four: each imports MLflow, seconds of CPU the tests do not need."""
     return [
         BIN / "mlflow", "server", "--backend-store-uri", backend,
         "--artifacts-destination", artifacts, "--serve-artifacts",
-        "--host", "127.0.0.1", "--port", port,
+        "--host", "127.0.0.1", "--port", port, "--workers", "1",
     ]  # fmt: skip
 
 

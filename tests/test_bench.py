@@ -15,7 +15,7 @@ def test_benchmark_measures_throughput_and_tracking_side_by_side(tmp_path):
             sys.executable, str(REPO / "benchmarks" / "bench.py"),
             "--only", "throughput", "tracking",
             "--data", str(tmp_path / "absent"),  # random images of CIFAR-10's shape
-            "--images", "1024", "--repeats", "1", "--out", str(out),
+            "--images", "512", "--repeats", "1", "--out", str(out),
         ],
         capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp_path)},
     )  # fmt: skip

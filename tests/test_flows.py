@@ -23,9 +23,19 @@ def harness():
 
 @pytest.fixture
 def flow_project(pipeline, monkeypatch):
-    """The pipeline's project copy as the working directory, as `python -m flows.retrain` runs."""
+    """A fresh project copy (nothing run yet) as the working directory, as `python -m
+    flows.retrain` runs."""
     monkeypatch.chdir(pipeline)
     return pipeline
+
+
+@pytest.fixture
+def reproduced_flow_project(reproduced, monkeypatch):
+    """A copy of the reproduced pipeline (a clone after `make repro`) as the working
+    directory. A flow run from scratch runs every stage: tests/test_services.py checks that
+    through the deployment."""
+    monkeypatch.chdir(reproduced)
+    return reproduced
 
 
 def dvc_status(project: Path) -> str:
@@ -59,12 +69,17 @@ def report_markdown() -> str:
         return artifact.data
 
 
-def test_flow_runs_each_stage_as_a_task_registers_and_leaves_dvc_clean(harness, flow_project):
+def test_flow_runs_each_stage_as_a_task_registers_and_leaves_dvc_clean(
+    harness, reproduced_flow_project
+):
+    flow_project = reproduced_flow_project
+    # nothing changed since `dvc repro`: every stage is a task, DVC skips each, nothing new
+    # is registered, and the report still shows the champion
     state = flow_module.retrain(return_state=True)
     assert state.is_completed(), state.message
     ran = state.result()
     assert list(ran) == ["download", "prepare", "tune", "train", "evaluate", "register"]
-    assert all(ran.values())
+    assert not any(ran.values())
     assert task_names(state.state_details.flow_run_id) == [*ran, "report"]
     assert "Data and pipelines are up to date" in dvc_status(flow_project)
 
@@ -76,10 +91,6 @@ def test_flow_runs_each_stage_as_a_task_registers_and_leaves_dvc_clean(harness, 
     assert "cifar10-cnn v1** , aliases champion, challenger".replace(" ,", ",") in markdown
     run_id = json.loads(Path("models/run.json").read_text())["run_id"]
     assert f"/runs/{run_id})" in markdown and "`dvc status`: up to date" in markdown
-
-    # nothing changed: every stage is skipped, nothing new is registered
-    again = flow_module.retrain(return_state=True).result()
-    assert not any(again.values())
 
     # a forced retrain with fewer epochs: train, evaluate and register rerun (not the search),
     # the override lands in params.yaml, and DVC agrees with what ran

@@ -118,6 +118,10 @@ def test_stack_retrains_through_mlflow_and_prefect_on_postgres(native, pipeline,
         )  # fmt: skip
         assert triggered.returncode == 0, triggered.stdout[-2000:] + tail(log)
         assert "Flow run finished successfully in 'Completed'" in triggered.stdout
+        # the flow ran every stage of the fresh checkout, each as a task, in dvc.yaml's order
+        ran = [line.split("Running stage '")[1].split("'")[0]
+               for line in log.read_text().splitlines() if "Running stage '" in line]  # fmt: skip
+        assert ran == ["download", "prepare", "tune", "train", "evaluate", "register"]
     finally:
         for process in reversed(processes):
             stop(process)

@@ -4,6 +4,7 @@ import csv
 import json
 import re
 import shlex
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -11,11 +12,11 @@ import yaml
 
 from cifar10_mlops import tracking
 from cifar10_mlops.config import Params, load_params
+from cifar10_mlops.errors import ConfigError
 from cifar10_mlops.tune import __main__ as tune
 from cifar10_mlops.tune.oracle import BudgetedHyperbandOracle
 from cifar10_mlops.tune.space import mflops
-from cifar10_mlops.errors import ConfigError
-from conftest import REPO, stage_args, tiny_params
+from conftest import REPO, place_store, relocate, stage_args, tiny_params, write_prepared
 
 # tiny_params' search: max_epochs 2, factor 2, one iteration = brackets of 2+1 and 2 trials.
 TRIALS, EPOCHS = 5, 7
@@ -37,8 +38,30 @@ def runs(**filters):
     return [r for r in found if all(r.data.tags.get(k) == v for k, v in filters.items())]
 
 
-def test_search_writes_best_values_trials_and_nested_mlflow_runs(in_project, prepared, params_file):
-    tune_cli(params_file)
+@pytest.fixture(scope="module")
+def searched_once(tmp_path_factory, migrated_store) -> Path:
+    """A folder after one tiny search (the tune stage, in-process), for the tests that only
+    read a search's results: the search is the expensive part."""
+    folder = tmp_path_factory.mktemp("searched")
+    write_prepared(folder / "data" / "prepared")
+    place_store(migrated_store, folder / "mlruns" / "mlflow.db")
+    (folder / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    with pytest.MonkeyPatch.context() as env:
+        env.chdir(folder)
+        env.delenv("MLFLOW_TRACKING_URI", raising=False)
+        env.delenv("DVC_ROOT", raising=False)
+        tune.main(["--params", "params.yaml", *stage_args("tune")])
+    return folder
+
+
+@pytest.fixture
+def searched(searched_once, in_empty_project) -> Path:
+    """The working directory: a copy of searched_once of this test's own."""
+    return relocate(searched_once, in_empty_project)
+
+
+def test_search_writes_best_values_trials_and_nested_mlflow_runs(searched):
+    in_project = searched
 
     best = json.loads((in_project / "models" / "best_hparams.json").read_text())
     assert set(best["hyperparameters"]) == set(SEARCHED)
@@ -80,10 +103,10 @@ def test_search_writes_best_values_trials_and_nested_mlflow_runs(in_project, pre
         assert steps == list(range(start, epochs))
 
 
-def test_train_uses_the_tuned_values_unless_told_not_to(in_project, prepared, params_file):
+def test_train_uses_the_tuned_values_unless_told_not_to(searched, params_file):
     from cifar10_mlops import train
 
-    tune_cli(params_file)
+    in_project = searched
     best = json.loads((in_project / "models" / "best_hparams.json").read_text())["hyperparameters"]
     params = params_file()
     train.main(["--params", str(params), *stage_args("train")])

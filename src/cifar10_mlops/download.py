@@ -10,7 +10,6 @@ Writes data/raw/: the archive itself and manifest.json (source, file name, forma
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import tempfile
@@ -25,7 +24,7 @@ from cifar10_mlops import dataset
 from cifar10_mlops.config import check_checksum, load_params
 from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.files import file_digests, write_json
-from cifar10_mlops.stage import run_stage
+from cifar10_mlops.stage import run_stage, stage_parser
 
 SOURCE_ENV = "CIFAR10_SOURCE"
 CHECKSUM_ENV = "CIFAR10_CHECKSUM"
@@ -150,9 +149,7 @@ def download(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--out", type=Path, required=True, help="folder to create (data/raw)")
+    parser = stage_parser(__doc__, out="folder to create (data/raw)")
     args = parser.parse_args(argv)
     cfg = load_params(args.params).download
     source, checksum = resolve_source(cfg.source, cfg.checksum)

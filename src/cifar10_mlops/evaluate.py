@@ -11,7 +11,6 @@ run's MLflow run, so that one run holds the whole story.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import warnings
@@ -25,10 +24,9 @@ from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_
 from cifar10_mlops import tracking
 from cifar10_mlops.config import load_params
 from cifar10_mlops.dataset import CLASSES
-from cifar10_mlops.errors import PipelineError
-from cifar10_mlops.files import replacing, write_json
+from cifar10_mlops.files import replacing, require_files, write_json
 from cifar10_mlops.splits import load_split
-from cifar10_mlops.stage import run_stage
+from cifar10_mlops.stage import run_stage, stage_parser
 
 
 def score(y_true: np.ndarray, probs: np.ndarray) -> dict:
@@ -150,21 +148,14 @@ def _log_model(model_path: Path):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, required=True, help="prepare's output folder")
-    parser.add_argument("--model", type=Path, required=True, help="train's model.keras")
-    parser.add_argument("--run-info", type=Path, required=True, help="train's run.json")
-    parser.add_argument("--history", type=Path, required=True, help="train's history.csv")
-    parser.add_argument("--metrics", type=Path, required=True, help="metrics.json to write")
-    parser.add_argument(
-        "--plots", type=Path, required=True, help="folder for plots and predictions"
-    )
+    parser = stage_parser(
+        __doc__, data="prepare's output folder", model="train's model.keras",
+        run_info="train's run.json", history="train's history.csv",
+        metrics="metrics.json to write", plots="folder for plots and predictions",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     cfg = load_params(args.params).evaluate
-    for path in (args.model, args.run_info, args.history):
-        if not path.is_file():
-            raise PipelineError(f"{path} not found: run the train stage first")
+    require_files(args.model, args.run_info, args.history, hint="run the train stage first")
 
     import keras
 

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cifar10_mlops.errors import PipelineError
+
 _CHUNK = 1 << 20  # bytes read at a time when hashing
 
 
@@ -28,6 +30,13 @@ def replacing(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def require_files(*paths: Path, hint: str) -> None:
+    """An input a stage needs is missing: `<path> not found: <hint>` (say what makes it)."""
+    for path in paths:
+        if not path.is_file():
+            raise PipelineError(f"{path} not found: {hint}")
 
 
 def write_atomic(path: Path, text: str) -> None:

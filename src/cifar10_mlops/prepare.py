@@ -10,7 +10,6 @@ Writes data/prepared/ in the format of splits.py: {train,val,test}.npz and manif
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ from cifar10_mlops.config import PrepareConfig, load_params
 from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.files import write_json
 from cifar10_mlops.splits import Split, write_splits
-from cifar10_mlops.stage import run_stage
+from cifar10_mlops.stage import run_stage, stage_parser
 
 
 def subsample(
@@ -166,11 +165,10 @@ def prepare(raw_dir: Path, cfg: PrepareConfig, seed: int) -> tuple[dict[str, Spl
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--raw", type=Path, required=True, help="download's output (data/raw)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the .npz splits")
-    parser.add_argument("--reports", type=Path, required=True, help="folder for counts and samples")
+    parser = stage_parser(
+        __doc__, raw="download's output (data/raw)", out="folder for the .npz splits",
+        reports="folder for counts and samples",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     params = load_params(args.params)
     splits, lineage = prepare(args.raw, params.prepare, params.seed)

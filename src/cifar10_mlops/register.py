@@ -15,7 +15,6 @@ and `replaced_by` on a champion that lost its alias).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -23,8 +22,8 @@ from pathlib import Path
 from cifar10_mlops import tracking
 from cifar10_mlops.config import RegisterConfig, load_params
 from cifar10_mlops.errors import PipelineError
-from cifar10_mlops.files import file_digest, text_digest, write_json
-from cifar10_mlops.stage import run_stage
+from cifar10_mlops.files import file_digest, require_files, text_digest, write_json
+from cifar10_mlops.stage import run_stage, stage_parser
 
 CHAMPION, CHALLENGER = tracking.CHAMPION, tracking.CHALLENGER
 # Test metrics copied into version tags; `register.metric` is one of them.
@@ -138,18 +137,15 @@ def _by_alias(client, name: str, alias: str):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--run-info", type=Path, required=True, help="train's run.json")
-    parser.add_argument("--metrics", type=Path, required=True, help="evaluate's metrics.json")
-    parser.add_argument("--model", type=Path, required=True, help="train's model.keras")
-    parser.add_argument("--lock", type=Path, required=True, help="dvc.lock, for lineage")
-    parser.add_argument("--out", type=Path, required=True, help="registry.json to write")
+    parser = stage_parser(
+        __doc__, run_info="train's run.json", metrics="evaluate's metrics.json",
+        model="train's model.keras", lock="dvc.lock, for lineage", out="registry.json to write",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     cfg = load_params(args.params).register
-    for path in (args.run_info, args.metrics, args.model):
-        if not path.is_file():
-            raise PipelineError(f"{path} not found: run the train and evaluate stages first")
+    require_files(
+        args.run_info, args.metrics, args.model, hint="run the train and evaluate stages first"
+    )
     run_info = json.loads(args.run_info.read_text())
     metrics = json.loads(args.metrics.read_text())
     lineage = {

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from cifar10_mlops.errors import PipelineError
 
@@ -45,6 +47,16 @@ def _tracking_failure(exc: Exception) -> str | None:
         f"MLflow tracking at {mlflow.get_tracking_uri()} failed after retries, so the stage "
         f"stopped and its MLflow run is incomplete: {message[:300]}"
     )
+
+
+def stage_parser(doc: str, prog: str | None = None, **paths: str) -> argparse.ArgumentParser:
+    """A stage's command line: --params (default params.yaml) and one required path option
+    per keyword, `run_info="help"` giving `--run-info` (dvc.yaml passes the paths)."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    for name, text in paths.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=Path, required=True, help=text)
+    return parser
 
 
 def seed_everything(seed: int) -> None:

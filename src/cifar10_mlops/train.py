@@ -13,7 +13,6 @@ the CPU; see devices.py. The saved model computes in float32 wherever it trained
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -38,7 +37,7 @@ from cifar10_mlops.fit import (
 )
 from cifar10_mlops.model import with_flip_averaging
 from cifar10_mlops.splits import load_manifest, load_split
-from cifar10_mlops.stage import run_stage, seed_everything
+from cifar10_mlops.stage import run_stage, seed_everything, stage_parser
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 
@@ -220,15 +219,11 @@ def run_training(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, required=True, help="prepare's output folder")
-    parser.add_argument("--model", type=Path, required=True, help="where to save model.keras")
-    parser.add_argument("--run-info", type=Path, required=True, help="where to write run.json")
-    parser.add_argument("--history", type=Path, required=True, help="where to write history.csv")
-    parser.add_argument(
-        "--tuned", type=Path, required=True, help="tune's best_hparams.json (see train.use_tuned)"
-    )
+    parser = stage_parser(
+        __doc__, data="prepare's output folder", model="where to save model.keras",
+        run_info="where to write run.json", history="where to write history.csv",
+        tuned="tune's best_hparams.json (see train.use_tuned)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     params = load_params(args.params)
     cfg, tuned = with_tuned(params.train, args.tuned)

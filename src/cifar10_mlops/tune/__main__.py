@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
 from cifar10_mlops.config import load_params
 from cifar10_mlops.errors import PipelineError
-from cifar10_mlops.stage import run_stage
+from cifar10_mlops.stage import run_stage, stage_parser
 from cifar10_mlops.tune import __doc__ as DOC
 from cifar10_mlops.tune.distributed import run_worker
 from cifar10_mlops.tune.oracle import KT_ENV, kt_chief, kt_distributed
@@ -16,14 +15,12 @@ from cifar10_mlops.tune.search import run_search, write_disabled
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m cifar10_mlops.tune", description=DOC.splitlines()[0]
-    )
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--data", type=Path, required=True, help="prepare's output folder")
+    parser = stage_parser(
+        DOC, "python -m cifar10_mlops.tune", data="prepare's output folder",
+        state="resumable search state folder",
+    )  # fmt: skip
     parser.add_argument("--best", type=Path, help="where to write best_hparams.json")
     parser.add_argument("--reports", type=Path, help="folder for trials.csv etc.")
-    parser.add_argument("--state", type=Path, required=True, help="resumable search state folder")
     parser.add_argument(
         "--worker", action="store_true", help="run trials for a distributed search's chief"
     )
