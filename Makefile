@@ -78,7 +78,7 @@ bench: $(STAMP)  ## training speed vs the study's pipeline (benchmarks/bench.py;
 # Development has the measurements).
 TEST_WORKERS ?= 4
 test: $(STAMP)  ## the offline test suite (tiny synthetic data), TEST_WORKERS in parallel
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxschedchunk 1
 
 test-slow: $(STAMP)  ## tests that need the full dataset or minutes of training
 	$(BIN)/python -m pytest -m slow

@@ -35,6 +35,26 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first (with `--maxschedchunk 1`, xdist hands tests out in this order): one
+    test of the shared reproduced pipeline (whoever runs it builds it), the tests marked
+    `long` (longest first), the rest of the reproduced pipeline's (built by then), the other
+    integration tests, then the unit tests, which fill the gaps."""
+    first_reproduced = next((i for i in items if "reproduced" in i.fixturenames), None)
+
+    def rank(item: pytest.Item) -> tuple[int, float]:
+        long = item.get_closest_marker("long")
+        if item is first_reproduced:
+            return 0, 0
+        if long and "reproduced" not in item.fixturenames:
+            return 1, -long.kwargs.get("seconds", 60)
+        if "reproduced" in item.fixturenames:
+            return 2, 0
+        return (3 if item.get_closest_marker("integration") else 4), 0
+
+    items.sort(key=rank)  # stable: collection order within equal ranks
+
+
 def once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
     """`<shared temp>/<name>`, made by `make(path)` by the first xdist worker that asks; the
     others wait for it. Without xdist, the session's own temp folder."""

@@ -5,9 +5,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
+pytestmark = pytest.mark.integration
 
+
+@pytest.mark.long(seconds=55)
 def test_benchmark_measures_throughput_and_tracking_side_by_side(tmp_path):
     out = tmp_path / "bench.json"
     result = subprocess.run(

@@ -5,6 +5,8 @@ import pytest
 from compose import compose, example_env, project_copy, resolved
 from conftest import REPO
 
+pytestmark = pytest.mark.integration
+
 SERVERS = ("postgres", "mlflow", "prefect", "retrainer", "retrainer-gpu")
 
 

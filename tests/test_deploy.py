@@ -16,6 +16,8 @@ import yaml
 from conftest import tiny_params
 from servers import BIN, answers, free_port, start, stop, wait_for
 
+pytestmark = pytest.mark.integration
+
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 

@@ -14,6 +14,8 @@ import pytest
 
 from conftest import stage_args
 
+pytestmark = pytest.mark.integration
+
 
 def run_train(run_module, in_project, params_file, env=None, **overrides):
     params = params_file(**{"train.use_tuned": False, "train.epochs": 2, **overrides})
@@ -92,6 +94,7 @@ def test_a_bad_replica_count_is_a_one_line_error(in_project, prepared, params_fi
     assert not (in_project / "models" / "model.keras").exists()
 
 
+@pytest.mark.long(seconds=75)
 def test_tune_stage_with_a_cost_cap_runs_on_two_devices(
     in_project, prepared, params_file, run_module
 ):

@@ -15,6 +15,8 @@ import pytest
 from conftest import place_store, stage_args
 from servers import env_with_bin, free_port, mlflow_server, start, stop, tail, wait_for
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def cluster(in_project, prepared, params_file, tmp_path, migrated_store):
@@ -66,6 +68,7 @@ def finish(process, log, seconds=300) -> str:
     return log.read_text()
 
 
+@pytest.mark.long(seconds=100)
 def test_chief_and_two_workers_share_one_search(cluster, in_project):
     (chief, chief_log), workers = cluster(["worker-1", "worker-2"])
     out = finish(chief, chief_log)
@@ -90,6 +93,7 @@ def test_chief_and_two_workers_share_one_search(cluster, in_project):
     assert not (in_project / "models" / "tuner").exists()
 
 
+@pytest.mark.long(seconds=90)
 def test_search_completes_when_a_worker_dies_mid_trial(cluster, in_project):
     (chief, chief_log), workers = cluster(["worker-1", "worker-2"], **{"tune.worker_timeout": 15})
     victim, victim_log = workers["worker-2"]

@@ -14,6 +14,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 from flows import retrain as flow_module
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def harness():

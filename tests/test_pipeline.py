@@ -19,6 +19,8 @@ import yaml
 from cifar10_mlops.register import lock_digest
 from conftest import run_dvc as dvc
 
+pytestmark = pytest.mark.integration
+
 
 def ran(result: subprocess.CompletedProcess | str) -> list[str]:
     output = result if isinstance(result, str) else result.stdout

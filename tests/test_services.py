@@ -22,6 +22,8 @@ from conftest import REPO, write_image_archive
 from servers import env_with_bin, free_port, postgres_bin, postgres_server, start, stop
 from servers import tail, wait_for
 
+pytestmark = pytest.mark.integration
+
 PASSWORD = "native-test-secret"
 
 
@@ -80,6 +82,7 @@ def native(tmp_path):
         yield native
 
 
+@pytest.mark.long(seconds=160)
 def test_stack_retrains_through_mlflow_and_prefect_on_postgres(native, pipeline, tmp_path):
     processes = []
     try:

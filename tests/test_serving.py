@@ -17,6 +17,8 @@ from cifar10_mlops import register, serving
 from conftest import make_images, stage_args
 from servers import free_port
 
+pytestmark = pytest.mark.integration
+
 
 def post(url: str, body) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -14,6 +14,9 @@ import mlflow
 
 from conftest import place_store, stage_args
 from servers import env_with_bin, free_port, mlflow_server, start, stop, tail, wait_for
+import pytest
+
+pytestmark = pytest.mark.integration
 
 EPOCHS = 30
 
@@ -42,6 +45,7 @@ def start_train(in_project, params_file, url, tmp_path, **env):
     return process, log
 
 
+@pytest.mark.long(seconds=90)
 def test_server_restarted_mid_training_loses_no_metric(
     in_project, prepared, params_file, tmp_path, migrated_store
 ):
@@ -67,6 +71,7 @@ def test_server_restarted_mid_training_loses_no_metric(
             assert steps == list(range(EPOCHS)), key
 
 
+@pytest.mark.long(seconds=55)
 def test_server_gone_for_good_stops_with_one_line(
     in_project, prepared, params_file, tmp_path, migrated_store
 ):
