@@ -13,13 +13,14 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.mark.long(seconds=55)
-def test_benchmark_measures_throughput_and_tracking_side_by_side(tmp_path):
+def test_benchmark_measures_throughput_and_tracking_side_by_side(tmp_path, params_file):
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [
             sys.executable, str(REPO / "benchmarks" / "bench.py"),
             "--only", "throughput", "tracking",
             "--data", str(tmp_path / "absent"),  # random images of CIFAR-10's shape
+            "--params", str(params_file()),  # the tracking section trains the tiny network
             "--images", "512", "--repeats", "1", "--out", str(out),
         ],
         capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp_path)},

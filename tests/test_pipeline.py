@@ -95,6 +95,9 @@ def test_dvc_repro_end_to_end(reproduced, reproduced_once):
     again = dvc(pipeline, "repro")
     assert ran(again) == [] and "Data and pipelines are up to date" in again.stdout
 
+
+def test_a_changed_param_reruns_only_the_stages_it_feeds(reproduced):
+    pipeline = reproduced
     params = yaml.safe_load((pipeline / "params.yaml").read_text())
     params["train"]["epochs"] = 2
     (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -106,6 +109,7 @@ def test_dvc_repro_end_to_end(reproduced, reproduced_once):
     params["tune"]["enabled"] = False
     (pipeline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert ran(dvc(pipeline, "repro")) == ["tune", "train", "evaluate", "register"]
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline}/mlruns/mlflow.db")
     run = mlflow.get_run(json.loads((pipeline / "models" / "run.json").read_text())["run_id"])
     assert run.data.tags["hparams_source"] == "params"
     assert run.data.params["train.conv_1_filters"] == str(params["train"]["conv_1_filters"])
