@@ -4,9 +4,10 @@ expensive to make shared once per test run.
 The images are random noise with a class-dependent mean colour, so that one epoch of
 training on a few dozen images already does better than chance.
 
-The suite runs in parallel (pytest-xdist, `-n` in pyproject.toml). What costs seconds to
-make is made once per run and shared by every worker (`once`): an MLflow store with its
-schema migrated (copying it takes 0.03 s; migrating a new one 1.5-7 s).
+`make test` runs the suite in parallel (pytest-xdist, `-n` in the Makefile); a plain `pytest`
+runs it in one process. What costs seconds to make is made once per run and shared by every
+worker (`once`): an MLflow store with its schema migrated (copying it takes 0.03 s; migrating a
+new one 1.5-7 s), one tiny pipeline after `dvc repro` (`reproduced_once`), one tiny search.
 """
 
 from __future__ import annotations
@@ -57,17 +58,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
     """`<shared temp>/<name>`, made by `make(path)` by the first xdist worker that asks; the
-    others wait for it. Without xdist, the session's own temp folder."""
+    others wait for it. Without xdist, the session's own temp folder. Made in place (what it
+    records, such as MLflow's artifact paths, names its final path); `<name>.done` marks it
+    complete, so a half-made one is made again."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # shared by the workers of this run
-    path = root / name
+    path, done = root / name, root / f"{name}.done"
     with FileLock(f"{path}.lock"):
-        if not path.exists():
-            staged = root / f".{name}.partial"
-            shutil.rmtree(staged, ignore_errors=True)
-            make(staged)
-            staged.rename(path)
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            make(path)
+            done.touch()
     return path
 
 
@@ -79,7 +81,9 @@ def migrated_store(tmp_path_factory) -> Path:
         folder.mkdir()
         create = "import mlflow, sys; mlflow.MlflowClient(sys.argv[1]).search_experiments()"
         uri = f"sqlite:///{folder / 'mlflow.db'}"
-        subprocess.run([sys.executable, "-c", create, uri], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", create, uri], cwd=folder, check=True, capture_output=True
+        )
 
     return once(tmp_path_factory, "mlflow-store", make) / "mlflow.db"
 
@@ -297,7 +301,9 @@ def reproduced(reproduced_once, tmp_path, monkeypatch) -> Path:
     own, as a teammate's clone after `make repro`."""
     dest = relocate(reproduced_once / "project", tmp_path / "project")
     monkeypatch.setenv("CIFAR10_SOURCE", str(reproduced_once / "cifar10-jpg.tar.gz"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # MLflow exports the URI it is given; set-then-delete makes teardown remove it again.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     return dest
 
 

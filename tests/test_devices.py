@@ -60,21 +60,30 @@ def test_single_device_is_the_default_strategy(in_project, prepared, params_file
     assert mlflow.get_run(info["run_id"]).data.tags["replicas"] == "1"
 
 
+MIRRORED_FLOAT16_NAN = (
+    "known defect: mixed_float16 under MirroredStrategy (2 logical CPUs) turns the weights into "
+    "NaN in about a third of runs, at the epoch's last, partial batch with the loss scale never "
+    "lowered; the code before the tune/fit restructure does the same"
+)
+
+
+@pytest.mark.parametrize(
+    "replicas",
+    ["1", pytest.param("2", marks=pytest.mark.xfail(reason=MIRRORED_FLOAT16_NAN, strict=False))],
+)
 def test_mixed_precision_training_saves_a_float32_model(
-    in_project, prepared, params_file, run_module
+    in_project, prepared, params_file, run_module, replicas
 ):
-    # One device: mixed_float16 under MirroredStrategy over 2 logical CPUs turned the weights
-    # into NaN in about a third of runs (a known defect, before and after the tune/fit
-    # restructure alike); the two-device path is test_two_logical_devices' above.
     result = run_train(
-        run_module, in_project, params_file,
+        run_module, in_project, params_file, env={"CIFAR10_CPU_REPLICAS": replicas},
         **{"train.precision": "mixed_float16", "train.lr_schedule": "step"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "mixed_float16 compute" in result.stdout
     info = logged_run(in_project)
     run = mlflow.get_run(info["run_id"])
-    assert run.data.tags["precision"] == "mixed_float16" and run.data.tags["replicas"] == "1"
+    assert run.data.tags["precision"] == "mixed_float16"
+    assert run.data.tags["replicas"] == replicas
     # A loss scale keeps float16 gradients from underflowing; the learning rate still logs.
     # (The step schedule: the cosine one counts applied steps, and the loss scale skips the
     # first few while it finds its level.)

@@ -166,7 +166,11 @@ def test_search_killed_under_dvc_repro_resumes_on_the_next_repro(reproduced):
     assert mlflow.get_run(killed.info.run_id).info.status == "KILLED"
     runs = mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
     assert sorted({r.info.status for r in runs}) == ["FINISHED", "KILLED"]
-    [resumed] = [r for r in tune_runs() if r.data.tags["resumed"] == "true"]
+    search = killed.data.tags["search_id"]
+    [resumed] = [
+        r for r in tune_runs()
+        if r.data.tags["search_id"] == search and r.info.status == "FINISHED"
+    ]  # fmt: skip
     assert resumed.data.tags["resumed"] == "true"
     with open(pipeline / "reports" / "tune" / "trials.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -185,10 +189,13 @@ def kill_stage(parent: int, module: str) -> None:
     tests may run the same stage at the same time)."""
     import psutil
 
-    found = [
-        p for p in psutil.Process(parent).children(recursive=True)
-        if module in " ".join(p.cmdline())
-    ]  # fmt: skip
+    found = []
+    for process in psutil.Process(parent).children(recursive=True):
+        try:
+            if module in " ".join(process.cmdline()):
+                found.append(process)
+        except psutil.Error:  # exited while we looked
+            continue
     assert found, f"no {module} process under {parent}"
     for process in found:
         process.kill()

@@ -16,7 +16,15 @@ from cifar10_mlops.errors import ConfigError
 from cifar10_mlops.tune import __main__ as tune
 from cifar10_mlops.tune.oracle import BudgetedHyperbandOracle
 from cifar10_mlops.tune.space import mflops
-from conftest import REPO, place_store, relocate, stage_args, tiny_params, write_prepared
+from conftest import (
+    REPO,
+    once,
+    place_store,
+    relocate,
+    stage_args,
+    tiny_params,
+    write_prepared,
+)
 
 # tiny_params' search: max_epochs 2, factor 2, one iteration = brackets of 2+1 and 2 trials.
 TRIALS, EPOCHS = 5, 7
@@ -38,20 +46,23 @@ def runs(**filters):
     return [r for r in found if all(r.data.tags.get(k) == v for k, v in filters.items())]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def searched_once(tmp_path_factory, migrated_store) -> Path:
-    """A folder after one tiny search (the tune stage, in-process), for the tests that only
-    read a search's results: the search is the expensive part."""
-    folder = tmp_path_factory.mktemp("searched")
-    write_prepared(folder / "data" / "prepared")
-    place_store(migrated_store, folder / "mlruns" / "mlflow.db")
-    (folder / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    with pytest.MonkeyPatch.context() as env:
-        env.chdir(folder)
-        env.delenv("MLFLOW_TRACKING_URI", raising=False)
-        env.delenv("DVC_ROOT", raising=False)
-        tune.main(["--params", "params.yaml", *stage_args("tune")])
-    return folder
+    """A folder after one tiny search (the tune stage, in-process), made once per run for the
+    tests that only read a search's results: the search is the expensive part."""
+
+    def make(folder: Path) -> None:
+        write_prepared(folder / "data" / "prepared")
+        place_store(migrated_store, folder / "mlruns" / "mlflow.db")
+        (folder / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+        with pytest.MonkeyPatch.context() as env:
+            env.chdir(folder)
+            env.setenv("MLFLOW_TRACKING_URI", "unset")  # MLflow exports the URI it is given:
+            env.delenv("MLFLOW_TRACKING_URI")  # set-then-delete removes it again afterwards
+            env.delenv("DVC_ROOT", raising=False)
+            tune.main(["--params", "params.yaml", *stage_args("tune")])
+
+    return once(tmp_path_factory, "searched", make)
 
 
 @pytest.fixture
