@@ -84,8 +84,8 @@ test-slow: $(STAMP)  ## tests that need the full dataset or minutes of training
 	$(BIN)/python -m pytest -m slow
 
 # The embedded store's URI and the champion alias have one home, cifar10_mlops.tracking.
-TRACKING = $(BIN)/python -c 'from cifar10_mlops import tracking; print(tracking.$(1))'
-STORE_URI ?= $$($(call TRACKING,DEFAULT_TRACKING_URI))
+STORE_URI ?= $$($(BIN)/python -c 'from cifar10_mlops import tracking; \
+  print(tracking.DEFAULT_TRACKING_URI)')
 
 mlflow-ui: $(STAMP)  ## open the MLflow UI on the embedded store at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri "$(STORE_URI)" --host 127.0.0.1 --port 5000

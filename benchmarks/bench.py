@@ -22,7 +22,6 @@ random images of CIFAR-10's shape (speed does not depend on pixel values).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -40,6 +39,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+
+from cifar10_mlops.files import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_ACCURACY = 0.8015  # the study's test accuracy
@@ -365,8 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table(results))
     out = args.out or ROOT / "benchmarks" / "results" / (
         f"{report['date'][:10]}-{socket.gethostname()}.json")  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     print(f"-> {out}")
 
 

@@ -95,6 +95,14 @@ def place_store(template: Path, database: Path) -> Path:
     return database
 
 
+def forget_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset MLFLOW_TRACKING_URI (the stages then log to the embedded store) so that it stays
+    unset after the test: MLflow exports any URI it is given, and set-then-delete makes the
+    monkeypatch's teardown remove that export too."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+
+
 def stage_args(stage: str) -> list[str]:
     """The arguments dvc.yaml passes to a stage (after `python -m <module>`), paths included."""
     cmd = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["cmd"]
@@ -274,7 +282,7 @@ def pipeline(project, tmp_path, monkeypatch):
     archive = write_image_archive(tmp_path / "cifar10-jpg.tar.gz", fmt="JPEG")
     (project / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     monkeypatch.setenv("CIFAR10_SOURCE", str(archive))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    forget_tracking_uri(monkeypatch)
     return project
 
 
@@ -301,9 +309,7 @@ def reproduced(reproduced_once, tmp_path, monkeypatch) -> Path:
     own, as a teammate's clone after `make repro`."""
     dest = relocate(reproduced_once / "project", tmp_path / "project")
     monkeypatch.setenv("CIFAR10_SOURCE", str(reproduced_once / "cifar10-jpg.tar.gz"))
-    # MLflow exports the URI it is given; set-then-delete makes teardown remove it again.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    forget_tracking_uri(monkeypatch)
     return dest
 
 
@@ -380,9 +386,7 @@ def in_empty_project(tmp_path: Path, monkeypatch) -> Path:
     """Run in tmp_path with the default (embedded) MLflow store, as `dvc repro` would; no
     store exists yet."""
     monkeypatch.chdir(tmp_path)
-    # MLflow exports the URI it is given; set-then-delete makes teardown remove it again.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    forget_tracking_uri(monkeypatch)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     return tmp_path
 

@@ -6,14 +6,13 @@ runs at once: both complete, one after the other.
 """
 
 import os
-import subprocess
 import sys
 import time
 
 import pytest
 import yaml
 
-from conftest import tiny_params
+from conftest import run_dvc, tiny_params
 from servers import BIN, answers, free_port, start, stop, wait_for
 
 pytestmark = pytest.mark.integration
@@ -89,7 +88,4 @@ def test_served_deployment_is_scheduled_limited_to_one_and_runs(
     # both runs were forced (deployment parameter): each registered a version
     registry = yaml.safe_load((project / "reports" / "registry.json").read_text())
     assert registry["version"] == before + 2
-    status = subprocess.run(
-        [sys.executable, "-m", "dvc", "status"], cwd=project, capture_output=True, text=True
-    )
-    assert "Data and pipelines are up to date" in status.stdout
+    assert "Data and pipelines are up to date" in run_dvc(project, "status").stdout

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from prefect.testing.utilities import prefect_test_harness
 
+from conftest import run_dvc
 from flows import retrain as flow_module
 
 pytestmark = pytest.mark.integration
@@ -41,9 +42,7 @@ def reproduced_flow_project(reproduced, monkeypatch):
 
 
 def dvc_status(project: Path) -> str:
-    return subprocess.run(
-        [sys.executable, "-m", "dvc", "status"], cwd=project, capture_output=True, text=True
-    ).stdout
+    return run_dvc(project, "status").stdout
 
 
 def task_names(flow_run_id) -> list[str]:

@@ -18,6 +18,7 @@ from cifar10_mlops.tune.oracle import BudgetedHyperbandOracle
 from cifar10_mlops.tune.space import mflops
 from conftest import (
     REPO,
+    forget_tracking_uri,
     once,
     place_store,
     relocate,
@@ -57,8 +58,7 @@ def searched_once(tmp_path_factory, migrated_store) -> Path:
         (folder / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
         with pytest.MonkeyPatch.context() as env:
             env.chdir(folder)
-            env.setenv("MLFLOW_TRACKING_URI", "unset")  # MLflow exports the URI it is given:
-            env.delenv("MLFLOW_TRACKING_URI")  # set-then-delete removes it again afterwards
+            forget_tracking_uri(env)
             env.delenv("DVC_ROOT", raising=False)
             tune.main(["--params", "params.yaml", *stage_args("tune")])
 
