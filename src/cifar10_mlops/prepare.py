@@ -21,7 +21,7 @@ from sklearn.model_selection import train_test_split
 from cifar10_mlops import dataset
 from cifar10_mlops.config import PrepareConfig, load_params
 from cifar10_mlops.errors import PipelineError
-from cifar10_mlops.files import write_json
+from cifar10_mlops.files import require_files, write_json
 from cifar10_mlops.splits import Split, write_splits
 from cifar10_mlops.stage import run_stage, stage_parser
 
@@ -109,8 +109,7 @@ def sample_grid(x: np.ndarray, y: np.ndarray, path: Path, seed: int) -> None:
 
 def read_manifest(raw_dir: Path) -> dict:
     path = raw_dir / "manifest.json"
-    if not path.is_file():
-        raise PipelineError(f"{path} not found: run the download stage first")
+    require_files(path, hint="run the download stage first")
     manifest = json.loads(path.read_text())
     if "archive" not in manifest:
         raise PipelineError(f"{path} is from an extracting download: rerun the download stage")

@@ -25,7 +25,7 @@ from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.files import file_digest, require_files, text_digest, write_json
 from cifar10_mlops.stage import run_stage, stage_parser
 
-CHAMPION, CHALLENGER = tracking.CHAMPION, tracking.CHALLENGER
+CHAMPION, CHALLENGER = tracking.CHAMPION, tracking.CHALLENGER  # short names in this module
 # Test metrics copied into version tags; `register.metric` is one of them.
 METRICS = ("accuracy", "f1_weighted", "f1_macro", "loss")
 

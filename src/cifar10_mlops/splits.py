@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cifar10_mlops.errors import PipelineError
-from cifar10_mlops.files import write_json
+from cifar10_mlops.files import require_files, write_json
 
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -37,14 +36,12 @@ def write_splits(splits: dict[str, Split], out_dir: Path, manifest: dict) -> Non
 def load_split(prepared_dir: Path, name: str) -> Split:
     """Read one split (train, val or test) of a prepared folder."""
     path = prepared_dir / f"{name}.npz"
-    if not path.is_file():
-        raise PipelineError(f"{path} not found: run the prepare stage first")
+    require_files(path, hint="run the prepare stage first")
     with np.load(path) as data:
         return data["x"], data["y"]
 
 
 def load_manifest(prepared_dir: Path) -> dict:
     path = prepared_dir / "manifest.json"
-    if not path.is_file():
-        raise PipelineError(f"{path} not found: run the prepare stage first")
+    require_files(path, hint="run the prepare stage first")
     return json.loads(path.read_text())
