@@ -198,8 +198,11 @@ def tiny_params(**overrides) -> dict:
         space={
             "conv_1_filters": {"min": 8, "max": 16, "step": 8},
             "conv_2_filters": {"min": 8, "max": 16, "step": 8},
+            "conv_3_filters": None,
             "dense_units": {"min": 16, "max": 32, "step": 16},
             "learning_rate": {"min": 0.0005, "max": 0.005, "sampling": "log"},
+            "weight_decay": None,
+            "label_smoothing": None,
             "optimizer": {"values": ["adam", "sgd"]},
         },
     )
@@ -207,8 +210,10 @@ def tiny_params(**overrides) -> dict:
         architecture="baseline",
         optimizer="adam",  # the tiny space's optimizers and learning rates
         learning_rate=0.001,
+        weight_decay=0.0005,
         conv_1_filters=8,
         conv_2_filters=8,
+        conv_3_filters=None,
         dense_units=16,
         batch_size=16,
         epochs=1,

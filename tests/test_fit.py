@@ -1,12 +1,16 @@
-"""The training code `train` and `tune` share: schedules and the input pipeline."""
+"""The training code `train` and `tune` share: schedules, the input pipeline, and
+airbench94's training ingredients, each checked by what a user would notice."""
 
 from dataclasses import replace
 
+import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from cifar10_mlops import fit
-from cifar10_mlops.config import load_params
+from cifar10_mlops.config import AugmentConfig, load_params
+from cifar10_mlops.fit import AirbenchSGD, Lookahead, Triangle, make_dataset
 from conftest import REPO
 
 
@@ -36,10 +40,129 @@ def test_augmented_dataset_yields_shuffled_uint8_batches_with_one_hot_labels():
     x = np.arange(20, dtype=np.uint8).repeat(32 * 32 * 3).reshape(20, 32, 32, 3)
     y = np.arange(20, dtype=np.uint8) % 10
     cfg = load_params(REPO / "params.yaml").train.augment
-    batches = list(fit.make_dataset(x, y, 8, seed=0, augment=cfg))
-    assert [len(b[1]) for b in batches] == [8, 8, 4]
+    cfg = replace(cfg, crop=0, horizontal_flip=False)
+    batches = list(fit.make_dataset(x, y, 5, seed=0, augment=cfg).take(4))  # one epoch
+    assert [len(b[1]) for b in batches] == [5, 5, 5, 5]
     assert batches[0][0].dtype == "uint8"
     order = np.concatenate([b[0].numpy()[:, 0, 0, 0] for b in batches])  # image i is all i
     assert sorted(order) == list(range(20)) and list(order) != list(range(20))
     labels = np.concatenate([b[1].numpy() for b in batches])
     np.testing.assert_array_equal(labels, np.eye(10)[order % 10])
+
+
+AUGMENT = AugmentConfig(
+    rotation=0.0, shift=0.0, shear=0.0, zoom=0.0, crop=0, horizontal_flip=True,
+    alternating_flip=True,
+)  # fmt: skip
+
+
+def _marked_images(n):
+    """Image i carries its index in the top-left pixel: mirrored, it is the top-right one."""
+    images = np.zeros((n, 32, 32, 3), np.uint8)
+    images[:, 0, 0, 0] = 1 + np.arange(n) % 250
+    images[:, 0, 0, 1] = np.arange(n) // 250
+    return images
+
+
+def _flips_per_image(augment, n=200, batch=50, epochs=6):
+    dataset = make_dataset(_marked_images(n), np.zeros(n), batch, seed=3, augment=augment)
+    flips = np.zeros(n, int)
+    seen = np.zeros(n, int)
+    for images, _ in dataset.take(epochs * n // batch):
+        images = images.numpy()
+        flipped = images[:, 0, 0, 0] == 0
+        corner = np.where(flipped[:, None], images[:, 0, 31, :2], images[:, 0, 0, :2])
+        index = (corner[:, 0].astype(int) - 1) + 250 * corner[:, 1].astype(int)
+        np.add.at(flips, index, flipped)
+        np.add.at(seen, index, 1)
+    return flips, seen
+
+
+def test_alternating_flip_mirrors_each_image_on_exactly_every_other_epoch():
+    flips, seen = _flips_per_image(AUGMENT)
+    assert (seen == 6).all()  # every image once per epoch, in a new order each epoch
+    assert (flips == 3).all()
+    # Random flipping (the ablation) gives some images more and some fewer.
+    flips, _ = _flips_per_image(AugmentConfig(**{**vars(AUGMENT), "alternating_flip": False}))
+    assert flips.min() < 3 < flips.max()
+
+
+def test_training_epochs_drop_the_last_partial_batch_and_reshuffle():
+    dataset = make_dataset(_marked_images(130), np.arange(130), 50, seed=0, augment=AUGMENT)
+    epochs = [[b[1].numpy().argmax(1) for b in dataset.skip(2 * e).take(2)] for e in range(2)]
+    assert [len(b) for b in epochs[0]] == [50, 50]  # 130 images: 2 whole batches per epoch
+    assert not np.array_equal(np.concatenate(epochs[0]), np.concatenate(epochs[1]))
+
+
+def _one_step(optimizer, gradient, values):
+    variables = {name: keras.Variable(value, name=name) for name, value in values.items()}
+    before = {name: v.numpy().copy() for name, v in variables.items()}
+    optimizer.apply([tf.constant(gradient)] * len(variables), list(variables.values()))
+    return {name: v.numpy() - before[name] for name, v in variables.items()}
+
+
+def test_airbench_sgd_steps_in_airbench_units_and_scales_batchnorm_biases():
+    lr, momentum, batch = 11.5, 0.85, 512
+    optimizer = AirbenchSGD(
+        lr, momentum=momentum, weight_decay=0.0, peak_learning_rate=lr,
+        batch_size=batch, bias_lr_scale=64.0,
+    )  # fmt: skip
+    delta = _one_step(optimizer, [1.0, -2.0], {"kernel": [0.5, 0.5], "beta": [0.5, 0.5]})
+    # Keras step = lr x batch/1024 x (1-m)/(2-m); Nesterov's first step is (1 + m) of it.
+    step = lr * batch / 1024 * (1 - momentum) / (2 - momentum) * (1 + momentum)
+    np.testing.assert_allclose(delta["kernel"], [-step, 2 * step], rtol=1e-5)
+    np.testing.assert_allclose(delta["beta"], 64 * delta["kernel"], rtol=1e-5)
+
+
+def test_airbench_weight_decay_is_l2_through_the_momentum_and_not_scaled_for_biases():
+    lr, m, wd = 11.5, 0.85, 0.0153
+    optimizer = AirbenchSGD(
+        lr, momentum=m, weight_decay=wd, peak_learning_rate=lr,
+        batch_size=1024, bias_lr_scale=64.0,
+    )  # fmt: skip
+    kernel, beta = keras.Variable([2.0], name="kernel"), keras.Variable([2.0], name="beta")
+    zero = tf.constant([0.0])
+    for _ in range(2):
+        optimizer.apply([zero, zero], [kernel, beta])
+    # No gradient: each step's force is the decay alone, wd (per 1024 examples at the peak
+    # rate) x w x (1-m)/(2-m), fed through Nesterov momentum like a gradient (PyTorch's
+    # coupled decay; Keras' decoupled weight_decay would bypass the momentum).
+    rate = wd * (1 - m) / (2 - m)
+    w, buffer = 2.0, 0.0
+    for _ in range(2):
+        force = rate * w
+        buffer = m * buffer - force
+        w = w + m * buffer - force
+    assert float(kernel.numpy()[0]) == pytest.approx(w, rel=1e-6)
+    assert float(beta.numpy()[0]) == pytest.approx(w, rel=1e-6)  # biases: same decay
+
+
+def test_lookahead_ends_on_the_averaged_weights():
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1, use_bias=False)])
+    weight = model.layers[0].kernel
+    weight.assign([[0.0]])
+    lookahead = Lookahead(total_steps=10, every=5)
+    lookahead.set_model(model)
+    lookahead.on_train_begin()
+    trajectory = []
+    for step in range(1, 11):
+        weight.assign(weight.numpy() + 1.0)  # what an optimizer step would do
+        trajectory.append(float(weight.numpy()[0, 0]))
+        lookahead.on_train_batch_end(step - 1)
+    # At step 5 the average (still 0) moves by 1 - decay toward w = 5 and w jumps to it.
+    decay5 = 0.95**5 * 0.5**3
+    at5 = (1 - decay5) * 5.0
+    assert trajectory[5] == pytest.approx(at5 + 1)
+    # At step 10 (decay 0.95**5) the same from there; training ends on that average.
+    decay10 = 0.95**5
+    at10 = decay10 * at5 + (1 - decay10) * (at5 + 5)
+    assert float(weight.numpy()[0, 0]) == pytest.approx(at10)
+    weight.assign([[100.0]])  # a last step after the last pull is undone at the end
+    lookahead.on_train_end()
+    assert float(weight.numpy()[0, 0]) == pytest.approx(at10)
+
+
+def test_triangle_schedule_rises_to_the_peak_then_falls_to_the_end_fraction():
+    schedule = Triangle(10.0, 0.2, 0.07, warmup=10, total=100)
+    rates = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
+    assert rates == pytest.approx([2.0, 6.0, 10.0, 10 * (1 - 0.93 / 2), 0.7], rel=1e-5)

@@ -5,8 +5,9 @@ import pytest
 from cifar10_mlops.model import (
     FusedBatchNormalization,
     build_model,
+    dirac_init,
     fit_whitening,
-    with_flip_averaging,
+    with_tta,
 )
 
 
@@ -51,8 +52,27 @@ def test_fast_network_has_whitening_three_blocks_and_no_hidden_dense_layer():
     model = build_model("fast", conv_1_filters=16, conv_2_filters=32)
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert [c.filters for c in convs] == [24, 16, 16, 32, 32, 64, 64]
-    assert convs[0].name == "whiten" and not convs[0].trainable
+    # The whitening kernel is fixed; its bias trains (until train.whiten_bias_epochs).
+    whiten = convs[0]
+    assert whiten.name == "whiten" and [w.name for w in whiten.trainable_weights] == ["bias"]
     assert [d.units for d in model.layers if isinstance(d, keras.layers.Dense)] == [10]
+    # airbench94's widths, which a third-block setting makes expressible.
+    wide = build_model("fast", conv_1_filters=64, conv_2_filters=256, conv_3_filters=256)
+    convs = [layer for layer in wide.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [24, 64, 64, 256, 256, 256, 256]
+
+
+def test_dirac_init_makes_a_fresh_block_the_identity_on_its_first_channels():
+    model = build_model("fast", conv_1_filters=32, conv_2_filters=48, conv_3_filters=48)
+    dirac_init(model)
+    convs = [c for c in model.layers if isinstance(c, keras.layers.Conv2D) and c.name != "whiten"]
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 32)).astype(np.float32)
+    block2 = convs[2]  # 32 -> 48 channels: the identity on the first 32
+    out = keras.ops.convert_to_numpy(block2(x))
+    np.testing.assert_allclose(out[..., :32], x, atol=1e-6)
+    # The other filters keep their random init (PyTorch's scale: +-1/sqrt(fan_in)).
+    rest = keras.ops.convert_to_numpy(block2.kernel)[..., 32:]
+    assert 0 < np.abs(rest).max() <= 1 / np.sqrt(3 * 3 * 32) and np.abs(rest).std() > 0.01
 
 
 def test_whitening_decorrelates_the_patches_it_was_fitted_on():
@@ -62,13 +82,14 @@ def test_whitening_decorrelates_the_patches_it_was_fitted_on():
     images = np.clip(128 + 40 * np.repeat(np.repeat(base, 4, 1), 4, 2), 0, 255).astype(np.uint8)
     model = build_model("fast", conv_1_filters=8, conv_2_filters=8)
     fit_whitening(model, images)
+    assert not model.get_layer("whiten").bias.numpy().any()  # airbench: the bias starts at 0
     features = keras.Model(model.inputs, model.get_layer("whiten").output)
     out = features.predict(images, verbose=0).reshape(-1, 24)[:, :12]  # the negatives repeat
-    np.testing.assert_allclose(out.mean(axis=0), 0, atol=1e-3)
-    covariance = np.cov(out, rowvar=False)
-    # Unit variance along the well-conditioned directions, no correlation between them.
-    np.testing.assert_allclose(np.diag(covariance)[-6:], 1, atol=0.05)
-    off_diagonal = covariance - np.diag(np.diag(covariance))
+    # As airbench: the standardised patches' second moment, largest directions first, so
+    # unit energy along the well-conditioned directions and no correlation between them.
+    moment = out.T @ out / len(out)
+    np.testing.assert_allclose(np.diag(moment)[:6], 1, atol=0.05)
+    off_diagonal = moment - np.diag(np.diag(moment))
     assert np.abs(off_diagonal).max() < 0.01
 
 
@@ -86,9 +107,37 @@ def test_fused_batch_norm_trains_like_keras_batch_norm():
     )
 
 
-def test_flip_averaging_averages_an_image_and_its_mirror():
-    model = build_model("baseline", conv_1_filters=8, conv_2_filters=8, dense_units=8)
+def _logits(model, images):
+    return keras.Model(model.inputs, model.get_layer("logits").output).predict(images, verbose=0)
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _shift(images, offset):
+    """airbench's 1-pixel diagonal translation: reflect-pad by 1, crop at (1 + offset)."""
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    return padded[:, 1 + offset : 33 + offset, 1 + offset : 33 + offset]
+
+
+@pytest.mark.parametrize("architecture", ["baseline", "fast"])
+def test_tta_averages_the_logits_of_the_mirror_and_translated_views(architecture, tmp_path):
+    model = build_model(architecture, conv_1_filters=8, conv_2_filters=8, dense_units=8)
     images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    averaged = with_flip_averaging(model).predict(images, verbose=0)
-    expected = (model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)) / 2
-    np.testing.assert_allclose(averaged, expected, atol=1e-6)
+    mirror = images[:, :, ::-1]
+    level1 = (_logits(model, images) + _logits(model, mirror)) / 2
+    np.testing.assert_allclose(
+        with_tta(model, 1).predict(images, verbose=0), _softmax(level1), atol=1e-5
+    )
+    views = [_shift(images, -1), _shift(images, 1)]
+    translated = sum(_logits(model, v) + _logits(model, v[:, :, ::-1]) for v in views) / 4
+    expected = _softmax(level1 / 2 + translated / 2)  # airbench's weights: 1/4 and 1/8 each
+    tta = with_tta(model, 2)
+    np.testing.assert_allclose(tta.predict(images, verbose=0), expected, atol=1e-5)
+    assert with_tta(model, 0) is model
+    # Stock layers only: plain keras.models.load_model gives back the same predictions.
+    tta.save(tmp_path / "tta.keras")
+    loaded = keras.models.load_model(tmp_path / "tta.keras")
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), expected, atol=1e-5)

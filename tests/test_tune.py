@@ -216,16 +216,16 @@ def test_plan_counts_the_studys_search():
     assert oracle.plan() == (60, 240)
 
 
-def params_with_makefile_overrides(variable: str, tmp_path) -> Params:
-    """Tiny params with the `-S` overrides a Makefile variable passes to `dvc exp run`,
-    applied by DVC's own code, as `dvc exp run -S` applies them."""
+def params_with_makefile_overrides(variable: str, tmp_path, **tiny) -> Params:
+    """Tiny params (with `tiny` overrides) and then the `-S` overrides a Makefile variable
+    passes to `dvc exp run`, applied by DVC's own code, as `dvc exp run -S` applies them."""
     from dvc.utils.hydra import apply_overrides
 
     text = (REPO / "Makefile").read_text().replace("\\\n", " ")
     variables = dict(re.findall(r"^(\w+) := (.*)$", text, re.M))
     line = re.sub(r"\$\((\w+)\)", lambda m: variables[m.group(1)], variables[variable])
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(tiny_params()))
+    path.write_text(yaml.safe_dump(tiny_params(**tiny)))
     apply_overrides(path, [arg for arg in shlex.split(line) if arg != "-S"])
     return load_params(path)  # every override names a real key with a valid value
 
@@ -251,6 +251,8 @@ def test_make_tune_study_is_the_studys_search(tmp_path):
     assert (space.learning_rate.min, space.learning_rate.max) == (1e-4, 1e-3)
     assert space.learning_rate.sampling == "log"
     assert space.optimizer.values == ["adam", "sgd"]
+    assert space.conv_3_filters is None and space.weight_decay is None
+    assert space.label_smoothing is None
     train = params.train
     assert (train.architecture, train.optimizer, train.batch_size) == ("baseline", "adam", 64)
     assert train.epochs == 15 and train.early_stopping_patience == 3
@@ -262,9 +264,26 @@ def test_make_study_trains_the_first_phase_without_tuning(tmp_path):
     assert params.tune.enabled is False
     assert (train.architecture, train.epochs, train.batch_size) == ("baseline", 30, 64)
     assert (train.optimizer, train.learning_rate, train.lr_schedule) == ("adam", 1e-3, "step")
-    assert train.label_smoothing == 0 and train.weight_decay == 0 and not train.flip_averaging
+    assert train.label_smoothing == 0 and train.weight_decay == 0 and train.tta_level == 0
+    assert train.momentum == 0.9 and not train.lookahead and train.conv_3_filters is None
     # The study's ImageDataGenerator settings, and no pad-and-crop.
     assert vars(train.augment) == {
         "rotation": 15.0, "shift": 0.1, "shear": 0.2, "zoom": 0.2, "crop": 0,
-        "horizontal_flip": True,
+        "horizontal_flip": True, "alternating_flip": False,
     }  # fmt: skip
+
+
+def test_make_airbench_is_airbench94_as_the_benchmark_runs_it(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # The fast network has no dense layer to search (params.yaml searches none).
+    tiny = {"tune.space.dense_units": None}
+    train = params_with_makefile_overrides("AIRBENCH", tmp_path, **tiny).train
+    assert {key: getattr(train, key) for key in bench.AIRBENCH94} == bench.AIRBENCH94
+    # legacy/airbench94.py's hyp: widths, batch, lr and wd per 1024, momentum, bias scaler.
+    assert train.widths == (64, 256, 256) and train.batch_size == 1024
+    assert (train.learning_rate, train.weight_decay, train.momentum) == (11.5, 0.0153, 0.85)
+    assert train.bias_lr_scale == 64 and train.tta_level == 2 and train.augment.crop == 2

@@ -106,19 +106,24 @@ def random_affine(
     )
 
 
-def random_crop_flip(images: tf.Tensor, *, crop: int, horizontal_flip: bool) -> tf.Tensor:
+def random_crop_flip(
+    images: tf.Tensor, *, crop: int, horizontal_flip: bool = False, flip: tf.Tensor | None = None
+) -> tf.Tensor:
     """Pad-and-crop plus mirror for a batch (N, H, W, C), as one whole-pixel warp.
 
     Equivalent to reflect-padding each image by `crop` pixels, cutting a random H x W window
-    from it and flipping half of the windows, but done with one translation per image, so no
-    padded copy of the batch is made.
+    from it and flipping half of the windows (`horizontal_flip`), or the images where `flip`
+    (a boolean per image) is true, but done with one translation per image, so no padded copy
+    of the batch is made.
     """
     batch = tf.shape(images)[0]
     size = images.shape[1]
     shift = tf.random.uniform([batch, 2], -crop, crop + 1, dtype=tf.int32)
     tx, ty = tf.unstack(tf.cast(shift, tf.float32), axis=1)
     ones, zeros = tf.ones([batch]), tf.zeros([batch])
-    if horizontal_flip:
+    if flip is not None:
+        flip = tf.where(flip, -1.0, 1.0)
+    elif horizontal_flip:
         flip = tf.where(tf.random.uniform([batch]) < 0.5, -1.0, 1.0)
     else:
         flip = ones

@@ -24,9 +24,10 @@ from cifar10_mlops.errors import ConfigError
 PARAMS_FILE = Path("params.yaml")
 
 # The names the code dispatches on have one home each: these types. model.py builds the
-# architectures, fit.py the optimizers (sgd and nesterov with momentum 0.9).
+# architectures, fit.py the optimizers and schedules.
 Architecture = Literal["baseline", "deeper", "fast"]
-Optimizer = Literal["adam", "sgd", "nesterov"]
+Optimizer = Literal["adam", "sgd", "nesterov", "airbench"]
+Schedule = Literal["step", "cosine", "triangle"]
 ARCHITECTURES: tuple[str, ...] = typing.get_args(Architecture)
 OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 
@@ -68,6 +69,7 @@ class AugmentConfig:
     zoom: float
     crop: int  # pixels of pad-and-crop translation; 0: none
     horizontal_flip: bool
+    alternating_flip: bool  # with horizontal_flip: each image mirrored on every other epoch
 
     @property
     def warps(self) -> bool:
@@ -91,17 +93,22 @@ class TrainConfig:
     architecture: Architecture
     conv_1_filters: int
     conv_2_filters: int
+    conv_3_filters: int | None  # None: twice conv_2_filters
     dense_units: int
     dropout: float
     batch_size: int
     epochs: int
     learning_rate: float
-    lr_schedule: Literal["step", "cosine"]
+    lr_schedule: Schedule
     warmup_epochs: float
+    lr_start: float  # triangle: the first step's rate, as a fraction of learning_rate
+    lr_end: float  # triangle: the last step's rate, as a fraction of learning_rate
     lr_drop_every: int
     lr_drop_factor: float
     lr_min: float
+    momentum: float  # sgd, nesterov, airbench
     weight_decay: float
+    bias_lr_scale: float  # airbench: BatchNorm biases' learning rate over the weights'
     label_smoothing: float
     early_stopping_patience: int | None
     augment: AugmentConfig
@@ -109,9 +116,29 @@ class TrainConfig:
     val_batch_size: int
     use_tuned: bool
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"]  # see devices.py
-    flip_averaging: bool  # the saved model averages each image with its mirror image
+    dirac_init: bool  # fast: each 3x3 conv starts as the identity on its first channels
+    whiten_bias_epochs: int  # fast: epochs the whitening layer's bias trains before freezing
+    lookahead: bool  # airbench's lookahead: weights pulled to their running average
+    tta_level: int  # 0: none, 1: mirror averaging, 2: mirror x 3 translations (6 views)
+
+    @property
+    def widths(self) -> tuple[int, int, int]:
+        """The three blocks' filters (deeper, fast; baseline uses the first two)."""
+        third = self.conv_3_filters or 2 * self.conv_2_filters
+        return self.conv_1_filters, self.conv_2_filters, third
 
     def check(self, key: str) -> None:
+        if self.conv_3_filters is not None:
+            _at_least(key, "conv_3_filters", self.conv_3_filters, 1)
+        _at_least(key, "whiten_bias_epochs", self.whiten_bias_epochs, 0)
+        if self.tta_level not in (0, 1, 2):
+            raise ConfigError(f"{key}.tta_level: must be 0, 1 or 2, got {self.tta_level}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"{key}.momentum: must be in [0, 1), got {self.momentum}")
+        _positive(key, "bias_lr_scale", self.bias_lr_scale)
+        for name in ("lr_start", "lr_end"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{key}.{name}: must be in [0, 1], got {getattr(self, name)}")
         for name in (
             "conv_1_filters",
             "conv_2_filters",
@@ -173,8 +200,7 @@ class FloatRange:
 
 @dataclass(frozen=True)
 class OptimizerChoice:
-    """Optimizer names to choose from (HyperParameters.Choice); sgd and nesterov use
-    momentum 0.9."""
+    """Optimizer names to choose from (HyperParameters.Choice)."""
 
     values: list[str]
 
@@ -196,8 +222,11 @@ class SearchSpace:
 
     conv_1_filters: IntRange | None
     conv_2_filters: IntRange | None
+    conv_3_filters: IntRange | None
     dense_units: IntRange | None
     learning_rate: FloatRange | None
+    weight_decay: FloatRange | None
+    label_smoothing: FloatRange | None
     optimizer: OptimizerChoice | None
 
     def check(self, key: str) -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
-from cifar10_mlops.augment import augment_batch
+from cifar10_mlops.augment import augment_batch, random_crop_flip
 from cifar10_mlops.config import AugmentConfig, TrainConfig
-from cifar10_mlops.model import NUM_CLASSES, build_model, fit_whitening
+from cifar10_mlops.model import NUM_CLASSES, build_model, dirac_init, fit_whitening
 
 
 def step_schedule(cfg: TrainConfig):
@@ -41,6 +42,50 @@ def cosine_schedule(cfg: TrainConfig, steps_per_epoch: int):
     )
 
 
+def triangle_schedule(cfg: TrainConfig, steps_per_epoch: int):
+    """airbench's schedule, per step: linear from lr_start x learning_rate up to learning_rate
+    at `warmup_epochs`, then linear down to lr_end x learning_rate at the last step."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = min(max(1, round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
+    return Triangle(cfg.learning_rate, cfg.lr_start, cfg.lr_end, warmup, total)
+
+
+class Triangle(keras.optimizers.schedules.LearningRateSchedule):
+    """Piecewise-linear learning rate: start -> peak over `warmup` steps -> end at `total`."""
+
+    def __init__(self, peak: float, start: float, end: float, warmup: int, total: int):
+        self.peak, self.start, self.end, self.warmup, self.total = peak, start, end, warmup, total
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        rising = self.start + (1 - self.start) * step / max(1, self.warmup)
+        falling = 1 + (self.end - 1) * (step - self.warmup) / max(1, self.total - self.warmup)
+        factor = keras.ops.where(step < self.warmup, rising, keras.ops.maximum(falling, self.end))
+        return self.peak * factor
+
+    def get_config(self):
+        return {
+            "peak": self.peak, "start": self.start, "end": self.end,
+            "warmup": self.warmup, "total": self.total,
+        }  # fmt: skip
+
+
+def scheduled_rate(cfg: TrainConfig, steps_per_epoch: int):
+    """The per-step schedule (cosine, triangle) over cfg.epochs, or None for the per-epoch
+    step schedule, which a LearningRateScheduler callback applies."""
+    if cfg.lr_schedule == "cosine":
+        return cosine_schedule(cfg, steps_per_epoch)
+    if cfg.lr_schedule == "triangle":
+        return triangle_schedule(cfg, steps_per_epoch)
+    return None
+
+
+def steps_per_epoch(images: int, batch_size: int) -> int:
+    """Training steps per epoch: whole batches only (the last partial batch is dropped, as
+    airbench does), at least one."""
+    return max(1, images // batch_size)
+
+
 def make_dataset(
     x: np.ndarray,
     y: np.ndarray,
@@ -49,18 +94,40 @@ def make_dataset(
     seed: int,
     augment: AugmentConfig | None = None,
 ) -> tf.data.Dataset:
-    """Batches of uint8 images and one-hot labels (for label smoothing); shuffled and
-    augmented on the fly when `augment` is given."""
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    if augment is not None:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    """Batches of uint8 images and one-hot labels (for label smoothing).
 
-    def transform(images, labels):
-        if augment is not None:
-            images = augment_batch(images, augment)
-        return images, tf.one_hot(tf.cast(labels, tf.int32), NUM_CLASSES)
+    With `augment` (training) the dataset is endless, epoch after epoch, each epoch a fresh
+    seeded shuffle cut into `steps_per_epoch` whole batches; give `fit` that many steps per
+    epoch. With `augment.alternating_flip`, half the images (a seeded draw, made once) are
+    mirrored on even epochs and the other half on odd ones, so every image is seen mirrored on
+    exactly every other epoch. Without `augment`: one pass in order, the last batch partial.
+    """
+    labels = tf.one_hot(tf.cast(y, tf.int32), NUM_CLASSES)
+    if augment is None:
+        ds = tf.data.Dataset.from_tensor_slices((x, labels)).batch(batch_size)
+        return ds.prefetch(tf.data.AUTOTUNE)
+    images = tf.constant(x)
+    n, steps = len(x), steps_per_epoch(len(x), batch_size)
+    alternate = augment.horizontal_flip and augment.alternating_flip and not augment.warps
+    first_flip = tf.constant(np.random.default_rng(seed).random(n) < 0.5)
 
+    def epoch(e):
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64), e])
+        )
+        batches = tf.data.Dataset.from_tensor_slices(order[: steps * batch_size])
+        return batches.batch(batch_size).map(lambda idx: (idx, e))
+
+    def transform(idx, e):
+        batch = tf.gather(images, idx)
+        if alternate:
+            flip = tf.not_equal(tf.gather(first_flip, idx), tf.equal(e % 2, 1))
+            batch = random_crop_flip(batch, crop=augment.crop, flip=flip)
+        else:
+            batch = augment_batch(batch, augment)
+        return batch, tf.gather(labels, idx)
+
+    ds = tf.data.Dataset.counter().flat_map(epoch)
     return ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
@@ -77,43 +144,171 @@ def current_learning_rate(model: keras.Model) -> float:
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
-def make_optimizer(name: str, learning_rate, weight_decay: float) -> keras.optimizers.Optimizer:
-    decay = weight_decay or None
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate, weight_decay=decay)
-    if name in ("sgd", "nesterov"):
-        return keras.optimizers.SGD(
-            learning_rate, momentum=0.9, nesterov=name == "nesterov", weight_decay=decay
+class AirbenchSGD(keras.optimizers.SGD):
+    """SGD with Nesterov momentum in airbench94's parametrisation (PyTorch's SGD underneath).
+
+    - `learning_rate` (a number or schedule) and `weight_decay` are per 1024 examples and
+      independent of momentum: the Keras step size on the batch-mean loss is learning_rate x
+      batch_size/1024 x (1 - momentum)/(2 - momentum), so changing momentum or the batch size
+      needs no retuning.
+    - Weight decay is L2 added to the gradient, so it goes through the momentum (PyTorch's
+      SGD and airbench, not Keras' decoupled `weight_decay`), with a strength that follows the
+      schedule: weight_decay/peak_learning_rate x the current step size, per step.
+    - Every BatchNorm bias (a variable named `beta`) trains at `bias_lr_scale` x the rate;
+      its decay is not scaled.
+    """
+
+    def __init__(
+        self,
+        learning_rate,
+        *,
+        momentum: float,
+        weight_decay: float,
+        peak_learning_rate: float,
+        batch_size: int,
+        bias_lr_scale: float = 1.0,
+        **kwargs,
+    ):
+        super().__init__(learning_rate, momentum=momentum, nesterov=True, **kwargs)
+        self.coupled_weight_decay = weight_decay
+        self.peak_learning_rate = peak_learning_rate
+        self.batch_size = batch_size
+        self.bias_lr_scale = bias_lr_scale
+        self.step_gain = batch_size / 1024 * (1 - momentum) / (2 - momentum)
+        self._biases: set[int] = set()
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._biases = {i for i, v in enumerate(variables) if v.name == "beta"}
+
+    def update_step(self, gradient, variable, learning_rate):
+        gradient = ops.cast(gradient, variable.dtype)
+        if self._get_variable_index(variable) in self._biases:
+            gradient = gradient * self.bias_lr_scale
+        l2 = self.coupled_weight_decay / self.peak_learning_rate
+        if l2:
+            gradient = gradient + ops.cast(l2, variable.dtype) * variable
+        super().update_step(gradient, variable, learning_rate * self.step_gain)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["nesterov"]
+        config.update(
+            weight_decay=self.coupled_weight_decay,
+            peak_learning_rate=self.peak_learning_rate,
+            batch_size=self.batch_size,
+            bias_lr_scale=self.bias_lr_scale,
         )
-    raise ValueError(f"unknown optimizer {name!r}")
+        return config
 
 
-def compile_model(
-    cfg: TrainConfig,
-    images: np.ndarray | None = None,
-    *,
-    learning_rate=None,
-    portable: bool = False,
-) -> keras.Model:
-    """The network and optimizer `cfg` describes; the tuner's hypermodel builds through here.
+class Lookahead(keras.callbacks.Callback):
+    """airbench's lookahead: every `every` steps a running average of all the float weights
+    (BatchNorm statistics included) moves toward them, `avg = decay*avg + (1-decay)*w`, and the
+    weights jump to it; training ends on the average. The decay grows as 0.95**every x
+    (step/total_steps)**3: no averaging at first, a long memory at the end."""
 
-    `images` (training images) fit the `fast` network's whitening layer. `learning_rate` (a
-    number or schedule) replaces cfg's constant one. `portable` builds with Keras' own
-    BatchNormalization instead of the fused one: the form a saved model is loaded in."""
+    def __init__(self, total_steps: int, every: int = 5):
+        super().__init__()
+        self.total_steps, self.every = total_steps, every
+
+    def on_train_begin(self, logs=None):
+        self.step = 0
+        weights = [w for w in self.model.weights if "float" in str(w.dtype)]
+        self.pairs = [(tf.Variable(w.value, trainable=False), w) for w in weights]
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step += 1
+        if self.step % self.every == 0:
+            fraction = min(1.0, self.step / self.total_steps)
+            self.pull(0.95**self.every * fraction**3)
+
+    def on_train_end(self, logs=None):
+        self.pull(1.0)
+
+    def pull(self, decay: float) -> None:
+        for average, weight in self.pairs:
+            average.assign(decay * average + (1 - decay) * weight.value)
+            weight.assign(average)
+
+
+class FreezeWhiteningBias(keras.callbacks.Callback):
+    """Train the `fast` network's whitening bias for the first `epochs` epochs only (airbench:
+    3), then freeze it. Keras fixes the trained variables when it builds the train step, so
+    the step is rebuilt once, at the freeze."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        bias = self.model.get_layer("whiten").bias
+        if epoch >= self.epochs and bias.trainable:
+            bias.trainable = False
+            self.model.make_train_function(force=True)
+
+
+def training_callbacks(cfg: TrainConfig, total_steps: int | None) -> list[keras.callbacks.Callback]:
+    """The callbacks `cfg`'s recipe trains with (the lookahead needs the run's `total_steps`)."""
+    callbacks = []
+    if cfg.architecture == "fast":
+        callbacks.append(FreezeWhiteningBias(cfg.whiten_bias_epochs))
+    if cfg.lookahead and total_steps:
+        callbacks.append(Lookahead(total_steps))
+    return callbacks
+
+
+def make_optimizer(cfg: TrainConfig, learning_rate=None) -> keras.optimizers.Optimizer:
+    """`cfg`'s optimizer; `learning_rate` (a number or schedule) replaces the constant one."""
+    rate = learning_rate or cfg.learning_rate
+    decay = cfg.weight_decay or None
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(rate, weight_decay=decay)
+    if cfg.optimizer in ("sgd", "nesterov"):
+        return keras.optimizers.SGD(
+            rate, momentum=cfg.momentum, nesterov=cfg.optimizer == "nesterov", weight_decay=decay
+        )
+    if cfg.optimizer == "airbench":
+        return AirbenchSGD(
+            rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+            peak_learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
+            bias_lr_scale=cfg.bias_lr_scale,
+        )  # fmt: skip
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def build_network(cfg: TrainConfig, images: np.ndarray | None = None, *, portable: bool = False):
+    """The uncompiled network `cfg` describes, initialised as its recipe says: `images`
+    (training images) fit the `fast` network's whitening layer. `portable` builds with Keras'
+    own BatchNormalization instead of the fused one: the form a saved model is loaded in."""
+    c1, c2, c3 = cfg.widths
     model = build_model(
         cfg.architecture,
-        conv_1_filters=cfg.conv_1_filters,
-        conv_2_filters=cfg.conv_2_filters,
+        conv_1_filters=c1,
+        conv_2_filters=c2,
+        conv_3_filters=c3,
         dense_units=cfg.dense_units,
         dropout=cfg.dropout,
         fused_batch_norm=not portable,
     )
-    if cfg.architecture == "fast" and images is not None:
-        fit_whitening(model, images)
+    if cfg.architecture == "fast":
+        if cfg.dirac_init:
+            dirac_init(model)
+        if images is not None:
+            fit_whitening(model, images)
+    return model
+
+
+def compile_model(
+    cfg: TrainConfig, images: np.ndarray | None = None, *, learning_rate=None
+) -> keras.Model:
+    """The network and optimizer `cfg` describes; the tuner's hypermodel builds through here.
+    `learning_rate` (a number or schedule) replaces cfg's constant one."""
+    model = build_network(cfg, images)
     model.compile(
-        optimizer=make_optimizer(
-            cfg.optimizer, learning_rate or cfg.learning_rate, cfg.weight_decay
-        ),
+        optimizer=make_optimizer(cfg, learning_rate),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
     )

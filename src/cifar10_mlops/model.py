@@ -22,9 +22,15 @@ NUM_CLASSES = 10
 # scored 10 % on validation, which made short Hyperband trials a coin toss. 0.9 (PyTorch's
 # default) tracks within a few dozen steps.
 BN_MOMENTUM = 0.9
-# `fast` (after airbench): 2x2 patches whitened by 12 eigenvectors and their negatives, and a
-# logit temperature that keeps the untrained network's softmax flat.
+# `fast` (airbench94, KellerJordan/cifar10-airbench legacy/airbench94.py): inputs standardised
+# with the CIFAR-10 channel statistics, 2x2 patches whitened by 12 eigenvectors and their
+# negatives (eps in standardised units), a logit temperature that keeps the untrained
+# network's softmax flat.
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
 WHITEN_PATCH, WHITEN_EPS, LOGIT_SCALE = 2, 5e-4, 1 / 9
+# PyTorch's default weight init (kaiming_uniform with a = sqrt(5)): uniform in +-1/sqrt(fan_in).
+TORCH_INIT = keras.initializers.VarianceScaling(1 / 3, mode="fan_in", distribution="uniform")
 
 
 class FusedBatchNormalization(layers.BatchNormalization):
@@ -56,6 +62,7 @@ def build_model(
     *,
     conv_1_filters: int = 32,
     conv_2_filters: int = 64,
+    conv_3_filters: int | None = None,
     dense_units: int = 64,
     dropout: float = 0.0,
     num_classes: int = NUM_CLASSES,
@@ -63,25 +70,31 @@ def build_model(
 ) -> keras.Model:
     """Build an uncompiled CNN that maps uint8 images to class probabilities.
 
+    Every architecture ends in a `logits` layer and a softmax named `probs` (test-time
+    augmentation averages the logits).
+
     - ``baseline`` is the study's §3.3 network: conv(c1)-pool, conv(c2)-pool, conv(c2),
       dense(units), each followed by BatchNormalization and ReLU; ``dropout`` > 0 adds
       dropout before the classifier. With the defaults it is the study's model exactly.
     - ``deeper`` is the study's §4.3 "increased depth + dropout" variant: three VGG-style
-      blocks of two same-padded convolutions (c1, c2, 2*c2 filters), each block closed by
+      blocks of two same-padded convolutions (c1, c2, c3 filters), each block closed by
       max-pooling and dropout, then dense(units) with dropout.
-    - ``fast`` is a Keras port of airbench's network (KellerJordan/cifar10-airbench): a frozen
-      2x2 patch-whitening convolution (set by `fit_whitening`), three blocks of
-      conv-pool-BN-GELU, conv-BN-GELU (c1, c2, 2*c2 filters), global max-pooling and a linear
-      classifier with a temperature; no hidden dense layer, so ``dense_units`` is unused.
+    - ``fast`` is airbench94's network: standardised pixels, a 2x2 patch-whitening
+      convolution (kernel frozen, set by `fit_whitening`; bias trained, see
+      train.whiten_bias_epochs), three blocks of conv-pool-BN-GELU, conv-BN-GELU (c1, c2, c3
+      filters), global max-pooling and a linear classifier with a temperature; PyTorch's
+      default init (call `dirac_init` for airbench's identity init); no hidden dense layer,
+      so ``dense_units`` is unused.
 
-    ``fused_batch_norm`` trains with FusedBatchNormalization (faster; see `portable_copy`).
+    ``conv_3_filters`` None means twice ``conv_2_filters``. ``fused_batch_norm`` trains with
+    FusedBatchNormalization (faster; see `portable_copy`).
     """
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {ARCHITECTURES}")
     norm = FusedBatchNormalization if fused_batch_norm else layers.BatchNormalization
     inputs = keras.Input(shape=INPUT_SHAPE, dtype="uint8", name="image")
     x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
-    widths = (conv_1_filters, conv_2_filters, 2 * conv_2_filters)
+    widths = (conv_1_filters, conv_2_filters, conv_3_filters or 2 * conv_2_filters)
     if architecture == "fast":
         return _fast(x, inputs, widths, dropout, num_classes, norm)
     if architecture == "baseline":
@@ -103,7 +116,8 @@ def build_model(
     x = layers.Activation("relu")(x)
     if dropout > 0:
         x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probs")(x)
+    x = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name=f"cifar10_{architecture}")
 
 
@@ -115,61 +129,110 @@ def _conv_bn_relu(x, filters: int, padding: str, norm):
 
 
 def _fast(x, inputs, widths, dropout: float, num_classes: int, norm) -> keras.Model:
-    # airbench's BatchNorm: no learned scale (GELU follows) and fast-moving statistics.
+    # airbench's BatchNorm: no learned scale (GELU follows), fast-moving statistics
+    # (PyTorch momentum 0.4 is Keras' 0.6). Its eps is 1e-12; TensorFlow's fused kernel
+    # needs at least 1e-5, which changes nothing at these variances.
     def bn(h):
         return norm(momentum=0.6, epsilon=1e-5, scale=False)(h)
 
+    def conv(h, filters):
+        return layers.Conv2D(
+            filters, 3, padding="same", use_bias=False, kernel_initializer=TORCH_INIT
+        )(h)
+
+    x = layers.Normalization(
+        mean=list(CIFAR_MEAN), variance=[s**2 for s in CIFAR_STD], name="standardise"
+    )(x)
     channels = 2 * WHITEN_PATCH**2 * INPUT_SHAPE[-1]
-    x = layers.Conv2D(channels, WHITEN_PATCH, trainable=False, name="whiten")(x)
-    x = layers.Activation("gelu")(x)
+    whiten = layers.Conv2D(channels, WHITEN_PATCH, name="whiten")
+    x = layers.Activation("gelu")(whiten(x))
+    whiten.kernel.trainable = False  # set by fit_whitening; the bias trains
     for filters in widths:
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = layers.MaxPooling2D(2)(x)
+        x = layers.MaxPooling2D(2)(conv(x, filters))
         x = layers.Activation("gelu")(bn(x))
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
-        x = layers.Activation("gelu")(bn(x))
+        x = layers.Activation("gelu")(bn(conv(x, filters)))
     x = layers.GlobalMaxPooling2D()(x)
     if dropout > 0:
         x = layers.Dropout(dropout)(x)
-    x = layers.Dense(num_classes, use_bias=False, name="logits")(x)
-    x = layers.Rescaling(LOGIT_SCALE, name="temperature")(x)
+    x = layers.Dense(num_classes, use_bias=False, kernel_initializer=TORCH_INIT, name="dense")(x)
+    x = layers.Rescaling(LOGIT_SCALE, name="logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name="cifar10_fast")
 
 
-def fit_whitening(model: keras.Model, images: np.ndarray, *, sample: int = 5000) -> None:
-    """Set a `fast` model's frozen first layer to whiten 2x2 patches of `images` (uint8).
+def dirac_init(model: keras.Model) -> None:
+    """airbench's init: each 3x3 convolution's first `in_channels` filters become the
+    identity (a 1 at the kernel's centre from input channel i to output channel i), so a
+    fresh block passes its input through on those channels."""
+    for layer in model.layers:
+        if isinstance(layer, layers.Conv2D) and layer.kernel.shape[:2] == (3, 3):
+            kernel = keras.ops.convert_to_numpy(layer.kernel).copy()
+            n = min(kernel.shape[2], kernel.shape[3])
+            kernel[..., :n] = 0
+            kernel[1, 1, np.arange(n), np.arange(n)] = 1
+            layer.kernel.assign(kernel)
 
-    The filters are the patch covariance's eigenvectors scaled by 1/sqrt(eigenvalue) and their
-    negatives, and the bias centres the patches, so the layer's outputs are decorrelated with
-    unit variance on the training distribution. Takes the first `sample` images.
+
+def fit_whitening(model: keras.Model, images: np.ndarray, *, sample: int = 5000) -> None:
+    """Set a `fast` model's whitening kernel from the 2x2 patches of `images` (uint8).
+
+    As airbench: the patches of the standardised images, their (uncentred) covariance's
+    eigenvectors scaled by 1/sqrt(eigenvalue + eps) and their negatives; the bias starts at
+    zero. The layer's outputs are decorrelated with unit variance on the training
+    distribution. Takes the first `sample` images.
     """
     layer = model.get_layer("whiten")
-    pixels = images[:sample].astype(np.float32) / 255
+    pixels = (images[:sample].astype(np.float32) / 255 - CIFAR_MEAN) / CIFAR_STD
     windows = np.lib.stride_tricks.sliding_window_view(pixels, (2, 2), axis=(1, 2))
     # (n, 31, 31, channels, kh, kw) -> rows laid out like a Conv2D kernel: (kh, kw, channels)
     patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, WHITEN_PATCH**2 * pixels.shape[-1])
-    mean = patches.mean(axis=0)
-    eigenvalues, eigenvectors = np.linalg.eigh(np.cov(patches - mean, rowvar=False))
-    filters = eigenvectors / np.sqrt(eigenvalues + WHITEN_EPS)
+    patches = patches.astype(np.float64)
+    eigenvalues, eigenvectors = np.linalg.eigh(patches.T @ patches / len(patches))
+    filters = eigenvectors[:, ::-1] / np.sqrt(eigenvalues[::-1] + WHITEN_EPS)
     filters = np.concatenate([filters, -filters], axis=1)
     kernel = filters.reshape(WHITEN_PATCH, WHITEN_PATCH, pixels.shape[-1], -1)
-    layer.set_weights([kernel.astype(np.float32), (-mean @ filters).astype(np.float32)])
+    layer.set_weights([kernel.astype(np.float32), np.zeros(kernel.shape[-1], np.float32)])
 
 
-def with_flip_averaging(model: keras.Model) -> keras.Model:
-    """`model` predicting the mean of an image's and its mirror image's probabilities (flip
-    test-time augmentation), from stock layers only, so it loads without this package."""
+def with_tta(model: keras.Model, level: int) -> keras.Model:
+    """`model` predicting from the mean of the logits of several views of each image
+    (airbench's test-time augmentation), from stock layers only, so it loads without this
+    package. Level 1: the image and its mirror image. Level 2: half that, plus a quarter each
+    for the two 1-pixel diagonal translations (reflected at the border) and their mirrors:
+    6 views. Level 0 returns `model`."""
+    if level == 0:
+        return model
+    logits = keras.Model(model.inputs, model.get_layer("logits").output, name=model.name)
     inputs = keras.Input(shape=INPUT_SHAPE, dtype="uint8", name="image")
-    # A horizontal flip as a fixed matrix: bring the width axis last, reverse it, put it back.
-    width = INPUT_SHAPE[1]
     x = layers.Rescaling(1.0, name="to_float")(inputs)
-    x = layers.Permute((1, 3, 2))(x)
-    mirror = layers.Dense(width, use_bias=False, trainable=False, name="mirror")
-    x = mirror(x)
-    mirror.set_weights([np.eye(width, dtype=np.float32)[::-1]])
-    x = layers.Permute((1, 3, 2))(x)
-    outputs = layers.Average(dtype="float32", name="probs")([model(inputs), model(x)])
+    width = INPUT_SHAPE[1]
+
+    def along(axis_last, h, matrix, name):
+        # Multiply the width (or height) axis by a fixed 0/1 matrix: exact for pixel values.
+        h = layers.Permute(axis_last)(h)
+        dense = layers.Dense(width, use_bias=False, trainable=False, name=name)
+        h = dense(h)
+        dense.set_weights([matrix.astype(np.float32)])
+        return layers.Permute(axis_last)(h)
+
+    mirror = np.eye(width)[::-1]
+    views = [x, along((1, 3, 2), x, mirror, "mirror")]
+    weights = [0.5, 0.5]
+    if level == 2:
+        for offset, name in ((-1, "up_left"), (1, "down_right")):
+            # out[j] = in[j + offset], reflecting at the border (airbench's padded crops)
+            source = np.clip(np.arange(width) + offset, 0, width - 1)
+            source[source == np.arange(width)] -= offset  # the border pixel's reflection
+            shift = np.zeros((width, width))
+            shift[source, np.arange(width)] = 1
+            moved = along((3, 2, 1), along((1, 3, 2), x, shift, f"{name}_x"), shift, f"{name}_y")
+            views += [moved, along((1, 3, 2), moved, mirror, f"{name}_mirror")]
+        weights = [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
+    scaled = [
+        layers.Rescaling(w, name=f"view_{i}")(logits(view))
+        for i, (w, view) in enumerate(zip(weights, views, strict=True))
+    ]
+    outputs = layers.Activation("softmax", dtype="float32", name="probs")(layers.Add()(scaled))
     return keras.Model(inputs, outputs, name=f"{model.name}_tta")
 
 

@@ -29,13 +29,16 @@ from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.files import replacing, write_json
 from cifar10_mlops.fit import (
     LearningRateLog,
+    build_network,
     compile_model,
-    cosine_schedule,
     current_learning_rate,
     make_dataset,
+    scheduled_rate,
     step_schedule,
+    steps_per_epoch,
+    training_callbacks,
 )
-from cifar10_mlops.model import with_flip_averaging
+from cifar10_mlops.model import with_tta
 from cifar10_mlops.splits import load_manifest, load_split
 from cifar10_mlops.stage import run_stage, seed_everything, stage_parser
 
@@ -65,9 +68,9 @@ def train(
     """Fit a fresh model under `strategy` (default: the current one); returns it (best
     validation weights when early stopping is on) and one dict of HISTORY_KEYS per epoch.
     `cfg.batch_size` is the global batch, split between the strategy's replicas."""
-    steps_per_epoch = -(-len(train_split[1]) // cfg.batch_size)
-    if cfg.lr_schedule == "cosine":
-        learning_rate = cosine_schedule(cfg, steps_per_epoch)
+    steps = steps_per_epoch(len(train_split[1]), cfg.batch_size)
+    learning_rate = scheduled_rate(cfg, steps)
+    if learning_rate is not None:
         callbacks = [LearningRateLog(), *callbacks]
     else:
         learning_rate = cfg.learning_rate
@@ -75,7 +78,7 @@ def train(
     with (strategy or tf.distribute.get_strategy()).scope():
         model = compile_model(cfg, train_split[0], learning_rate=learning_rate)
     model.summary(print_fn=lambda line, **_: print(line))
-    callbacks = list(callbacks)
+    callbacks = [*training_callbacks(cfg, cfg.epochs * steps), *callbacks]
     if cfg.early_stopping_patience is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(
@@ -89,6 +92,7 @@ def train(
         make_dataset(*train_split, cfg.batch_size, seed=seed, augment=cfg.augment),
         validation_data=make_dataset(*val_split, cfg.val_batch_size, seed=seed),
         epochs=cfg.epochs,
+        steps_per_epoch=steps,
         callbacks=callbacks,
         shuffle=False,  # the tf.data pipeline shuffles; Keras cannot shuffle a Dataset
         verbose=1 if sys.stdout.isatty() else 2,
@@ -134,14 +138,15 @@ def write_history(history: list[dict], path: Path) -> None:
 def portable_copy(model: keras.Model, cfg: TrainConfig) -> keras.Model:
     """The trained network as it is saved: Keras' own layers (no fused BatchNormalization),
     float32 compute (weights are float32 under mixed precision already, so nothing is
-    rounded), and flip averaging when `cfg.flip_averaging`. It loads and runs the same on any
-    CPU or GPU, without this package."""
+    rounded), test-time augmentation at `cfg.tta_level`, and no optimizer (nothing to
+    deserialise but stock layers). It loads and runs the same on any CPU or GPU, without
+    this package."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
     try:
-        copy = compile_model(cfg, portable=True)
+        copy = build_network(cfg, portable=True)
         copy.set_weights(model.get_weights())
-        return with_flip_averaging(copy) if cfg.flip_averaging else copy
+        return with_tta(copy, cfg.tta_level)
     finally:
         keras.config.set_dtype_policy(previous)
 

@@ -142,7 +142,7 @@ def make_tuner(
     )
     log.total, log.epochs = oracle.plan()
     return TrackedHyperband(
-        CnnHyperModel(train, tune.space, images),
+        CnnHyperModel(train, tune.space, images, tune.max_epochs),
         oracle,
         log=log,
         directory=str(directory),

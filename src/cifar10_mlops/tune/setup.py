@@ -11,7 +11,7 @@ import numpy as np
 
 from cifar10_mlops import devices
 from cifar10_mlops.config import Params
-from cifar10_mlops.fit import make_dataset
+from cifar10_mlops.fit import make_dataset, steps_per_epoch, training_callbacks
 from cifar10_mlops.splits import load_split
 from cifar10_mlops.stage import seed_everything
 from cifar10_mlops.tune.records import SearchLog
@@ -45,7 +45,8 @@ def prepare_search(params: Params, data: Path) -> Search:
     seed_everything(seed)
     x_train, y_train = subset_per_class(*load_split(data, "train"), tune.train_per_class, seed)
     val = load_split(data, "val")
-    callbacks = []
+    # The whitening-bias freeze; not the lookahead, whose length a Hyperband trial lacks.
+    callbacks = training_callbacks(train, None)
     if tune.early_stopping_patience is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(
@@ -56,6 +57,7 @@ def prepare_search(params: Params, data: Path) -> Search:
         "x": make_dataset(x_train, y_train, train.batch_size, seed=seed, augment=train.augment),
         "validation_data": make_dataset(*val, train.val_batch_size, seed=seed),
         "epochs": tune.max_epochs,
+        "steps_per_epoch": steps_per_epoch(len(y_train), train.batch_size),
         "callbacks": callbacks,
         "shuffle": False,  # the tf.data pipeline shuffles
         "verbose": 1 if sys.stdout.isatty() else 2,

@@ -20,14 +20,15 @@ from cifar10_mlops.config import (
     SearchSpace,
     TrainConfig,
 )
-from cifar10_mlops.fit import compile_model
+from cifar10_mlops.fit import compile_model, scheduled_rate, steps_per_epoch
 from cifar10_mlops.model import build_model, forward_mflops
 
 # The `train` keys a search depends on besides the searched ones (TUNABLE): the network, its
 # input pipeline and its loss. dvc.yaml's `tune` stage lists exactly these (a test checks).
 TRAIN_KEYS = (
-    "architecture", "dropout", "batch_size", "val_batch_size", "augment", "weight_decay",
-    "label_smoothing", "precision",
+    "architecture", "dropout", "batch_size", "val_batch_size", "augment", "precision",
+    "lr_schedule", "warmup_epochs", "lr_start", "lr_end", "lr_drop_every", "lr_drop_factor",
+    "lr_min", "momentum", "bias_lr_scale", "dirac_init", "whiten_bias_epochs",
 )  # fmt: skip
 
 
@@ -67,24 +68,30 @@ def in_space(value, spec) -> bool:
 
 
 class CnnHyperModel(kt.HyperModel):
-    """`train`'s network and optimizer with the searched entries taken from the trial."""
+    """`train`'s network and optimizer with the searched entries taken from the trial; a
+    per-step schedule (cosine, triangle) runs over the search's `max_epochs`, so a trial that
+    Hyperband stops early has seen the start of the schedule only."""
 
-    def __init__(self, train_cfg: TrainConfig, space: SearchSpace, images):
+    def __init__(self, train_cfg: TrainConfig, space: SearchSpace, images, max_epochs: int):
         super().__init__(name="cifar10_cnn")
         self.train_cfg = train_cfg
         self.space = space
         self.images = images  # training images, for the `fast` network's whitening layer
+        self.max_epochs = max_epochs
 
     def build(self, hp):
-        return compile_model(replace(self.train_cfg, **declare(hp, self.space)), self.images)
+        cfg = replace(self.train_cfg, **declare(hp, self.space), epochs=self.max_epochs)
+        steps = steps_per_epoch(len(self.images), cfg.batch_size)
+        return compile_model(cfg, self.images, learning_rate=scheduled_rate(cfg, steps))
 
 
 @cache
-def _mflops(architecture: str, conv_1: int, conv_2: int, dense: int, dropout: float) -> float:
+def _mflops(architecture: str, widths: tuple[int, int, int], dense: int, dropout: float) -> float:
     model = build_model(
         architecture,
-        conv_1_filters=conv_1,
-        conv_2_filters=conv_2,
+        conv_1_filters=widths[0],
+        conv_2_filters=widths[1],
+        conv_3_filters=widths[2],
         dense_units=dense,
         dropout=dropout,
     )
@@ -94,9 +101,7 @@ def _mflops(architecture: str, conv_1: int, conv_2: int, dense: int, dropout: fl
 def mflops(cfg: TrainConfig, values: dict) -> float:
     """Forward MFLOPs per image of `cfg`'s network with a trial's values."""
     cfg = replace(cfg, **{k: v for k, v in values.items() if k not in TUNER_KEYS})
-    return _mflops(
-        cfg.architecture, cfg.conv_1_filters, cfg.conv_2_filters, cfg.dense_units, cfg.dropout
-    )
+    return _mflops(cfg.architecture, cfg.widths, cfg.dense_units, cfg.dropout)
 
 
 def fmt(value) -> str:
