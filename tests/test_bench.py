@@ -39,3 +39,18 @@ def test_benchmark_measures_throughput_and_tracking_side_by_side(tmp_path, param
     assert tracking["seconds_with"] > 0 and tracking["seconds_without"] > 0
     # The MLflow store it timed against is a throwaway one, removed afterwards.
     assert not any(p.name.startswith("bench-mlflow-") for p in tmp_path.iterdir())
+
+
+def test_benchmark_refuses_a_bad_train_value_in_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--only", "time_to_accuracy",
+         "--set", "epochs=0", "--out", str(tmp_path / "bench.json")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith("error: --set: train.epochs: must be >= 1, got 0")
+    )
+    assert not (tmp_path / "bench.json").exists()
