@@ -166,3 +166,28 @@ def test_triangle_schedule_rises_to_the_peak_then_falls_to_the_end_fraction():
     schedule = Triangle(10.0, 0.2, 0.07, warmup=10, total=100)
     rates = [float(schedule(step)) for step in (0, 5, 10, 55, 100)]
     assert rates == pytest.approx([2.0, 6.0, 10.0, 10 * (1 - 0.93 / 2), 0.7], rel=1e-5)
+
+
+def test_the_whitening_bias_trains_for_its_epochs_then_stays_frozen():
+    cfg = replace(
+        load_params(REPO / "params.yaml").train,
+        conv_1_filters=8, conv_2_filters=8, conv_3_filters=8, batch_size=32, epochs=3,
+        whiten_bias_epochs=1, lookahead=False,
+    )  # fmt: skip
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (128, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 128)
+    model = fit.compile_model(cfg, x)
+    bias = model.get_layer("whiten").bias
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(bias.numpy().copy())
+
+    model.fit(
+        make_dataset(x, y, 32, seed=0, augment=cfg.augment), epochs=3, steps_per_epoch=4,
+        callbacks=[*fit.training_callbacks(cfg, None), Record()], verbose=0,
+    )  # fmt: skip
+    assert np.abs(seen[0]).max() > 0  # trained in epoch 1 (it starts at zero)
+    np.testing.assert_array_equal(seen[1], seen[0])  # frozen from epoch 2 on
+    np.testing.assert_array_equal(seen[2], seen[0])
