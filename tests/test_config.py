@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -84,4 +85,69 @@ def test_stage_exits_with_one_line_error_before_any_work(tmp_path, run_module):
     assert result.stderr.strip().splitlines() == [
         f"error: {path}: train.epochs: must be >= 1, got -1"
     ]
+    assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"download.timeout": float("inf")}, "download.timeout: must be a finite number, got inf"),
+        ({"train.warmup_epochs": float("inf")}, "train.warmup_epochs: must be a finite number"),
+        ({"train.learning_rate": float("nan")}, "train.learning_rate: must be a finite number"),
+        ({"train.learning_rate": float("-inf")}, "train.learning_rate: must be a finite number"),
+        ({"seed": 2**32}, "seed: must be <= 4294967295, got 4294967296"),
+        ({"tune.seed": 2**40}, "tune.seed: must be <= 4294967295"),
+        ({"download.timeout": 1e9}, "download.timeout: must be <= 3600.0"),
+        ({"download.deadline": 0}, "download.deadline: must be > 0"),
+        ({"train.batch_size": 10**7}, "train.batch_size: must be <= 65536"),
+        ({"train.conv_1_filters": 100_000}, "train.conv_1_filters: must be <= 4096"),
+        ({"train.epochs": 10**6}, "train.epochs: must be <= 10000"),
+        ({"evaluate.batch_size": 10**6}, "evaluate.batch_size: must be <= 65536"),
+        ({"tune.max_epochs": 10**6}, "tune.max_epochs: must be <= 10000"),
+    ],
+)
+def test_values_the_code_cannot_run_are_refused(tmp_path, override, message):
+    """Each of these ended in a traceback, a NaN model or an exhausted machine."""
+    path = write(tmp_path, tiny_params(**override))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_params(path)
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    text = yaml.safe_dump(tiny_params(), sort_keys=False)
+    text = text.replace("  epochs: ", "  epochs: 3\n  epochs: ", 1)
+    path.write_text(text)
+    line = text.splitlines().index("  epochs: 3") + 2
+    with pytest.raises(ConfigError) as err:
+        load_params(path)
+    assert str(err.value) == f"{path}: key 'epochs' given twice (line {line})"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("seed: 4294967296\n", "seed: must be <= 4294967295"),
+        ("  timeout: .inf\n", "download.timeout: must be a finite number, got inf"),
+        ("seed: 1\n", "key 'seed' given twice"),
+    ],
+)
+def test_stages_refuse_them_in_one_line(tmp_path, run_module, text, message):
+    path = tmp_path / "params.yaml"
+    base = yaml.safe_dump(tiny_params(), sort_keys=False)
+    if text.startswith("  timeout"):
+        base = "\n".join(
+            text.rstrip() if x.startswith("  timeout:") else x for x in base.splitlines()
+        )
+    elif "twice" in message:
+        base += text
+    else:
+        base = "\n".join(text.rstrip() if x.startswith("seed:") else x for x in base.splitlines())
+    path.write_text(base + "\n")
+    result = run_module(
+        "cifar10_mlops.download", "--params", str(path), "--out", str(tmp_path / "raw")
+    )
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {path}: ") and message in line, line
     assert not (tmp_path / "raw").exists()

@@ -5,6 +5,7 @@ import os
 import pickle
 import tarfile
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -272,3 +273,176 @@ def test_numpy_1_pickles_like_the_official_release_load(tmp_path):
     path = tmp_path / "data_batch_1"
     path.write_bytes(data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
     np.testing.assert_array_equal(safe_unpickle(path)[b"data"], array)
+
+
+# --- limits: archive bombs are refused while streaming, before their bytes are written ---
+
+
+def zeros_tar(path: Path, sizes: dict[str, int]) -> Path:
+    """A tar.gz of members full of zeros (a few KB compressed per 100 MB)."""
+
+    class Zeros(io.RawIOBase):
+        def __init__(self, size):
+            self.left = size
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            n = min(len(buffer), self.left)
+            buffer[:n] = bytes(n)
+            self.left -= n
+            return n
+
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for name, size in sizes.items():
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BufferedReader(Zeros(size)))
+    return path
+
+
+def tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def test_member_over_the_size_limit_is_refused_before_it_is_written(tmp_path):
+    from cifar10_mlops.dataset import MAX_MEMBER_BYTES
+
+    archive = zeros_tar(tmp_path / "bomb.tar.gz", {"cifar10/big.bin": MAX_MEMBER_BYTES + 1})
+    assert archive.stat().st_size < 1 << 20  # a small archive
+    target = tmp_path / "x"
+    with pytest.raises(PipelineError) as err:
+        extract(archive, target)
+    assert str(err.value) == (
+        f"bomb.tar.gz: member 'cifar10/big.bin' unpacks to {MAX_MEMBER_BYTES + 1:,} bytes, "
+        f"over the limit of {MAX_MEMBER_BYTES:,} per member"
+    )
+    assert not target.exists() or tree_bytes(target) == 0
+
+
+def test_archive_over_the_total_limit_stops_at_the_member_that_crosses_it(tmp_path, monkeypatch):
+    from cifar10_mlops import dataset
+
+    monkeypatch.setattr(dataset, "MAX_TOTAL_BYTES", 3 << 20)
+    names = {f"cifar10/{i}.bin": 1 << 20 for i in range(6)}
+    archive = zeros_tar(tmp_path / "many.tar.gz", names)
+    target = tmp_path / "x"
+    with pytest.raises(PipelineError, match=r"unpacks to more than 3,145,728 bytes \(the limit\), "
+                       r"refused at 'cifar10/3.bin'"):  # fmt: skip
+        extract(archive, target)
+    assert tree_bytes(target) <= 3 << 20
+
+
+@pytest.mark.parametrize("kind", ["tar", "zip"])
+def test_too_many_members_are_refused_while_reading_them(tmp_path, monkeypatch, kind):
+    from cifar10_mlops import dataset
+
+    monkeypatch.setattr(dataset, "MAX_MEMBERS", 50)
+    archive = tmp_path / f"many.{kind}"
+    if kind == "tar":
+        with tarfile.open(archive, "w") as tar:
+            for i in range(200):
+                add_bytes(tar, f"cifar10/{i}.png", b"x")
+    else:
+        with zipfile.ZipFile(archive, "w") as zf:
+            for i in range(200):
+                zf.writestr(f"cifar10/{i}.png", b"x")
+    target = tmp_path / "x"
+    with pytest.raises(PipelineError, match=r"more than 50 members .*refused at 'cifar10/50.png'"):
+        extract(archive, target)
+    assert len(list(target.rglob("*.png"))) <= 50
+
+
+def test_zip_member_over_the_size_limit_is_refused(tmp_path, monkeypatch):
+    from cifar10_mlops import dataset
+
+    monkeypatch.setattr(dataset, "MAX_MEMBER_BYTES", 1000)
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("cifar10/big.bin", bytes(100_000))
+    with pytest.raises(PipelineError, match="member 'cifar10/big.bin' unpacks to 100,000 bytes"):
+        run(archive, tmp_path / "raw")
+    assert_nothing_written(tmp_path / "raw")
+
+
+def test_download_cli_refuses_a_bomb_in_one_line(tmp_path, params_file, run_module):
+    from cifar10_mlops.dataset import MAX_MEMBER_BYTES
+
+    archive = zeros_tar(tmp_path / "bomb.tar.gz", {"c/big.bin": 2 * MAX_MEMBER_BYTES})
+    out = tmp_path / "raw"
+    result = run_module(
+        "cifar10_mlops.download", "--params", str(params_file()), "--out", str(out),
+        env={"CIFAR10_SOURCE": str(archive)},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: bomb.tar.gz: member 'c/big.bin' unpacks to")
+    )
+    assert_nothing_written(out)
+
+
+# --- the download's overall deadline ---
+
+
+class DripHandler(http.server.BaseHTTPRequestHandler):
+    """Promises 10 MB and sends a byte every 0.1 s: never idle long enough for `timeout`."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(10_000_000))
+        self.end_headers()
+        try:
+            for _ in range(600):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.1)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_download_that_never_finishes_stops_at_its_deadline(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), DripHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/cifar-10-python.tar.gz"
+    out = tmp_path / "raw"
+    began = time.monotonic()
+    try:
+        with pytest.raises(PipelineError, match=r"not finished within download.deadline = 2 s"):
+            download(url, None, out, retries=3, timeout=1, deadline=2)
+    finally:
+        server.shutdown()
+    assert time.monotonic() - began < 4
+    assert_nothing_written(out)
+
+
+# --- scratch folders of killed processes are removed by the next run ---
+
+
+def test_scratch_left_by_a_killed_process_is_removed_by_the_next_run(python_archive, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "raw"
+    code = (
+        "import sys, time; from pathlib import Path; from cifar10_mlops.files import scratch\n"
+        f"with scratch(Path({str(tmp_path)!r}), '.raw') as tmp:\n"
+        "    (tmp / 'half.tar.gz').write_bytes(bytes(1000)); print(tmp, flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    left = Path(proc.stdout.readline().strip())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert left.is_dir() and left.name.startswith(f".raw-{proc.pid}-")  # what kill -9 leaves
+    alive = tmp_path / f".raw-{os.getppid()}-keep"  # a running process's: kept
+    alive.mkdir()
+    run(python_archive, out)
+    assert not left.exists() and alive.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".raw")) == [alive.name]

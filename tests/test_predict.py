@@ -157,3 +157,69 @@ def test_no_store_is_a_clear_message_and_creates_none(tmp_path, monkeypatch):
         )
     )
     assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.fixture
+def messy_folder(tmp_path) -> Path:
+    """What a real folder holds besides images: links (broken, looping, to another folder),
+    a fifo and a file that is not an image."""
+    import os
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    save(folder / "a.png")
+    save(folder / "sub" / "b.png", seed=1)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    save(other / "c.png", seed=2)
+    (folder / "gone.png").symlink_to(tmp_path / "deleted.png")  # broken
+    (folder / "sub" / "loop").symlink_to("..")  # back to photos/
+    (folder / "more").symlink_to(other)  # followed once
+    os.mkfifo(folder / "pipe.png")  # reading it would block forever
+    (folder / "bad.jpg").write_text("not a picture")
+    return folder
+
+
+def test_links_and_special_files_in_a_folder_are_warnings_not_tracebacks(messy_folder):
+    result = subprocess.run(
+        [sys.executable, "-m", "cifar10_mlops.cli", "request", str(messy_folder)],
+        capture_output=True, text=True, timeout=60, cwd=messy_folder.parent,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    *warnings, error = result.stderr.strip().splitlines()
+    assert error == (
+        f"error: {messy_folder}/bad.jpg: not an image that can be read (cannot identify image "
+        f"file '{messy_folder}/bad.jpg') (--skip-bad skips such files)"
+    )
+    assert sorted(w.split(": ", 2)[2] for w in warnings) == [
+        "skipped, a broken link",
+        f"skipped, a link to a folder already read ({messy_folder})",
+        "skipped, not a regular file",
+    ]
+
+
+def test_skip_bad_leaves_out_what_cannot_be_read(messy_folder):
+    result = subprocess.run(
+        [sys.executable, "-m", "cifar10_mlops.cli", "request", str(messy_folder), "--skip-bad"],
+        capture_output=True, text=True, timeout=60, cwd=messy_folder.parent,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert len(body["inputs"]) == 3  # a.png, more/c.png, sub/b.png
+    assert f"warning: skipped {messy_folder}/bad.jpg: not an image" in result.stderr
+
+
+def test_skip_bad_with_nothing_readable_is_an_error(tmp_path):
+    (tmp_path / "x.png").write_text("no")
+    result = cli("request", "x.png", "--skip-bad", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: none of the 1 files is an image that can be read"
+    )
+
+
+def test_a_broken_link_named_on_the_command_line(tmp_path):
+    (tmp_path / "x.png").symlink_to(tmp_path / "nowhere.png")
+    result = cli("request", "x.png", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: x.png: broken link to {tmp_path}/nowhere.png"

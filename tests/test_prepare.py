@@ -127,3 +127,46 @@ def test_prepare_without_download(tmp_path, params_file, run_module):
     result = prepare_cli(run_module, params_file(), tmp_path / "missing", tmp_path)
     assert result.returncode == 1
     assert "manifest.json not found: run the download stage first" in result.stderr
+
+
+def black_png(width: int, height: int) -> bytes:
+    """A real width x height black RGB PNG, compressed row by row (never held whole)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    packer, row, idat = zlib.compressobj(9), bytes(1 + 3 * width), []
+    for _ in range(height):
+        idat.append(packer.compress(row))
+    idat.append(packer.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(idat))
+        + chunk(b"IEND", b"")
+    )  # fmt: skip
+
+
+def test_image_declaring_a_huge_size_is_refused_before_decoding(tmp_path):
+    """A 240 KB file of 9000 x 9000 pixels: 243 MB once decoded."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "bomb.png"
+    path.write_bytes(black_png(9000, 9000))
+    assert path.stat().st_size < 1 << 20
+    code = (
+        "import resource, sys; from pathlib import Path\n"
+        "from cifar10_mlops.dataset import decode_image\n"
+        "from cifar10_mlops.errors import PipelineError\n"
+        f"try: decode_image(Path({str(path)!r}))\n"
+        "except PipelineError as exc: print(exc)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    message, peak_mb = result.stdout.strip().splitlines()
+    assert message == f"wrong-sized image {path}: expected 32x32 RGB, got (9000, 9000) RGB"
+    assert int(peak_mb) < 200, f"peak memory {peak_mb} MB"

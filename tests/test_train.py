@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -76,6 +77,27 @@ def test_interrupted_training_ends_its_run_killed(in_project, prepared, params_f
     [run] = mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
     assert run.info.status == "KILLED"
     assert not (in_project / "models" / "model.keras").exists()
+
+
+def test_diverging_training_stops_at_once_saves_nothing_and_fails_its_run(
+    in_project, prepared, params_file, run_module
+):
+    """A learning rate far too high: the loss is NaN within the first steps."""
+    params = str(
+        params_file(**{"train.use_tuned": False, "train.epochs": 5, "train.learning_rate": 1e30})
+    )
+    result = run_module(
+        "cifar10_mlops.train", "--params", params, *stage_args("train"), cwd=in_project
+    )
+    assert result.returncode == 1
+    [line] = [x for x in result.stderr.strip().splitlines() if x.startswith("error:")]
+    assert re.match(r"error: training diverged: the loss is (nan|inf) at epoch 1, step ", line)
+    assert "Traceback" not in result.stderr and "Epoch 2/5" not in result.stdout
+    assert not (in_project / "models" / "model.keras").exists()
+    assert not (in_project / "models" / "run.json").exists()
+    mlflow.set_tracking_uri(f"sqlite:///{in_project}/mlruns/mlflow.db")
+    [run] = mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
+    assert run.info.status == "FAILED"
 
 
 def test_unreachable_tracking_server_fails_before_training(

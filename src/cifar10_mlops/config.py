@@ -11,6 +11,7 @@ the stage does any work.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -31,19 +32,31 @@ Schedule = Literal["step", "cosine", "triangle"]
 ARCHITECTURES: tuple[str, ...] = typing.get_args(Architecture)
 OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
 
+# Upper bounds: values above them cannot run (NumPy takes seeds below 2**32) or would exhaust
+# a machine's memory or time before doing anything useful. Far above any sensible setting.
+MAX_SEED = 2**32 - 1
+MAX_FILTERS = 4096  # conv filters per layer
+MAX_UNITS = 65536  # dense units (and a searched integer's max)
+MAX_BATCH = 65536  # images per step: the whole training split of CIFAR-10 is 50,000
+MAX_EPOCHS = 10_000
+MAX_TIMEOUT = 3600.0  # seconds one network read may wait
+MAX_DEADLINE = 7 * 24 * 3600.0  # seconds: a week
+
 
 @dataclass(frozen=True)
 class DownloadConfig:
     source: str  # URL or local path of the archive
     checksum: str | None  # "md5:<hex>" or "sha256:<hex>" of `source`
     retries: int
-    timeout: float
+    timeout: float  # seconds without data before an attempt fails
+    deadline: float  # seconds for the whole download, all attempts and back-offs included
 
     def check(self, key: str) -> None:
         if self.checksum is not None:
             check_checksum(self.checksum, f"{key}.checksum")
-        _at_least(key, "retries", self.retries, 1)
-        _positive(key, "timeout", self.timeout)
+        _between(key, "retries", self.retries, 1, 100)
+        _between(key, "timeout", self.timeout, 0, MAX_TIMEOUT, low_open=True)
+        _between(key, "deadline", self.deadline, 0, MAX_DEADLINE, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -128,8 +141,6 @@ class TrainConfig:
         return self.conv_1_filters, self.conv_2_filters, third
 
     def check(self, key: str) -> None:
-        if self.conv_3_filters is not None:
-            _at_least(key, "conv_3_filters", self.conv_3_filters, 1)
         _at_least(key, "whiten_bias_epochs", self.whiten_bias_epochs, 0)
         if self.tta_level not in (0, 1, 2):
             raise ConfigError(f"{key}.tta_level: must be 0, 1 or 2, got {self.tta_level}")
@@ -139,16 +150,14 @@ class TrainConfig:
         for name in ("lr_start", "lr_end"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{key}.{name}: must be in [0, 1], got {getattr(self, name)}")
-        for name in (
-            "conv_1_filters",
-            "conv_2_filters",
-            "dense_units",
-            "batch_size",
-            "val_batch_size",
-            "epochs",
-            "lr_drop_every",
-        ):
-            _at_least(key, name, getattr(self, name), 1)
+        for name in ("conv_1_filters", "conv_2_filters", "conv_3_filters"):
+            if getattr(self, name) is not None:
+                _between(key, name, getattr(self, name), 1, MAX_FILTERS)
+        _between(key, "dense_units", self.dense_units, 1, MAX_UNITS)
+        for name in ("batch_size", "val_batch_size"):
+            _between(key, name, getattr(self, name), 1, MAX_BATCH)
+        _between(key, "epochs", self.epochs, 1, MAX_EPOCHS)
+        _at_least(key, "lr_drop_every", self.lr_drop_every, 1)
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"{key}.dropout: must be in [0, 1), got {self.dropout}")
         _positive(key, "learning_rate", self.learning_rate)
@@ -158,8 +167,7 @@ class TrainConfig:
             raise ConfigError(f"{key}.lr_min: must be in [0, learning_rate], got {self.lr_min}")
         if self.early_stopping_patience is not None:
             _at_least(key, "early_stopping_patience", self.early_stopping_patience, 1)
-        if not self.warmup_epochs >= 0:
-            raise ConfigError(f"{key}.warmup_epochs: must be >= 0, got {self.warmup_epochs}")
+        _between(key, "warmup_epochs", self.warmup_epochs, 0, MAX_EPOCHS)
         if not 0 <= self.weight_decay < 1:
             raise ConfigError(f"{key}.weight_decay: must be in [0, 1), got {self.weight_decay}")
         if not 0 <= self.label_smoothing < 1:
@@ -179,6 +187,7 @@ class IntRange:
     def check(self, key: str) -> None:
         _range(key, self.min, self.max)
         _at_least(key, "min", self.min, 1)
+        _between(key, "max", self.max, 1, MAX_UNITS)
         if not 1 <= self.step <= self.max - self.min:
             raise ConfigError(
                 f"{key}.step: must be in [1, max - min = {self.max - self.min}], got {self.step}"
@@ -254,18 +263,18 @@ class TuneConfig:
     worker_timeout: float  # seconds a distributed worker may go silent before losing its trial
 
     def check(self, key: str) -> None:
-        _at_least(key, "max_epochs", self.max_epochs, 1)
-        _at_least(key, "factor", self.factor, 2)
-        _at_least(key, "hyperband_iterations", self.hyperband_iterations, 1)
+        _between(key, "max_epochs", self.max_epochs, 1, MAX_EPOCHS)
+        _between(key, "factor", self.factor, 2, 100)
+        _between(key, "hyperband_iterations", self.hyperband_iterations, 1, 100)
         if self.early_stopping_patience is not None:
             _at_least(key, "early_stopping_patience", self.early_stopping_patience, 1)
         if self.seed is not None:
-            _at_least(key, "seed", self.seed, 0)
+            _between(key, "seed", self.seed, 0, MAX_SEED)
         if self.train_per_class is not None:
             _at_least(key, "train_per_class", self.train_per_class, 1)
         if self.max_mflops is not None:
             _positive(key, "max_mflops", self.max_mflops)
-        _positive(key, "worker_timeout", self.worker_timeout)
+        _between(key, "worker_timeout", self.worker_timeout, 0, MAX_DEADLINE, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -273,7 +282,7 @@ class EvaluateConfig:
     batch_size: int
 
     def check(self, key: str) -> None:
-        _at_least(key, "batch_size", self.batch_size, 1)
+        _between(key, "batch_size", self.batch_size, 1, MAX_BATCH)
 
 
 @dataclass(frozen=True)
@@ -327,7 +336,7 @@ class Params:
     mlflow: MlflowConfig
 
     def check(self, key: str) -> None:
-        _at_least(key, "seed", self.seed, 0)
+        _between(key, "seed", self.seed, 0, MAX_SEED)
         if self.train.architecture == "fast" and self.tune.space.dense_units is not None:
             raise ConfigError(
                 "tune.space.dense_units: the fast architecture has no hidden dense layer; "
@@ -347,15 +356,34 @@ def _is_hex(text: str) -> bool:
     return all(c in "0123456789abcdefABCDEF" for c in text)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last
+    one silently; DVC refuses the file)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                mark = key_node.start_mark
+                raise ConfigError(f"key {key!r} given twice (line {mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Read, type-check and range-check a params file."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
     try:
         return _build(Params, raw, "")
     except ConfigError as exc:
@@ -425,7 +453,13 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return value
     # bool is an int subclass in Python; a YAML `true` must not pass for a number.
     if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: must be a finite number, got {value}")
         return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        if value > MAX_SEED:  # a backstop: integers also have their own ranges
+            raise ConfigError(f"{key}: must be <= {MAX_SEED}, got {value}")
+        return value
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
@@ -438,6 +472,17 @@ def _join(prefix: str, name: str) -> str:
 def _at_least(section: str, name: str, value: int, low: int) -> None:
     if value < low:
         raise ConfigError(f"{_join(section, name)}: must be >= {low}, got {value}")
+
+
+def _between(
+    section: str, name: str, value: float, low: float, high: float, *, low_open: bool = False
+) -> None:
+    """`value` in [low, high] ((low, high] with low_open), or a ConfigError naming the key."""
+    where = _join(section, name)
+    if value < low or (low_open and value == low):
+        raise ConfigError(f"{where}: must be {'>' if low_open else '>='} {low}, got {value}")
+    if value > high:
+        raise ConfigError(f"{where}: must be <= {high}, got {value}")
 
 
 def _range(key: str, low: float, high: float) -> None:

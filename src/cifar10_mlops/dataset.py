@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import codecs
-import io
 import pickle
 import posixpath
 import tarfile
@@ -31,6 +30,13 @@ SPLITS = ("train", "test")
 IMAGE_SHAPE = (32, 32, 3)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 PYTHON_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+# What an archive may unpack to: CIFAR-10 as python batches is 8 files of at most 31 MB
+# (178 MB in all); as image files, 60,000 images of a few KB plus their folders. Room for any
+# reasonable copy (PNG, BMP), none for a bomb.
+MAX_MEMBERS = 70_000
+MAX_MEMBER_BYTES = 64 << 20  # 64 MiB
+MAX_TOTAL_BYTES = 1 << 30  # 1 GiB
 
 # The only globals a CIFAR-10 pickle may refer to: numpy's array reconstruction (under its
 # numpy 1 and numpy 2 module names) and the codec py3 uses for bytes in protocol-2 pickles.
@@ -64,27 +70,53 @@ def _check_member(name: str, link: str | None, link_target: str | None, is_speci
             )
 
 
+class Limits:
+    """Running totals of an extraction, refused as soon as one exceeds its limit: checked on
+    each member's declared size before anything of it is written."""
+
+    def __init__(self, archive: str):
+        self.archive, self.members, self.bytes = archive, 0, 0
+
+    def add(self, name: str, size: int) -> None:
+        self.members += 1
+        self.bytes += size
+        if self.members > MAX_MEMBERS:
+            raise PipelineError(
+                f"{self.archive}: more than {MAX_MEMBERS:,} members (the limit; CIFAR-10 has "
+                f"60,000 images), refused at {name!r}"
+            )
+        if size > MAX_MEMBER_BYTES:
+            raise PipelineError(
+                f"{self.archive}: member {name!r} unpacks to {size:,} bytes, over the limit of "
+                f"{MAX_MEMBER_BYTES:,} per member"
+            )
+        if self.bytes > MAX_TOTAL_BYTES:
+            raise PipelineError(
+                f"{self.archive}: unpacks to more than {MAX_TOTAL_BYTES:,} bytes (the limit), "
+                f"refused at {name!r}"
+            )
+
+
 def extract(archive: Path, target: Path) -> None:
-    """Extract a tar (any compression) or zip archive into `target`, refusing unsafe members."""
+    """Extract a tar (any compression) or zip archive into `target`, refusing unsafe members
+    and archives over the limits (MAX_MEMBERS, MAX_MEMBER_BYTES, MAX_TOTAL_BYTES)."""
+    limits = Limits(archive.name)
     try:
         if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                for info in zf.infolist():
-                    is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
-                    if is_link:
-                        raise PipelineError(
-                            f"unsafe archive member {info.filename!r}: symlink in zip"
-                        )
-                    _check_member(info.filename, None, None, False)
-                zf.extractall(target)
+            _extract_zip(archive, target, limits)
             return
         with tarfile.open(archive) as tf:
-            members = tf.getmembers()
-            for m in members:
-                link = "sym" if m.issym() else "hard" if m.islnk() else None
-                _check_member(m.name, link, m.linkname, m.isdev() or m.isfifo())
+            # Members are read lazily, one header at a time, and each is checked before it is
+            # extracted: an archive of a million members or a 10 GiB one stops at its limit.
+            def checked():
+                for m in tf:
+                    link = "sym" if m.issym() else "hard" if m.islnk() else None
+                    _check_member(m.name, link, m.linkname, m.isdev() or m.isfifo())
+                    limits.add(m.name, m.size if m.isreg() else 0)
+                    yield m
+
             # The 'data' filter enforces the same rules again inside tarfile itself.
-            bar = tqdm(members, desc="extract", unit="file", disable=None)  # no bar off a terminal
+            bar = tqdm(checked(), desc="extract", unit="file", disable=None)  # no bar off a tty
             tf.extractall(target, members=bar, filter="data")
     except (tarfile.ReadError, zipfile.BadZipFile):
         raise PipelineError(f"{archive.name}: not a tar or zip archive") from None
@@ -92,6 +124,19 @@ def extract(archive: Path, target: Path) -> None:
         if isinstance(exc, tarfile.FilterError):
             raise PipelineError(f"unsafe archive member: {exc}") from None
         raise PipelineError(f"{archive.name}: truncated or corrupt archive ({exc})") from None
+
+
+def _extract_zip(archive: Path, target: Path, limits: Limits) -> None:
+    """A zip's directory lists every member's size up front; zipfile stops reading a member
+    at its declared size (a CRC error if the data says otherwise), so checking the
+    directory bounds what is written."""
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise PipelineError(f"unsafe archive member {info.filename!r}: symlink in zip")
+            _check_member(info.filename, None, None, False)
+            limits.add(info.filename, info.file_size)
+        zf.extractall(target)
 
 
 @dataclass(frozen=True)
@@ -185,16 +230,19 @@ def list_image_split(layout: Layout, split: str) -> dict[str, list[Path]]:
 def decode_image(path: Path) -> np.ndarray:
     """Decode one 32x32 RGB image file, or fail naming the file."""
     try:
-        with Image.open(io.BytesIO(path.read_bytes())) as img:
+        with Image.open(path) as img:
+            # The header's size and mode, checked before the pixels are decoded: a small file
+            # may declare a huge image.
+            if img.mode != "RGB" or img.size != IMAGE_SHAPE[1::-1]:
+                raise PipelineError(
+                    f"wrong-sized image {path}: expected 32x32 RGB, got {img.size} {img.mode}"
+                )
             img.load()
             array = np.asarray(img)
-            mode = img.mode
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as exc:
         raise PipelineError(f"corrupt image {path}: {exc}") from None
-    if mode != "RGB" or array.shape != IMAGE_SHAPE:
-        raise PipelineError(
-            f"wrong-sized image {path}: expected 32x32 RGB, got {array.shape[1::-1]} {mode}"
-        )
+    if array.shape != IMAGE_SHAPE:
+        raise PipelineError(f"wrong-sized image {path}: expected 32x32x3, got {array.shape}")
     return array
 
 

@@ -1,6 +1,6 @@
 """Stage `download`: fetch the CIFAR-10 archive, verify it, check that it extracts safely.
 
-Reads  params.yaml `download` (source, checksum, retries, timeout); the environment variable
+Reads  params.yaml `download` (source, checksum, retries, timeout, deadline); the variable
        CIFAR10_SOURCE (a path or URL) overrides `source`, with CIFAR10_CHECKSUM for its digest.
 Writes data/raw/: the archive itself and manifest.json (source, file name, format, checksums,
        image counts per split and class). Nothing is written there unless every check passes.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +22,7 @@ from tqdm import tqdm
 from cifar10_mlops import dataset
 from cifar10_mlops.config import check_checksum, load_params
 from cifar10_mlops.errors import PipelineError
-from cifar10_mlops.files import file_digests, write_json
+from cifar10_mlops.files import file_digests, scratch, write_json
 from cifar10_mlops.stage import run_stage, stage_parser
 
 SOURCE_ENV = "CIFAR10_SOURCE"
@@ -42,17 +41,25 @@ def resolve_source(source: str, checksum: str | None) -> tuple[str, str | None]:
     return source, checksum
 
 
-def fetch(source: str, dest_dir: Path, *, retries: int, timeout: float) -> Path:
-    """Return a local path for `source`: a local file as is, a URL downloaded into dest_dir."""
+class DeadlineExceeded(PipelineError):
+    """The download as a whole took longer than `download.deadline`."""
+
+
+def fetch(
+    source: str, dest_dir: Path, *, retries: int, timeout: float, deadline: float = 1800.0
+) -> Path:
+    """Return a local path for `source`: a local file as is, a URL downloaded into dest_dir
+    within `deadline` seconds in all (each read waits at most `timeout`)."""
     if "://" not in source or source.startswith("file://"):
         path = Path(source.removeprefix("file://")).expanduser()
         if not path.is_file():
             raise PipelineError(f"source not found: {path}")
         return path
     dest = dest_dir / (PurePosixPath(source.split("?")[0]).name or "archive")
+    end = time.monotonic() + deadline
     for attempt in range(1, retries + 1):
         try:
-            _download(source, dest, timeout)
+            _download(source, dest, min(timeout, max(end - time.monotonic(), 0.1)), end)
             return dest
         except urllib.error.HTTPError as exc:
             if exc.code < 500 and exc.code != 429:
@@ -62,8 +69,12 @@ def fetch(source: str, dest_dir: Path, *, retries: int, timeout: float) -> Path:
             reason = f"HTTP {exc.code}"
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             reason = str(getattr(exc, "reason", exc))
+            if time.monotonic() >= end:
+                raise _deadline(source, deadline, reason) from None
         if attempt < retries:
             delay = min(2 ** (attempt - 1), 30)
+            if time.monotonic() + delay >= end:
+                raise _deadline(source, deadline, reason)
             print(
                 f"download failed ({reason}); retry {attempt}/{retries - 1} in {delay}s", flush=True
             )
@@ -71,14 +82,25 @@ def fetch(source: str, dest_dir: Path, *, retries: int, timeout: float) -> Path:
     raise PipelineError(f"cannot download {source}: {reason} (after {retries} attempts)")
 
 
-def _download(url: str, dest: Path, timeout: float) -> None:
+def _deadline(source: str, deadline: float, reason: str) -> DeadlineExceeded:
+    return DeadlineExceeded(
+        f"cannot download {source}: not finished within download.deadline = {deadline:g} s "
+        f"({reason})"
+    )
+
+
+def _download(url: str, dest: Path, timeout: float, end: float) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "cifar10-mlops"})
     with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
-            while chunk := response.read(_CHUNK):
+            # read1: what has arrived, at most one wait of `timeout`; read() would wait for a
+            # whole chunk, so a server dripping a byte at a time could hold it forever.
+            while chunk := response.read1(_CHUNK):
                 out.write(chunk)
                 bar.update(len(chunk))
+                if time.monotonic() > end:
+                    raise TimeoutError(f"{out.tell()} bytes received when the deadline passed")
         if total is not None and out.tell() != total:
             raise ConnectionError(f"connection closed after {out.tell()} of {total} bytes")
 
@@ -113,14 +135,18 @@ def count_images(layout: dataset.Layout) -> dict[str, dict[str, int]]:
 
 
 def download(
-    source: str, checksum: str | None, out_dir: Path, *, retries: int, timeout: float
+    source: str,
+    checksum: str | None,
+    out_dir: Path,
+    *,
+    retries: int,
+    timeout: float,
+    deadline: float = 1800.0,
 ) -> dict:
     """Fetch and verify `source`, check its extraction and layout, and keep the archive and
     its manifest in `out_dir`, replacing it only on success."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
-        tmp = Path(tmp)
-        archive = fetch(source, tmp, retries=retries, timeout=timeout)
+    with scratch(out_dir.parent, f".{out_dir.name}") as tmp:
+        archive = fetch(source, tmp, retries=retries, timeout=timeout, deadline=deadline)
         found = verify(archive, checksum)
         extracted = tmp / "extracted"
         dataset.extract(archive, extracted)
@@ -154,7 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_params(args.params).download
     source, checksum = resolve_source(cfg.source, cfg.checksum)
     print(f"source: {source}" + ("" if checksum else " (no checksum known: recording sha256 only)"))
-    manifest = download(source, checksum, args.out, retries=cfg.retries, timeout=cfg.timeout)
+    manifest = download(
+        source, checksum, args.out, retries=cfg.retries, timeout=cfg.timeout,
+        deadline=cfg.deadline,
+    )  # fmt: skip
     totals = {split: sum(c.values()) for split, c in manifest["counts"].items()}
     print(
         f"{manifest['format']} archive, sha256 {manifest['sha256'][:12]}…, "

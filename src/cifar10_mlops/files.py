@@ -1,8 +1,10 @@
-"""The file idioms every stage shares: write atomically, and digest a file.
+"""The file idioms every stage shares: write atomically, work in a scratch folder, digest a
+file.
 
 A stage's output is written to a temporary sibling and moved into place in one step, so a
 reader (the next stage, DVC, a person) never sees a half-written file, and a killed stage
-leaves the previous version or nothing.
+leaves the previous version or nothing. Scratch folders carry their process id, so whatever
+a killed process (kill -9, the OOM killer) left behind is removed by the next one.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +35,38 @@ def replacing(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def scratch(parent: Path, prefix: str) -> Iterator[Path]:
+    """A new folder `<parent>/<prefix>-<pid>-<random>`, removed on exit. On entry, the
+    `<prefix>-<pid>-*` folders of processes that no longer run are removed first."""
+    parent.mkdir(parents=True, exist_ok=True)
+    sweep(parent, prefix)
+    with tempfile.TemporaryDirectory(dir=parent, prefix=f"{prefix}-{os.getpid()}-") as tmp:
+        yield Path(tmp)
+
+
+def sweep(parent: Path, prefix: str) -> list[Path]:
+    """Remove the scratch folders under `parent` left by dead processes; returns them."""
+    pattern = re.compile(rf"{re.escape(prefix)}-(\d+)-")
+    removed = []
+    for entry in parent.iterdir():
+        found = pattern.match(entry.name)
+        if found and entry.is_dir() and not entry.is_symlink() and not _alive(int(found[1])):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def require_files(*paths: Path, hint: str) -> None:

@@ -7,6 +7,8 @@ that stage (see dvc.yaml).
 
 from __future__ import annotations
 
+import math
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -14,6 +16,7 @@ from keras import ops
 
 from cifar10_mlops.augment import augment_batch, random_crop_flip
 from cifar10_mlops.config import AugmentConfig, TrainConfig
+from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.model import NUM_CLASSES, build_model, dirac_init, fit_whitening
 
 
@@ -248,6 +251,28 @@ class FreezeWhiteningBias(keras.callbacks.Callback):
         if epoch >= self.epochs and bias.trainable:
             bias.trainable = False
             self.model.make_train_function(force=True)
+
+
+class Diverged(PipelineError):
+    """The training loss became NaN or infinite."""
+
+
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stop at the first step whose loss is not finite, by raising Diverged: unlike Keras'
+    TerminateOnNaN, which ends training normally and leaves a NaN model to be saved."""
+
+    epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise Diverged(
+                f"training diverged: the loss is {float(loss)} at epoch {self.epoch + 1}, step "
+                f"{batch + 1}; nothing was saved. Lower train.learning_rate or check the data"
+            )
 
 
 def training_callbacks(cfg: TrainConfig, total_steps: int | None) -> list[keras.callbacks.Callback]:

@@ -1,7 +1,10 @@
 """`cifar10-mlops predict`: classify image files with a model from the MLflow registry.
 
 Reads image files (png, jpg, bmp, gif, webp, tiff) or folders of them, any size: each image is
-cropped to its central square and resized to 32x32, as CIFAR-10's images are. The model is any
+cropped to its central square and resized to 32x32, as CIFAR-10's images are. Links are
+followed, each folder read once (a link back to a folder already read is skipped with a
+warning, as are broken links and what is not a regular file); an image that cannot be read
+stops the command, or is skipped with a warning under --skip-bad. The model is any
 MLflow model URI; by default `models:/<register.model_name>@champion` (params.yaml) from the
 store that MLFLOW_TRACKING_URI names, else the embedded mlruns/mlflow.db.
 Prints the class and probability of each image as a table, or everything as JSON.
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
@@ -39,23 +44,82 @@ MODES = {
 
 
 def collect(paths: list[Path]) -> list[Path]:
-    """The files named, and the image files (by suffix) under the folders named, sorted."""
+    """The files named, and the image files (by suffix) in and under the folders named,
+    sorted; links followed, each folder read once."""
     files = []
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in SUFFIXES)
+            found = _walk(path)
             if not found:
                 raise PipelineError(f"{path}: no image files ({', '.join(sorted(SUFFIXES))})")
             files.extend(found)
         elif path.is_file():
             files.append(path)
+        elif path.is_symlink():
+            raise PipelineError(f"{path}: broken link to {os.readlink(path)}")
+        elif path.exists():
+            raise PipelineError(f"{path}: not a regular file or folder")
         else:
             raise PipelineError(f"{path}: no such file or folder")
     return files
 
 
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _walk(root: Path) -> list[Path]:
+    """Image files under `root`, following links to folders once each (a loop ends there)."""
+    seen, found = set(), []
+
+    def unreadable(exc: OSError) -> None:
+        warn(f"{exc.filename}: skipped, cannot read the folder ({exc.strerror})")
+
+    for folder, dirs, names in os.walk(root, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            warn(f"{folder}: skipped, a link to a folder already read ({real})")
+            dirs.clear()
+            continue
+        seen.add(real)
+        for name in names:
+            path = Path(folder, name)
+            if path.suffix.lower() not in SUFFIXES:
+                continue
+            try:
+                mode = path.stat().st_mode
+            except OSError:
+                warn(f"{path}: skipped, a broken link")
+                continue
+            if not stat.S_ISREG(mode):  # a fifo would block the read forever
+                warn(f"{path}: skipped, not a regular file")
+                continue
+            found.append(path)
+    return sorted(found)
+
+
+def load_images(files: list[Path], convert: bool, skip_bad: bool) -> tuple[list[Path], np.ndarray]:
+    """All images, checked before any model loads; with `skip_bad`, the unreadable ones are
+    left out with a warning instead of stopping everything."""
+    kept, images = [], []
+    for path in files:
+        try:
+            images.append(load_image(path, convert))
+        except PipelineError as exc:
+            if not skip_bad:
+                raise PipelineError(f"{exc} (--skip-bad skips such files)") from None
+            warn(f"skipped {exc}")
+            continue
+        kept.append(path)
+    if not images:
+        raise PipelineError(f"none of the {len(files)} files is an image that can be read")
+    return kept, np.stack(images)
+
+
 def load_image(path: Path, convert: bool = False) -> np.ndarray:
     """One image as uint8 (32, 32, 3): central square crop, then a bicubic resize."""
+    if not path.is_file():  # a fifo or device would block the read
+        raise PipelineError(f"{path}: not a regular file")
     if path.stat().st_size == 0:
         raise PipelineError(f"{path}: empty file")
     try:
@@ -148,6 +212,10 @@ def _images_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument(
         "--convert", action="store_true", help="convert grayscale, RGBA, ... images to RGB"
     )
+    parser.add_argument(
+        "--skip-bad", action="store_true",
+        help="skip files that cannot be read as images, with a warning (default: stop)",
+    )  # fmt: skip
     return parser
 
 
@@ -159,8 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--format", choices=("table", "json"), default="table")
     args = parser.parse_args(argv)
-    files = collect(args.images)
-    images = np.stack([load_image(f, args.convert) for f in files])  # all checked first
+    files, images = load_images(collect(args.images), args.convert, args.skip_bad)
     uri = args.model or tracking.champion_uri(load_params(args.params).register.model_name)
     probs = classify(load_model(uri), images)
     print(as_json(files, probs, uri) if args.format == "json" else format_table(files, probs))
@@ -171,6 +238,6 @@ def request_main(argv: list[str] | None = None) -> None:
         "cifar10-mlops request", "Write images as a JSON request for `mlflow models serve`."
     )
     args = parser.parse_args(argv)
-    images = np.stack([load_image(f, args.convert) for f in collect(args.images)])
+    _, images = load_images(collect(args.images), args.convert, args.skip_bad)
     json.dump({"inputs": images.tolist()}, sys.stdout, separators=(",", ":"))
     sys.stdout.write("\n")

@@ -21,7 +21,7 @@ from sklearn.model_selection import train_test_split
 from cifar10_mlops import dataset
 from cifar10_mlops.config import PrepareConfig, load_params
 from cifar10_mlops.errors import PipelineError
-from cifar10_mlops.files import require_files, write_json
+from cifar10_mlops.files import require_files, scratch, write_json
 from cifar10_mlops.splits import Split, write_splits
 from cifar10_mlops.stage import run_stage, stage_parser
 
@@ -122,9 +122,11 @@ def decode(raw_dir: Path, manifest: dict) -> dict[str, Split]:
     archive = raw_dir / manifest["archive"]
     if not archive.is_file():
         raise PipelineError(f"{archive} not found: rerun the download stage")
-    with tempfile.TemporaryDirectory(prefix="cifar10-") as tmp:
-        dataset.extract(archive, Path(tmp))
-        layout = dataset.Layout(manifest["format"], Path(tmp) / manifest["root"])
+    # In the system's temporary folder, named by this stage and pid: the next run removes
+    # what a killed one left (data/raw may sit on a slower or smaller disk).
+    with scratch(Path(tempfile.gettempdir()), "cifar10-prepare") as tmp:
+        dataset.extract(archive, tmp)
+        layout = dataset.Layout(manifest["format"], tmp / manifest["root"])
         try:
             splits = {split: dataset.load_split(layout, split) for split in dataset.SPLITS}
         except PipelineError as exc:  # name a bad file by its place in the archive

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from cifar10_mlops.files import require_files, write_json
+from cifar10_mlops.files import require_files, scratch, write_json
 
 Split = tuple[np.ndarray, np.ndarray]
 
@@ -21,9 +20,8 @@ Split = tuple[np.ndarray, np.ndarray]
 def write_splits(splits: dict[str, Split], out_dir: Path, manifest: dict) -> None:
     """Write the .npz files and manifest.json into a temporary folder, then move it into
     place in one step: a reader never sees half of a prepared folder."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-") as tmp:
-        staged = Path(tmp) / "out"
+    with scratch(out_dir.parent, f".{out_dir.name}") as tmp:
+        staged = tmp / "out"
         staged.mkdir()
         for name, (x, y) in splits.items():
             np.savez(staged / f"{name}.npz", x=x, y=y)

@@ -29,6 +29,7 @@ from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.files import replacing, write_json
 from cifar10_mlops.fit import (
     LearningRateLog,
+    StopOnDivergence,
     build_network,
     compile_model,
     current_learning_rate,
@@ -78,7 +79,8 @@ def train(
     with (strategy or tf.distribute.get_strategy()).scope():
         model = compile_model(cfg, train_split[0], learning_rate=learning_rate)
     model.summary(print_fn=lambda line, **_: print(line))
-    callbacks = [*training_callbacks(cfg, cfg.epochs * steps), *callbacks]
+    # Divergence is checked first: no other callback sees a NaN step.
+    callbacks = [StopOnDivergence(), *training_callbacks(cfg, cfg.epochs * steps), *callbacks]
     if cfg.early_stopping_patience is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(
