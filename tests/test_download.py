@@ -446,3 +446,55 @@ def test_scratch_left_by_a_killed_process_is_removed_by_the_next_run(python_arch
     run(python_archive, out)
     assert not left.exists() and alive.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".raw")) == [alive.name]
+
+
+class EndlessHandler(http.server.BaseHTTPRequestHandler):
+    """An endless body, with or without a (huge) Content-Length."""
+
+    length = None
+
+    def do_GET(self):
+        self.send_response(200)
+        if self.length:
+            self.send_header("Content-Length", str(self.length))
+        self.end_headers()
+        try:
+            while True:
+                self.wfile.write(bytes(1 << 16))
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("length", [None, 10**12], ids=["no-length", "huge-length"])
+def test_a_source_larger_than_any_cifar10_archive_fills_no_disk(tmp_path, monkeypatch, length):
+    from cifar10_mlops import download as module
+
+    monkeypatch.setattr(module, "MAX_ARCHIVE_BYTES", 4 << 20)
+    monkeypatch.setattr(EndlessHandler, "length", length)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EndlessHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/cifar.tar.gz"
+    written = []
+    real = module._check_size
+    monkeypatch.setattr(module, "_check_size", lambda s, n: (written.append(n), real(s, n)))
+    try:
+        with pytest.raises(PipelineError, match=r"over the limit of 4,194,304 for an archive"):
+            download(url, None, tmp_path / "raw", retries=3, timeout=5, deadline=30)
+    finally:
+        server.shutdown()
+    assert max(written) <= (4 << 20) + (1 << 20) if length is None else written == [10**12]
+    assert_nothing_written(tmp_path / "raw")
+
+
+def test_a_local_source_over_the_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    from cifar10_mlops import download as module
+
+    monkeypatch.setattr(module, "MAX_ARCHIVE_BYTES", 1000)
+    big = tmp_path / "big.tar.gz"
+    big.write_bytes(bytes(1001))
+    with pytest.raises(PipelineError, match=r"big.tar.gz: 1,001 bytes or more, over the limit"):
+        run(big, tmp_path / "raw")

@@ -96,3 +96,48 @@ def test_evaluate_before_training_says_so(in_project, prepared, params_file, run
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "error: models/model.keras not found: run the train stage first"
+
+
+def write_model_run(in_project, model) -> None:
+    """models/ as train leaves them, for `model`, without a training run behind it."""
+    (in_project / "models").mkdir(exist_ok=True)
+    model.save(in_project / "models" / "model.keras")
+    (in_project / "models" / "run.json").write_text('{"run_id": "x", "experiment_id": "0"}')
+    history = in_project / "reports" / "train" / "history.csv"
+    history.parent.mkdir(parents=True, exist_ok=True)
+    history.write_text("epoch,loss,accuracy,val_loss,val_accuracy,learning_rate\n")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        ("nan", "predicts NaN or infinite values for 40 of 40 test images"),
+        ("shape", "predicts shape (40, 3) for 40 images, expected (40, 10)"),
+        ("garbage", "cannot load the model ("),
+    ],
+)
+def test_a_model_that_cannot_be_scored_is_one_line(
+    in_project, prepared, params_file, run_module, make, message
+):
+    import keras
+
+    if make == "garbage":
+        write_model_run(in_project, keras.Sequential([keras.Input((32, 32, 3))]))
+        (in_project / "models" / "model.keras").write_bytes(b"PK\x03\x04 not a model")
+    else:
+        units = 10 if make == "nan" else 3
+        model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(),
+                                  keras.layers.Dense(units)])  # fmt: skip
+        model.set_weights(
+            [np.full_like(w, np.nan if make == "nan" else 0) for w in model.get_weights()]
+        )
+        write_model_run(in_project, model)
+    result = run_module(
+        "cifar10_mlops.evaluate", "--params", str(params_file()), *stage_args("evaluate"),
+        cwd=in_project,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.strip().splitlines()[-1].startswith(f"error: models/model.keras: {message}")
+    )
+    assert not (in_project / "reports" / "metrics.json").exists()

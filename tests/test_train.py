@@ -159,3 +159,23 @@ def test_fast_network_saves_a_portable_model_that_averages_flips(
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "'Add'" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"learning_rate": "fast"}, "train.learning_rate: expected float, got str 'fast'"),
+        ({"learning_rate": -1}, "train.learning_rate: must be > 0, got -1"),
+        ({"conv_1_filters": 10**9}, "train.conv_1_filters: must be <= 4096"),
+    ],
+)
+def test_tuned_values_are_checked_like_params(tmp_path, values, message):
+    from cifar10_mlops.config import load_params
+    from cifar10_mlops.errors import PipelineError
+    from conftest import REPO
+
+    path = tmp_path / "best_hparams.json"
+    path.write_text(json.dumps({"hyperparameters": values}))
+    with pytest.raises(PipelineError) as err:
+        train.with_tuned(load_params(REPO / "params.yaml").train, path)
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value)

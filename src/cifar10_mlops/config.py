@@ -395,6 +395,13 @@ def params_from_dict(raw: dict) -> Params:
     return _build(Params, raw, "")
 
 
+def replace_checked(obj: Any, key: str, **values: Any) -> Any:
+    """dataclasses.replace, then the same type and range checks as params.yaml gets, with
+    `key` (e.g. "train") naming the section in errors."""
+    raw = {**dataclasses.asdict(obj), **values}
+    return _build(type(obj), raw, key)
+
+
 def flatten(params: Any, prefix: str = "") -> dict[str, Any]:
     """Dotted key -> value for a (nested) config dataclass, as MLflow params want them."""
     flat: dict[str, Any] = {}

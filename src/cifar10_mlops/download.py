@@ -28,6 +28,9 @@ from cifar10_mlops.stage import run_stage, stage_parser
 SOURCE_ENV = "CIFAR10_SOURCE"
 CHECKSUM_ENV = "CIFAR10_CHECKSUM"
 _CHUNK = 1 << 20
+# The archive itself: the official one is 163 MB, an image-folder copy less. A source over
+# this is refused before it is copied, or as soon as a download passes it (no disk fills).
+MAX_ARCHIVE_BYTES = 1 << 30  # 1 GiB
 
 
 def resolve_source(source: str, checksum: str | None) -> tuple[str, str | None]:
@@ -54,6 +57,7 @@ def fetch(
         path = Path(source.removeprefix("file://")).expanduser()
         if not path.is_file():
             raise PipelineError(f"source not found: {path}")
+        _check_size(source, path.stat().st_size)
         return path
     dest = dest_dir / (PurePosixPath(source.split("?")[0]).name or "archive")
     end = time.monotonic() + deadline
@@ -82,6 +86,14 @@ def fetch(
     raise PipelineError(f"cannot download {source}: {reason} (after {retries} attempts)")
 
 
+def _check_size(source: str, size: int) -> None:
+    if size > MAX_ARCHIVE_BYTES:
+        raise PipelineError(
+            f"{source}: {size:,} bytes or more, over the limit of {MAX_ARCHIVE_BYTES:,} for an "
+            "archive of CIFAR-10"
+        )
+
+
 def _deadline(source: str, deadline: float, reason: str) -> DeadlineExceeded:
     return DeadlineExceeded(
         f"cannot download {source}: not finished within download.deadline = {deadline:g} s "
@@ -93,12 +105,14 @@ def _download(url: str, dest: Path, timeout: float, end: float) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "cifar10-mlops"})
     with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
+        _check_size(url, total or 0)
         with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
             # read1: what has arrived, at most one wait of `timeout`; read() would wait for a
             # whole chunk, so a server dripping a byte at a time could hold it forever.
             while chunk := response.read1(_CHUNK):
                 out.write(chunk)
                 bar.update(len(chunk))
+                _check_size(url, out.tell())
                 if time.monotonic() > end:
                     raise TimeoutError(f"{out.tell()} bytes received when the deadline passed")
         if total is not None and out.tell() != total:

@@ -24,9 +24,25 @@ from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_
 from cifar10_mlops import tracking
 from cifar10_mlops.config import load_params
 from cifar10_mlops.dataset import CLASSES
+from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.files import replacing, require_files, write_json
 from cifar10_mlops.splits import load_split
 from cifar10_mlops.stage import run_stage, stage_parser
+
+
+def check_probabilities(probs: np.ndarray, images: int, model: Path) -> None:
+    """One row of ten finite class probabilities per test image, or a one-line error."""
+    if probs.shape != (images, len(CLASSES)):
+        raise PipelineError(
+            f"{model}: predicts shape {probs.shape} for {images} images, expected "
+            f"({images}, {len(CLASSES)}): not a CIFAR-10 classifier"
+        )
+    bad = int((~np.isfinite(probs)).any(axis=1).sum())
+    if bad:
+        raise PipelineError(
+            f"{model}: predicts NaN or infinite values for {bad} of {images} test images "
+            "(its training diverged?); retrain it"
+        )
 
 
 def score(y_true: np.ndarray, probs: np.ndarray) -> dict:
@@ -160,8 +176,13 @@ def main(argv: list[str] | None = None) -> None:
     import keras
 
     x, y = load_split(args.data, "test")
-    model = keras.models.load_model(args.model)
+    try:
+        model = keras.models.load_model(args.model)
+    except Exception as exc:  # Keras raises ValueError, OSError, KeyError, ... for a bad file
+        reason = " ".join(str(exc).split())[:200]
+        raise PipelineError(f"{args.model}: cannot load the model ({reason})") from None
     probs = model.predict(x, batch_size=cfg.batch_size, verbose=0)
+    check_probabilities(probs, len(y), args.model)
     metrics = score(y, probs)
 
     with replacing(args.plots / "predictions.csv") as tmp, open(tmp, "w", newline="") as fh:

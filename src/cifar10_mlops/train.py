@@ -24,8 +24,15 @@ import keras
 import tensorflow as tf
 
 from cifar10_mlops import devices, tracking
-from cifar10_mlops.config import TUNABLE, Params, TrainConfig, flatten, load_params
-from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.config import (
+    TUNABLE,
+    Params,
+    TrainConfig,
+    flatten,
+    load_params,
+    replace_checked,
+)
+from cifar10_mlops.errors import ConfigError, PipelineError
 from cifar10_mlops.files import replacing, write_json
 from cifar10_mlops.fit import (
     LearningRateLog,
@@ -127,7 +134,10 @@ def with_tuned(cfg: TrainConfig, path: Path) -> tuple[TrainConfig, dict | None]:
     unknown = sorted(set(values) - set(TUNABLE))
     if unknown:
         raise PipelineError(f"{path}: unknown hyperparameters {', '.join(unknown)}")
-    return replace(cfg, **values), tuned
+    try:  # checked as params.yaml is: the file may have been edited or come from elsewhere
+        return replace_checked(cfg, "train", **values), tuned
+    except ConfigError as exc:
+        raise PipelineError(f"{path}: {exc}") from None
 
 
 def write_history(history: list[dict], path: Path) -> None:
