@@ -104,10 +104,19 @@ def test_stage_exits_with_one_line_error_before_any_work(tmp_path, run_module):
         ({"train.epochs": 10**6}, "train.epochs: must be <= 10000"),
         ({"evaluate.batch_size": 10**6}, "evaluate.batch_size: must be <= 65536"),
         ({"tune.max_epochs": 10**6}, "tune.max_epochs: must be <= 10000"),
+        ({"retrain.cron": "0 25 * * *"}, "retrain.cron: hour '25' in '0 25 * * *' is not valid"),
+        ({"retrain.cron": "a b c d e"}, "retrain.cron: minute 'a' in 'a b c d e' is not valid"),
+        ({"retrain.cron": "*/0 * * * *"}, "retrain.cron: minute '*/0'"),
+        ({"retrain.timezone": "Mars/Olympus"}, "retrain.timezone: unknown time zone"),
+        ({"retrain.timezone": "../../etc/passwd"}, "retrain.timezone: unknown time zone"),
+        ({"register.model_name": "cnn@champion"}, "register.model_name: 'cnn@champion' is not"),
+        ({"register.model_name": "a/b"}, "register.model_name: 'a/b' is not a name"),
+        ({"retrain.deployment": "x y"}, "retrain.deployment: 'x y' is not a name"),
     ],
 )
 def test_values_the_code_cannot_run_are_refused(tmp_path, override, message):
-    """Each of these ended in a traceback, a NaN model or an exhausted machine."""
+    """Each of these ended in a traceback, a NaN model, an exhausted machine or a broken
+    URI (models:/<name>@champion)."""
     path = write(tmp_path, tiny_params(**override))
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_params(path)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
+import zoneinfo
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,8 +294,7 @@ class RegisterConfig:
     min_delta: float  # how much better than the champion a challenger must be
 
     def check(self, key: str) -> None:
-        if not self.model_name.strip():
-            raise ConfigError(f"{key}.model_name: must not be empty")
+        _name(key, "model_name", self.model_name)
         if not self.min_delta >= 0:
             raise ConfigError(f"{key}.min_delta: must be >= 0, got {self.min_delta}")
 
@@ -306,12 +307,15 @@ class RetrainConfig:
     force: bool
 
     def check(self, key: str) -> None:
-        if not self.deployment.strip():
-            raise ConfigError(f"{key}.deployment: must not be empty")
-        if len(self.cron.split()) != 5:
+        _name(key, "deployment", self.deployment)
+        check_cron(self.cron, f"{key}.cron")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ConfigError(
-                f"{key}.cron: expected 5 fields (minute hour day month weekday), got {self.cron!r}"
-            )
+                f"{key}.timezone: unknown time zone {self.timezone!r} (an IANA name such as "
+                "UTC or Europe/Paris)"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -342,6 +346,52 @@ class Params:
                 "tune.space.dense_units: the fast architecture has no hidden dense layer; "
                 "set it to null"
             )
+
+
+# A registered model's or a deployment's name appears in URIs (models:/<name>@champion) and
+# commands: letters, digits and . _ - only.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Standard cron: each of the 5 fields a list of *, N or N-N, optionally /step; names allowed
+# for months and weekdays.
+_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day", 1, 31), ("month", 1, 12),
+                ("weekday", 0, 7))  # fmt: skip
+_CRON_NAMES = {
+    "month": "jan feb mar apr may jun jul aug sep oct nov dec".split(),
+    "weekday": "sun mon tue wed thu fri sat".split(),
+}
+_CRON_ITEM = re.compile(r"(\*|(\w+)(?:-(\w+))?)(?:/(\d+))?")
+
+
+def _name(section: str, name: str, value: str) -> None:
+    if not _NAME.fullmatch(value):
+        raise ConfigError(
+            f"{_join(section, name)}: {value!r} is not a name: use letters, digits, '.', '_' "
+            "and '-' (at most 128, starting with a letter or digit)"
+        )
+
+
+def check_cron(value: str, key: str) -> None:
+    """A 5-field cron expression whose every value is in its field's range."""
+    fields = value.split()
+    if len(fields) != 5:
+        raise ConfigError(
+            f"{key}: expected 5 fields (minute hour day month weekday), got {value!r}"
+        )
+    for text, (field, low, high) in zip(fields, _CRON_FIELDS):
+        names = _CRON_NAMES.get(field, [])
+        for item in text.split(","):
+            found = _CRON_ITEM.fullmatch(item)
+            ends = [v for v in found.groups()[1:3] if v] if found else []
+            numbers = [names.index(v.lower()) + (field == "month") if v.lower() in names
+                       else int(v) if v.isdigit() else None for v in ends]  # fmt: skip
+            step = found and found[4]
+            if (not found or None in numbers or any(not low <= n <= high for n in numbers)
+                    or (step is not None and int(step) == 0)):  # fmt: skip
+                raise ConfigError(
+                    f"{key}: {field} {item!r} in {value!r} is not valid (values {low}-{high}"
+                    + (f" or {names[0]}-{names[-1]}" if names else "")
+                    + ")"
+                )
 
 
 def check_checksum(value: str, key: str) -> None:
