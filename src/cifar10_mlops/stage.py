@@ -1,4 +1,4 @@
-"""What every stage entry point shares: one-line errors and one seed."""
+"""What every stage entry point shares: one-line errors, a scratch folder and one seed."""
 
 from __future__ import annotations
 
@@ -6,20 +6,40 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.files import scratch
 
 
-def run_stage(main: Callable[[], None]) -> None:
+def run_stage(main: Callable[[], None], name: str | None = None) -> None:
     """Run a stage's main(); a PipelineError becomes `error: <message>` and exit code 1.
 
     SIGTERM (DVC or Prefect cancelling the stage) is raised as KeyboardInterrupt so that
-    context managers, such as an open MLflow run, close properly.
+    context managers, such as an open MLflow run, close properly. The process's temporary
+    files (its own, MLflow's, TensorFlow's) go to `$TMPDIR/cifar10-<name>-<pid>-*`, removed
+    at exit, or by the next run of the stage when this one was killed.
     """
     signal.signal(signal.SIGTERM, _raise_interrupt)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines
+    name = name or _stage_name(main)
+    with scratch(Path(tempfile.gettempdir()), f"cifar10-{name}") as tmp:
+        os.environ["TMPDIR"], tempfile.tempdir = str(tmp), str(tmp)
+        _run(main)
+
+
+def _stage_name(main: Callable[[], None]) -> str:
+    """`train` for cifar10_mlops.train's main, run as `python -m cifar10_mlops.train` too."""
+    module = main.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec else Path(sys.argv[0]).stem
+    return module.removesuffix(".__main__").rpartition(".")[2]
+
+
+def _run(main: Callable[[], None]) -> None:
     try:
         main()
     except PipelineError as exc:
