@@ -141,9 +141,10 @@ deployment: $(STAMP)  ## serve the scheduled retraining deployment (needs the Pr
 # The model name has one home, params.yaml `register.model_name`.
 MODEL_URI ?= $$($(BIN)/python -c 'from cifar10_mlops import config, tracking; \
   print(tracking.champion_uri(config.load_params().register.model_name))')
+# MLflow's scoring app with request limits (README "Bad input and limits"), not `mlflow models serve`.
 serve-model: $(STAMP)  ## serve MODEL_URI (default: the champion) at http://127.0.0.1:5001/invocations
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE_URI)} \
-	  $(BIN)/mlflow models serve -m "$(MODEL_URI)" --env-manager local -h 127.0.0.1 -p 5001
+	  $(BIN)/cifar10-mlops serve --model "$(MODEL_URI)" --host 127.0.0.1 --port 5001
 
 # Keras Tuner's distributed mode: `KERASTUNER_TUNER_ID=chief dvc repro tune` serves the search,
 # each worker runs trials (KERASTUNER_ORACLE_IP/PORT reach the chief; the --state folder and the

@@ -71,6 +71,8 @@ def test_served_champion_answers_raw_images_and_rejects_bad_input(served):
     expected = mlflow.pyfunc.load_model("models:/cifar10-cnn@champion").predict(images)
     np.testing.assert_allclose(body["predictions"], expected, rtol=1e-4, atol=1e-6)
 
+    limit, image = serving.MAX_IMAGES, json.dumps(np.zeros(serving.IMAGE_SHAPE, int).tolist())
+    too_many = ('{"inputs": [' + ", ".join([image] * (limit + 1)) + "]}").encode()
     bad = {
         "normalised floats": ({"inputs": (images[:1] / 255).tolist()}, "not normalised"),
         "wrong size": ({"inputs": np.zeros((1, 28, 28, 3), int).tolist()}, "(1, 28, 28, 3)"),
@@ -79,6 +81,7 @@ def test_served_champion_answers_raw_images_and_rejects_bad_input(served):
         "out of range": ({"inputs": np.full((1, 32, 32, 3), 300).tolist()}, "must be in 0-255"),
         "strings": ({"inputs": [["a"]]}, "expected images of shape"),
         "not JSON": (b"{not json", "valid JSON"),
+        "too many": (too_many, f"{limit + 1} images in one request, the limit is {limit};"),
     }
     for name, (payload, message) in bad.items():
         status, body = post(f"{served}/invocations", payload)
@@ -96,3 +99,15 @@ def test_check_images_accepts_integer_batches_only():
     for bad in (np.zeros((0, 32, 32, 3), np.uint8), one.astype(float), one - 1, "image"):
         with pytest.raises(mlflow.exceptions.MlflowException, match="bad input"):
             serving.check_images(bad)
+
+
+def test_check_images_refuses_more_than_max_images_naming_the_limit():
+    limit, image = serving.MAX_IMAGES, np.zeros((32, 32, 3), np.int64)
+    assert len(serving.check_images(np.zeros((limit, 32, 32, 3), np.uint8))) == limit
+    for bad in ([image.tolist()] * (limit + 1), np.zeros((limit + 1, 32, 32, 3), np.uint8)):
+        with pytest.raises(mlflow.exceptions.MlflowException) as refused:
+            serving.check_images(bad)
+        assert refused.value.get_http_status_code() == 400
+        assert refused.value.message == (
+            f"bad input: {limit + 1} images in one request, the limit is {limit}; split the batch"
+        )

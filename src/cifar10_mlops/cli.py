@@ -1,7 +1,8 @@
 """The `cifar10-mlops` command: what a user runs outside the pipeline's stages.
 
 cifar10-mlops predict IMAGE|FOLDER ... [--model URI] [--format table|json]
-cifar10-mlops request IMAGE|FOLDER ... > body.json   # for curl against `mlflow models serve`
+cifar10-mlops request IMAGE|FOLDER ... > body.json   # for curl against the served model
+cifar10-mlops serve [--model URI] [--host 127.0.0.1] [--port 5001]   # MLflow's, with limits
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ import sys
 from cifar10_mlops import predict
 from cifar10_mlops.stage import run_stage
 
-COMMANDS = {"predict": predict.main, "request": predict.request_main}
+
+def _serve(argv: list[str]) -> None:
+    from cifar10_mlops import serve  # imports MLflow, a second: only for this command
+
+    serve.main(argv)
+
+
+COMMANDS = {"predict": predict.main, "request": predict.request_main, "serve": _serve}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,8 +2,9 @@
 network behind a strict check of its input, so that `mlflow models serve` answers a malformed
 request with HTTP 400 naming the problem, and keeps serving.
 
-Input: raw RGB pixels, integers 0-255, shape (n, 32, 32, 3) (one (32, 32, 3) image is taken
-as a batch of one); output: (n, 10) class probabilities in CIFAR-10's class order.
+Input: raw RGB pixels, integers 0-255, shape (n, 32, 32, 3) with n at most MAX_IMAGES (one
+(32, 32, 3) image is taken as a batch of one); output: (n, 10) class probabilities in
+CIFAR-10's class order.
 
 The model is logged as MLflow "models from code": MLflow stores this file with the model and
 runs it when the model is loaded, so it must not import cifar10_mlops. It is logged without a
@@ -19,6 +20,10 @@ from mlflow.exceptions import MlflowException
 
 IMAGE_SHAPE = (32, 32, 3)
 KERAS_ARTIFACT = "keras_model"  # key of the .keras file in the model's artifacts
+# Images per request: one evaluation batch, about 13 MB of JSON and seconds of CPU, so that no
+# request computes long past MLflow's request timeout (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT,
+# 60 s); `cifar10-mlops serve` also limits the body's bytes, which MLflow parses first.
+MAX_IMAGES = 1024
 
 
 def check_images(data) -> np.ndarray:
@@ -27,6 +32,11 @@ def check_images(data) -> np.ndarray:
         raise _bad_input(
             f"expected a nested list or array of images, got {type(data).__name__}; "
             'send {"inputs": [...]} with shape (n, 32, 32, 3)'
+        )
+    # Counted before np.asarray, which would copy a list of any length.
+    if (not isinstance(data, np.ndarray) or data.ndim) and len(data) > MAX_IMAGES:
+        raise _bad_input(
+            f"{len(data)} images in one request, the limit is {MAX_IMAGES}; split the batch"
         )
     try:
         images = np.asarray(data)

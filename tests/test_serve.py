@@ -1,0 +1,243 @@
+"""`cifar10-mlops serve`: MLflow's scoring app behind request limits. The limits in-process on
+a stand-in app; the real server on the registered champion for memory and staying up."""
+
+import asyncio
+import http.client
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifar10_mlops import register, serve, serving
+from cifar10_mlops.health import answers
+from conftest import make_images, stage_args
+from servers import BIN, env_with_bin, free_port, start, stop, wait_for
+
+JSON = {"content-type": "application/json"}
+
+
+async def echo(scope, receive, send) -> None:
+    """A stand-in for MLflow's app: answers 200 with the size of the body it received."""
+    message = await receive()
+    assert message["type"] == "http.request" and not message["more_body"]
+    body = json.dumps({"size": len(message["body"])}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+def call(
+    app, chunks: list[bytes], headers: dict, pause: float = 0.0, path: str = "/invocations"
+) -> tuple[int, dict, int]:
+    """Run the ASGI `app` on a POST whose body arrives in `chunks`, `pause` seconds apart;
+    (status, JSON answer, how many chunks the app read)."""
+    queue, sent = list(chunks), []
+
+    async def receive():
+        await asyncio.sleep(pause)
+        if not queue:
+            return {"type": "http.disconnect"}
+        chunk = queue.pop(0)
+        return {"type": "http.request", "body": chunk, "more_body": bool(queue)}
+
+    async def send(message):
+        sent.append(message)
+
+    raw = [(name.encode(), value.encode()) for name, value in headers.items()]
+    scope = {"type": "http", "method": "POST", "path": path, "headers": raw}
+    asyncio.run(app(scope, receive, send))
+    answer = b"".join(message.get("body", b"") for message in sent[1:])
+    return sent[0]["status"], json.loads(answer), len(chunks) - len(queue)
+
+
+def test_limit_requests_passes_a_body_within_the_limits_whole():
+    app = serve.limit_requests(echo, timeout=5)
+    chunks = [b'{"inputs": ', b"[[[[1, 2, 3]]]]", b"}"]
+    assert call(app, chunks, JSON) == (200, {"size": 27}, 3)
+    assert call(app, [b""], {}, path="/ping") == (200, {"size": 0}, 1)
+
+
+def test_limit_requests_refuses_a_body_that_is_not_json_unread():
+    app = serve.limit_requests(echo, timeout=5)
+    for headers in ({"content-type": "text/csv"}, {}):  # pandas: 200 kB, a minute of parsing
+        status, answer, read = call(app, [b"0," * 100_000 + b"0\n"], headers)
+        assert (status, read) == (415, 0)
+        assert "the model takes JSON only: send Content-Type: application/json" in answer["message"]
+
+
+def test_limit_requests_refuses_an_oversized_body_before_reading_it():
+    app = serve.limit_requests(echo, timeout=5, max_bytes=1000)
+    status, answer, read = call(app, [b"0" * 100] * 20, {**JSON, "content-length": "2000"})
+    assert (status, read) == (413, 0)
+    assert "over the limit of 1000 bytes" in answer["message"]
+    assert f"at most {serving.MAX_IMAGES} images" in answer["message"]
+
+
+def test_limit_requests_refuses_a_chunked_body_as_it_grows_past_the_limit():
+    app = serve.limit_requests(echo, timeout=5, max_bytes=1000)
+    status, answer, read = call(app, [b"0" * 300] * 100, JSON)  # no content-length
+    assert (status, read) == (413, 4)  # 1200 bytes: never more than the limit and one chunk
+    assert "over the limit of 1000 bytes" in answer["message"]
+    # exactly the limit passes
+    assert call(app, [b"0" * 500] * 2, JSON) == (200, {"size": 1000}, 2)
+
+
+def test_limit_requests_refuses_a_json_body_deeper_than_a_request_and_slow_bodies():
+    app = serve.limit_requests(echo, timeout=0.5)
+    status, answer = call(app, [b"[" * 100_000], JSON)[:2]  # json.loads: RecursionError, a 500
+    assert status == 400
+    assert "bad input: JSON nested 100000 levels deep, the limit is 32;" in answer["message"]
+
+    status, answer, read = call(app, [b"0"] * 100, JSON, pause=0.1)
+    assert status == 408 and read < 10  # of 100 chunks, 0.1 s apart
+    assert "incomplete after 0.5 s (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT)" in answer["message"]
+
+
+def images_json(n: int, pixel: int, separators=(",", ":")) -> bytes:
+    """{"inputs": [n images of one pixel value]}, made cheaply by repeating one image."""
+    image = json.dumps(np.full(serving.IMAGE_SHAPE, pixel).tolist(), separators=separators)
+    return ('{"inputs":[' + separators[0].join([image] * n) + "]}").encode()
+
+
+def test_the_limits_admit_the_largest_request_and_little_more():
+    for separators in ((",", ":"), (", ", ": ")):  # compact (`cifar10-mlops request`), default
+        largest = images_json(serving.MAX_IMAGES, 255, separators)
+        assert len(largest) <= serve.MAX_BODY_BYTES
+        assert serve.json_refusal(largest) is None
+    limit, lists = serving.MAX_IMAGES, serve.MAX_LISTS
+    refusal = serve.json_refusal(images_json(limit + 1, 0))
+    assert f"as many as {limit + 1} images have, the limit is {limit} images" in refusal
+    refusal = serve.json_refusal(b'{"inputs":[' + b"[0]," * (lists - 1) + b"[0]]}")
+    assert f"{lists + 1} JSON lists, as many as {limit + 1} images have" in refusal
+    objects = b'{"inputs":[' + b'{"a":0},' * serve.MAX_OBJECTS + b"0]}"
+    message = f"{serve.MAX_OBJECTS + 1} JSON objects, the limit is {serve.MAX_OBJECTS}"
+    assert message in serve.json_refusal(objects)
+    strings = b'{"inputs":[' + b'"a",' * serve.MAX_STRINGS + b"0]}"
+    message = f"{serve.MAX_STRINGS + 1} JSON strings, the limit is {serve.MAX_STRINGS}"
+    assert message in serve.json_refusal(strings)
+
+
+def test_json_shape_counts_brackets_outside_strings_in_linear_time():
+    assert serve.json_shape(b'{"inputs": [[[[0, 1, 2]]]]}') == (5, 4, 1)
+    assert serve.json_shape(b'{"a": "[[[{{", "b": "\\"]]]]]]", "c": [[1]]}') == (3, 2, 1)
+    assert serve.json_shape(b'["]]]]]]", ' + b"[" * 50)[0] == 51  # closes in a string hide none
+    assert serve.json_shape(b'[["[[[[[[[[') == (2, 2, 0)  # unterminated: a parser stops there
+    assert serve.json_shape(b"") == (0, 0, 0)
+    started = time.perf_counter()
+    serve.json_shape(b'"' + b'\\"' * (1 << 20))  # one unterminated string of escaped quotes
+    assert time.perf_counter() - started < 5  # a backtracking scan takes hours
+
+
+def test_serve_runs_mlflows_app_behind_the_limits_with_mlflows_timeout(monkeypatch):
+    import uvicorn
+    from mlflow.pyfunc import scoring_server
+
+    ran = {}
+    monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "1")
+    monkeypatch.setattr(serve, "load_model", lambda uri: ran.update(uri=uri) or "model")
+    monkeypatch.setattr(scoring_server, "init", lambda model: model == "model" and echo)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: ran.update(app=app, **options))
+    serve.main(["--model", "models:/m@champion", "--port", "5999"])
+    assert ran.pop("uri") == "models:/m@champion"
+    app = ran.pop("app")
+    assert ran == {"host": "127.0.0.1", "port": 5999, "limit_concurrency": serve.MAX_CONNECTIONS}
+    assert call(app, [b"[1]"], JSON) == (200, {"size": 3}, 1)
+    status, answer, _ = call(app, [b"0"] * 100, JSON, pause=0.2)
+    assert status == 408 and "after 1 s" in answer["message"]
+
+
+# The real server
+
+
+def vm(pid: int) -> dict[str, int]:
+    """The VmRSS and VmHWM (peak) of process `pid`, in bytes."""
+    lines = open(f"/proc/{pid}/status").read().splitlines()
+    return {
+        k: int(v.split()[0]) * 1024 for k, v in (x.split(":", 1) for x in lines) if k[:2] == "Vm"
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time process `pid` has used, user and system."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def post_raw(port: int, headers: dict, body) -> tuple[int, dict]:
+    """POST /invocations by hand: the body (an iterable of bytes) is sent from a thread while
+    the answer is read, as a client streaming a large upload does; a server that answers and
+    closes early ends the sending."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+        sock.sendall(f"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode())
+
+        def feed():
+            try:
+                for chunk in body:
+                    sock.sendall(chunk)
+            except OSError:
+                pass  # closed by the server after its answer
+
+        sender = threading.Thread(target=feed, daemon=True)
+        sender.start()
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        answer = json.loads(response.read())
+        sender.join(timeout=60)
+        return response.status, answer
+
+
+def post(port: int, body: bytes) -> tuple[int, dict]:
+    headers = {**JSON, "content-length": len(body)}
+    return post_raw(port, headers, [body])
+
+
+@pytest.mark.long(seconds=25)
+def test_served_model_refuses_oversized_requests_in_bounded_memory(candidate, tmp_path):
+    candidate(0.61)
+    register.main(["--params", str(candidate.params), *stage_args("register")])
+    port, log = free_port(), tmp_path / "serve.log"
+    env = env_with_bin(MLFLOW_TRACKING_URI=f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}")
+    cmd = [BIN / "cifar10-mlops", "serve", "--model", "models:/cifar10-cnn@champion"]
+    server = start([*cmd, "--port", port], log, env, Path.cwd())
+    try:
+        wait_for(lambda: answers(f"http://127.0.0.1:{port}/ping"), "model server", server, log)
+        images, _ = make_images(2, seed=5)
+        valid = json.dumps({"inputs": images.tolist()}).encode()
+        assert post(port, valid)[0] == 200
+        with open(f"/proc/{server.pid}/clear_refs", "w") as refs:
+            refs.write("5")  # VmHWM from now on
+        before = vm(server.pid)["VmRSS"]
+
+        mib = b"0" * 2**20
+        status, answer = post_raw(port, {**JSON, "content-length": 125 * 2**20}, [mib] * 125)
+        assert status == 413, answer
+        assert f"over the limit of {serve.MAX_BODY_BYTES} bytes" in answer["message"]
+        frame = b"%x\r\n%s\r\n" % (len(mib), mib)
+        status, answer = post_raw(port, {**JSON, "transfer-encoding": "chunked"}, [frame] * 125)
+        assert status == 413, answer
+        limit = serving.MAX_IMAGES
+        refused = {  # before MLflow parses them: up to GBs each, or a RecursionError
+            f"{limit + 1} images have, the limit is {limit} images": images_json(limit + 1, 0),
+            "JSON lists": b'{"inputs":[' + b"[0]," * 5_000_000 + b"0]}",  # 20 MB
+            "JSON objects": b'{"inputs":[' + b"{}," * 6_000_000 + b"0]}",
+            "JSON strings": b'{"inputs":[' + b'"a",' * 4_000_000 + b"0]}",
+            "nested 100000 levels deep": b"[" * 100_000,
+        }
+        for message, body in refused.items():
+            status, answer = post(port, body)
+            assert status == 400 and message in answer["message"], answer
+        grown = vm(server.pid)["VmHWM"] - before
+        assert grown < 200 * 2**20, f"{grown / 2**20:.0f} MiB"  # the bodies: up to 20 MiB
+
+        used = cpu_seconds(server.pid)
+        time.sleep(1)
+        assert cpu_seconds(server.pid) - used < 0.2  # nothing left computing
+        status, answer = post(port, valid)
+        assert status == 200 and np.array(answer["predictions"]).shape == (len(images), 10)
+    finally:
+        stop(server)
