@@ -300,6 +300,7 @@ def ablation(data, params, *, seeds: int) -> dict:
     """The default training, then each ABLATIONS entry, `seeds` seeds each: final test
     accuracy with the saved model's test-time augmentation; mean and sample spread. A row
     that changes only `tta_level` is inference only: the default's models, scored so."""
+    from cifar10_mlops.fit import airbench_step_gain
     from cifar10_mlops.stage import seed_everything
 
     rows, defaults = {}, []
@@ -314,8 +315,8 @@ def ablation(data, params, *, seeds: int) -> dict:
             continue
         if values.get("optimizer") == "nesterov":  # the same Keras step size as airbench's
             cfg = params.train
-            values = {**values, "learning_rate": cfg.learning_rate * cfg.batch_size / 1024
-                      * (1 - cfg.momentum) / (2 - cfg.momentum)}  # fmt: skip
+            gain = airbench_step_gain(cfg.batch_size, cfg.momentum)
+            values = {**values, "learning_rate": cfg.learning_rate * gain}
         accuracies = []
         for seed in range(params.seed, params.seed + seeds):
             seed_everything(seed)

@@ -103,6 +103,12 @@ class AugmentConfig:
             raise ConfigError(f"{key}.shear: must be in [0, 90) degrees, got {self.shear}")
 
 
+def block_widths(conv_1: int, conv_2: int, conv_3: int | None) -> tuple[int, int, int]:
+    """The three conv blocks' filters; a third of None is twice the second (the study's
+    deeper network doubles each block)."""
+    return conv_1, conv_2, conv_3 or 2 * conv_2
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     architecture: Architecture
@@ -139,8 +145,7 @@ class TrainConfig:
     @property
     def widths(self) -> tuple[int, int, int]:
         """The three blocks' filters (deeper, fast; baseline uses the first two)."""
-        third = self.conv_3_filters or 2 * self.conv_2_filters
-        return self.conv_1_filters, self.conv_2_filters, third
+        return block_widths(self.conv_1_filters, self.conv_2_filters, self.conv_3_filters)
 
     def check(self, key: str) -> None:
         _at_least(key, "whiten_bias_epochs", self.whiten_bias_epochs, 0)

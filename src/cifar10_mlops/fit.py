@@ -147,6 +147,12 @@ def current_learning_rate(model: keras.Model) -> float:
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
+def airbench_step_gain(batch_size: int, momentum: float) -> float:
+    """Keras' SGD step per unit of airbench's learning rate: airbench's rate is per 1024
+    examples and independent of momentum (PyTorch's dampening-free Nesterov)."""
+    return batch_size / 1024 * (1 - momentum) / (2 - momentum)
+
+
 class AirbenchSGD(keras.optimizers.SGD):
     """SGD with Nesterov momentum in airbench94's parametrisation (PyTorch's SGD underneath).
 
@@ -177,7 +183,7 @@ class AirbenchSGD(keras.optimizers.SGD):
         self.peak_learning_rate = peak_learning_rate
         self.batch_size = batch_size
         self.bias_lr_scale = bias_lr_scale
-        self.step_gain = batch_size / 1024 * (1 - momentum) / (2 - momentum)
+        self.step_gain = airbench_step_gain(batch_size, momentum)
         self._biases: set[int] = set()
 
     def build(self, variables):

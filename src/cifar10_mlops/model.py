@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from cifar10_mlops.config import ARCHITECTURES
+from cifar10_mlops.config import ARCHITECTURES, block_widths
 
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
@@ -94,7 +94,7 @@ def build_model(
     norm = FusedBatchNormalization if fused_batch_norm else layers.BatchNormalization
     inputs = keras.Input(shape=INPUT_SHAPE, dtype="uint8", name="image")
     x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
-    widths = (conv_1_filters, conv_2_filters, conv_3_filters or 2 * conv_2_filters)
+    widths = block_widths(conv_1_filters, conv_2_filters, conv_3_filters)
     if architecture == "fast":
         return _fast(x, inputs, widths, dropout, num_classes, norm)
     if architecture == "baseline":
