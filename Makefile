@@ -114,10 +114,12 @@ mlflow-ui: $(STAMP)  ## open the MLflow UI on the embedded store at http://127.0
 export PREFECT_HOME ?= $(abspath .prefect)
 FLOW_ARGS ?=
 
-# `make flow` reports to the local Prefect server when it runs, else to a temporary one.
+# `make flow` reports to the local Prefect server when it runs (with its auth string), else to
+# a temporary one.
 flow: $(STAMP)  ## the pipeline as a Prefect flow run (FLOW_ARGS="--force --epochs 1")
 	if [ -z "$$PREFECT_API_URL" ] && scripts/services.sh running prefect; then \
-	  export PREFECT_API_URL=http://127.0.0.1:$${PREFECT_PORT:-4200}/api; fi; \
+	  export PREFECT_API_URL=http://127.0.0.1:$${PREFECT_PORT:-4200}/api; \
+	  export PREFECT_API_AUTH_STRING="$$(cat .services/prefect.auth)"; fi; \
 	$(BIN)/python -m flows.retrain $(FLOW_ARGS)
 
 services: $(STAMP)  ## start the MLflow server, the Prefect server and the retraining deployment

@@ -13,9 +13,11 @@ the registry's promotion decision and links to the MLflow run and model version.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +28,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.tasks import exponential_backoff
 
 from cifar10_mlops import health, tracking
-from cifar10_mlops.config import load_params
-from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.config import params_from_dict
+from cifar10_mlops.errors import ConfigError, PipelineError
+from cifar10_mlops.files import replacing
 
 PARAMS, DVC_YAML = Path("params.yaml"), Path("dvc.yaml")
 # Stages whose failures can be transient (a network download); the others fail for reasons a
@@ -121,17 +124,56 @@ def report(ran: dict[str, bool]) -> str:
 
 def apply_params(overrides: list[str]) -> None:
     """Write `key=value` overrides into params.yaml as `dvc exp run -S` does (same grammar),
-    so that dvc.lock records them; params.yaml is left unchanged if the result is invalid."""
+    so that dvc.lock records them. Each must set a key params.yaml has, to a value of the type
+    and range the config expects, else params.yaml is not touched; the new file replaces it in
+    one step, so a stage reading it meanwhile never sees a half-written one."""
     from dvc.utils.hydra import apply_overrides
 
-    before = PARAMS.read_text()
+    check_overrides(overrides, yaml.safe_load(PARAMS.read_text()))
+    bad = f"bad parameter override {' '.join(overrides)}"
+    with replacing(PARAMS) as new:
+        shutil.copy(PARAMS, new)  # its mode too
+        try:
+            apply_overrides(str(new), overrides)
+            params_from_dict(yaml.safe_load(new.read_text()))
+        except ConfigError as exc:
+            raise PipelineError(f"{bad}: {PARAMS}: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:
+            cause = str(exc.__cause__ or exc).splitlines()[0]  # DVC wraps Hydra's reason
+            raise PipelineError(f"{bad}: {cause}") from None
+
+
+def check_overrides(overrides: list[str], params: dict) -> None:
+    """Refuse an override that adds (`+key=`, `++key=`) or deletes (`~key`) a key, names one
+    that params.yaml does not have, or sweeps values: a flow parameter, which anyone allowed
+    to start a run can set, changes values only."""
+    from dvc.utils.hydra import to_hydra_overrides
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import OverrideParseException
+
     try:
-        apply_overrides(str(PARAMS), overrides)
-        load_params(PARAMS)
-    except Exception as exc:
-        PARAMS.write_text(before)
-        cause = str(exc.__cause__ or exc).splitlines()[0]  # DVC wraps Hydra's reason
-        raise PipelineError(f"bad parameter override {' '.join(overrides)}: {cause}") from None
+        parsed = to_hydra_overrides(overrides)
+    except OverrideParseException as exc:
+        reason = str(exc).splitlines()[0]
+        raise PipelineError(f"bad parameter override {' '.join(overrides)}: {reason}") from None
+    for override in parsed:
+        bad = f"bad parameter override {override.input_line}"
+        if override.type is not OverrideType.CHANGE:
+            raise PipelineError(
+                f"{bad}: params.yaml's keys can be set (KEY=VALUE), not added (+KEY=, ++KEY=) "
+                "or deleted (~KEY)"
+            )
+        if override.is_sweep_override():
+            raise PipelineError(f"{bad}: one value per key")
+        key = override.key_or_group + (f"@{override.package}" if override.package else "")
+        node, at = params, None
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                known = ", ".join(node) if isinstance(node, dict) else "a value, no keys"
+                raise PipelineError(
+                    f"{bad}: params.yaml has no {key} ({at or 'top level'}: {known})"
+                )
+            node, at = node[part], part if at is None else f"{at}.{part}"
 
 
 def check_services() -> None:
@@ -141,15 +183,25 @@ def check_services() -> None:
 
 
 def check_prefect(timeout: float = 5.0) -> None:
-    """The Prefect API named by PREFECT_API_URL answers (nothing to check when unset: Prefect
-    then starts a temporary local server itself)."""
-    from prefect.settings import PREFECT_API_URL
+    """The Prefect API named by PREFECT_API_URL answers and takes PREFECT_API_AUTH_STRING
+    (nothing to check when unset: Prefect then starts a temporary local server itself)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
     if url:
         health.require(
             url, "Prefect server", "start it (make services), or unset PREFECT_API_URL", timeout
         )
+        auth = PREFECT_API_AUTH_STRING.value()  # sent as Prefect's own client sends it
+        token = base64.b64encode(auth.encode()).decode() if auth else None
+        headers = {"Authorization": f"Basic {token}"} if token else {}
+        reason = health.problem(f"{url.rstrip('/')}/hello", timeout, headers)
+        if reason is not None:
+            raise PipelineError(
+                f"Prefect server {url} refused the request ({reason}): set "
+                "PREFECT_API_AUTH_STRING to its auth string (`make services` keeps it in "
+                ".services/prefect.auth)"
+            )
 
 
 @flow(name="retrain", log_prints=True)

@@ -4,11 +4,17 @@
 #   prefect     Prefect server and UI (its database under PREFECT_HOME)             :PREFECT_PORT
 #   deployment  the scheduled `retrain` deployment served against that Prefect server
 # Each runs in the background with its pid and log in .services/.
+# The Prefect server takes requests only with the auth string in .services/prefect.auth (made
+# once, mode 600; the UI asks for it) and cross-origin requests only from its own UI, so
+# neither another local user nor a web page open in a browser can start runs or change
+# params.yaml through it. MLflow's defaults already refuse Host headers other than this
+# machine's and private addresses (DNS rebinding), and writes from pages not on localhost.
 set -euo pipefail
 
 MLFLOW_PORT=${MLFLOW_PORT:-5000}
 PREFECT_PORT=${PREFECT_PORT:-4200}
 DIR=.services
+AUTH=$DIR/prefect.auth
 export PREFECT_SERVER_ANALYTICS_ENABLED=false  # no telemetry calls home
 export PREFECT_API_URL="http://127.0.0.1:${PREFECT_PORT}/api"
 
@@ -34,16 +40,61 @@ health_of() {
 
 running() { [[ -f $DIR/$1.pid ]] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
 
+# The Prefect server's auth string: made once, kept (owner-only) while the file exists, so a
+# restart keeps the UI's login and the clients' setting valid.
+auth_string() {
+  if [[ ! -s $AUTH ]]; then
+    (umask 077 && python -c 'import secrets; print(secrets.token_urlsafe(32))' >"$AUTH")
+  fi
+  chmod 600 "$AUTH"
+  cat "$AUTH"
+}
+
+# What a service needs in its environment (not its command line, which `ps` shows to all).
+environment_of() {
+  case $1 in
+    prefect)  # the server, and the clients it runs itself
+      PREFECT_SERVER_API_AUTH_STRING=$(auth_string)
+      export PREFECT_SERVER_API_AUTH_STRING PREFECT_API_AUTH_STRING=$PREFECT_SERVER_API_AUTH_STRING
+      # its UI, under either name of this machine (the UI calls PREFECT_API_URL, 127.0.0.1)
+      local ui="http://127.0.0.1:${PREFECT_PORT},http://localhost:${PREFECT_PORT}"
+      export PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS=$ui ;;
+    deployment)
+      if [[ -f $AUTH ]]; then
+        PREFECT_API_AUTH_STRING=$(cat "$AUTH"); export PREFECT_API_AUTH_STRING
+      fi ;;
+  esac
+}
+
+# Whether the Prefect API refuses a request without the auth string and takes one with it
+# (curl reads the header from stdin: an argument would show the secret in `ps`).
+prefect_locked() {
+  local api=${PREFECT_API_URL}/hello
+  [[ $(curl -s -o /dev/null -w '%{http_code}' "$api") == 401 ]] && [[ -f $AUTH ]] &&
+    printf 'header = "Authorization: Basic %s"\n' "$(tr -d '\n' <"$AUTH" | base64 | tr -d '\n')" |
+    curl -sf -o /dev/null -K - "$api"
+}
+
 start() {
   local name=$1 url
   mkdir -p "$DIR" mlruns
-  if running "$name"; then echo "$name: already running (pid $(cat "$DIR/$name.pid"))"; return; fi
+  if running "$name"; then
+    echo "$name: already running (pid $(cat "$DIR/$name.pid"))"
+    if [[ $name == prefect ]] && ! prefect_locked; then
+      echo "warning: it does not require, or take, the auth string in $AUTH:" \
+        "restart it (make services-stop services)" >&2
+    fi
+    return
+  fi
   url=$(health_of "$name")
   if [[ -n $url ]] && curl -sf "$url" >/dev/null; then
     echo "error: $url already answers: another $name server holds the port" >&2; exit 1
   fi
-  # shellcheck disable=SC2046
-  setsid $(command_of "$name") >"$DIR/$name.log" 2>&1 &
+  (
+    environment_of "$name"
+    # shellcheck disable=SC2046
+    exec setsid $(command_of "$name")
+  ) >"$DIR/$name.log" 2>&1 &
   echo $! >"$DIR/$name.pid"
   for _ in $(seq 120); do
     sleep 1
@@ -55,6 +106,10 @@ start() {
       grep -q "is being served" "$DIR/$name.log" && break
     elif curl -sf "$url" >/dev/null; then break; fi
   done
+  if [[ $name == prefect ]] && ! prefect_locked; then
+    echo "error: $name does not require the auth string in $AUTH; see $DIR/$name.log" >&2
+    stop "$name" >/dev/null; exit 1
+  fi
   echo "$name: started (pid $(cat "$DIR/$name.pid"), log $DIR/$name.log)"
 }
 
@@ -75,7 +130,8 @@ case ${1:-} in
     for name in "${@:2}"; do start "$name"; done
     running mlflow && echo "MLflow UI:  http://127.0.0.1:${MLFLOW_PORT}"
     running prefect && echo "Prefect UI: http://127.0.0.1:${PREFECT_PORT}" \
-      "(export PREFECT_API_URL=${PREFECT_API_URL} to use it)"
+      "(log in with the auth string in $AUTH; for the CLI: export" \
+      "PREFECT_API_URL=${PREFECT_API_URL} PREFECT_API_AUTH_STRING=\$(cat $PWD/$AUTH))"
     true ;;
   stop)
     for name in "${@:2}"; do stop "$name"; done ;;

@@ -109,12 +109,42 @@ def test_flow_runs_each_stage_as_a_task_registers_and_leaves_dvc_clean(
 
 
 def test_bad_override_leaves_params_unchanged(flow_project):
-    before = Path("params.yaml").read_bytes()
+    before, written = Path("params.yaml").read_bytes(), Path("params.yaml").stat().st_mtime_ns
     with pytest.raises(flow_module.PipelineError, match=r"train.epochs: must be >= 1, got 0"):
         flow_module.apply_params(["train.epochs=0"])
-    with pytest.raises(flow_module.PipelineError, match="Could not override 'train.epoch'"):
+    with pytest.raises(flow_module.PipelineError, match=r"has no train.epoch \(train: .*epochs"):
         flow_module.apply_params(["train.epoch=3"])
+    with pytest.raises(flow_module.PipelineError, match="train.epochs=1,2: one value per key"):
+        flow_module.apply_params(["train.epochs=1,2"])
+    for adds_or_deletes in ("++register.min_delta=0.5", "~register.min_delta"):
+        with pytest.raises(flow_module.PipelineError, match=r"not added \(\+KEY="):
+            flow_module.apply_params([adds_or_deletes])
     assert Path("params.yaml").read_bytes() == before
+    assert Path("params.yaml").stat().st_mtime_ns == written  # not even rewritten
+    assert sorted(p.name for p in Path().glob(".params*")) == []
+
+
+# What anyone allowed to start a run can pass; the run fails before params.yaml is written.
+REFUSED = {
+    "+register.new=1": r"^bad parameter override \+register.new=1: params.yaml's keys can be "
+    r"set \(KEY=VALUE\), not added \(\+KEY=, \+\+KEY=\) or deleted \(~KEY\)$",
+    "register.nope=1": r"^bad parameter override register.nope=1: params.yaml has no "
+    r"register.nope \(register: model_name, metric, min_delta\)$",
+    "train.epochs=abc": r"^bad parameter override train.epochs=abc: params.yaml: "
+    r"train.epochs: expected int, got str 'abc'$",
+}
+
+
+@pytest.mark.parametrize("override", REFUSED)
+def test_flow_run_with_a_refused_override_fails_and_leaves_params(harness, flow_project, override):
+    before, written = Path("params.yaml").read_bytes(), Path("params.yaml").stat().st_mtime_ns
+    state = flow_module.retrain(set_params=[override], return_state=True)
+    assert state.is_failed(), state
+    with pytest.raises(flow_module.PipelineError, match=REFUSED[override]):
+        state.result()
+    assert Path("params.yaml").read_bytes() == before
+    assert Path("params.yaml").stat().st_mtime_ns == written
+    assert task_names(state.state_details.flow_run_id) == []  # no stage ran
 
 
 @pytest.mark.parametrize("variable", ["MLFLOW_TRACKING_URI", "PREFECT_API_URL"])

@@ -6,9 +6,16 @@ then run here as processes, with only the container addresses mapped onto this m
 /app/mlartifacts onto a temporary folder). PostgreSQL comes from Debian's packages and gets
 the same init script as the postgres service. A retraining run triggered through the Prefect
 server then trains, logs and registers through the MLflow server, both on PostgreSQL.
+
+The laptop's services (`make services`, scripts/services.sh) run with the script itself: its
+Prefect server takes requests only with the auth string it keeps in .services/prefect.auth,
+and cross-origin ones only from its own UI.
 """
 
+import base64
+import json
 import os
+import stat
 import subprocess
 import sys
 import urllib.error
@@ -154,3 +161,104 @@ def host_header_status(url: str, host: str) -> int:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def call(url: str, method: str = "GET", body=None, **headers: str):
+    """(status, response headers, parsed JSON body or None) of one request."""
+    data = None if body is None else json.dumps(body).encode()
+    if data is not None:
+        headers.setdefault("Content-Type", "application/json")
+    request = urllib.request.Request(url, data, headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            text = response.read()
+            status, answer = response.status, response.headers
+    except urllib.error.HTTPError as exc:
+        text, status, answer = exc.read(), exc.code, exc.headers
+    is_json = answer.get("Content-Type", "").startswith("application/json")
+    return status, answer, json.loads(text) if is_json and text else None
+
+
+@pytest.fixture
+def local_services(project, tmp_path):
+    """`scripts/services.sh start prefect deployment` in a project copy, on a free port; the
+    script's own `stop` afterwards, and nothing of them left running."""
+    port = free_port()
+    env = env_with_bin(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_PORT=str(port))
+    for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING", "PREFECT_SERVER_API_AUTH_STRING"):
+        env.pop(name, None)
+
+    def script(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["scripts/services.sh", *args], cwd=project, env=env, capture_output=True,
+            text=True, timeout=300,
+        )  # fmt: skip
+
+    pids = []
+    try:
+        started = script("start", "prefect", "deployment")
+        pids = [int(p.read_text()) for p in (project / ".services").glob("*.pid")]
+        logs = "".join(tail(log) for log in (project / ".services").glob("*.log"))
+        assert started.returncode == 0, started.stdout + started.stderr + logs
+        yield project, f"http://127.0.0.1:{port}", started.stdout
+    finally:
+        script("stop", "deployment", "prefect")
+        for pid in pids:
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+
+
+@pytest.mark.long(seconds=20)
+def test_local_prefect_takes_only_its_auth_string_and_its_own_ui_origin(local_services):
+    project, server, started = local_services
+    api, auth_file = f"{server}/api", project / ".services" / "prefect.auth"
+    assert stat.S_IMODE(auth_file.stat().st_mode) == 0o600
+    auth = auth_file.read_text().strip()
+    assert len(auth) >= 32 and f"PREFECT_API_AUTH_STRING=$(cat {auth_file})" in started
+    basic = {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+
+    # the deployment registered itself with the auth string the script passed it
+    name = yaml.safe_load((project / "params.yaml").read_text())["retrain"]["deployment"]
+    status, _, deployment = call(f"{api}/deployments/name/retrain/{name}", **basic)
+    assert status == 200, deployment
+    assert call(f"{api}/flows/filter", "POST", {}, **basic)[0] == 200
+
+    # what any local process, or a page open in a browser, could send without it
+    run_now = {"parameters": {"set_params": ["register.min_delta=0.5"]}}
+    create_run = f"{api}/deployments/{deployment['id']}/create_flow_run"
+    assert call(create_run, "POST", run_now)[0] == 401
+    assert call(f"{api}/flows/filter", "POST", {})[0] == 401
+    assert call(f"{api}/flow_runs/filter", "POST", {}, Authorization="Basic d3Jvbmc=")[0] == 401
+    assert call(f"{api}/health")[0] == 200  # health checks need no login
+
+    # cross-origin: only the server's own UI, under either name of this machine
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}  # fmt: skip
+    for origin in ("http://evil.example", "http://localhost:1"):
+        _, headers, _ = call(create_run, "OPTIONS", Origin=origin, **preflight)
+        assert "access-control-allow-origin" not in headers, origin
+        _, headers, _ = call(f"{api}/health", Origin=origin)
+        assert "access-control-allow-origin" not in headers, origin
+    for origin in (server, server.replace("127.0.0.1", "localhost")):
+        status, headers, _ = call(create_run, "OPTIONS", Origin=origin, **preflight)
+        assert status == 200 and headers["access-control-allow-origin"] == origin
+
+    # the UI is served and asks for the auth string (its login page)
+    status, _, settings = call(f"{server}/ui-settings")
+    assert status == 200 and settings["auth"] == "BASIC" and settings["api_url"] == api
+    status, headers, _ = call(f"{server}/", Accept="text/html")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+
+    # a flow run without the auth string stops at once with one line naming it
+    refused = subprocess.run(
+        [sys.executable, "-m", "flows.retrain"], cwd=project, capture_output=True, text=True,
+        timeout=120, env={**os.environ, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": ""},
+    )  # fmt: skip
+    assert refused.returncode == 1, refused.stderr
+    last = refused.stderr.strip().splitlines()[-1]
+    assert last == (
+        f"error: Prefect server {api} refused the request (Unauthorized): set "
+        "PREFECT_API_AUTH_STRING to its auth string (`make services` keeps it in "
+        ".services/prefect.auth)"
+    )
+    assert not (project / "data").exists()

@@ -9,10 +9,11 @@ import urllib.request
 from cifar10_mlops.errors import PipelineError
 
 
-def problem(url: str, timeout: float = 5.0) -> str | None:
+def problem(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> str | None:
     """None when `url` answers with a success status, else why not (one line)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        request = urllib.request.Request(url, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read()
     except (urllib.error.URLError, OSError) as exc:
         return str(getattr(exc, "reason", exc))
