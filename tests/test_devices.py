@@ -90,11 +90,15 @@ def test_mixed_precision_training_saves_a_float32_model(
     assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
 
 
-def test_a_bad_replica_count_is_a_one_line_error(in_project, prepared, params_file, run_module):
-    result = run_train(run_module, in_project, params_file, env={"CIFAR10_CPU_REPLICAS": "two"})
+@pytest.mark.parametrize("value", ["two", "1000000"])
+def test_a_bad_replica_count_is_a_one_line_error(
+    in_project, prepared, params_file, run_module, value
+):
+    """A million logical devices would exhaust memory before training."""
+    result = run_train(run_module, in_project, params_file, env={"CIFAR10_CPU_REPLICAS": value})
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        "error: CIFAR10_CPU_REPLICAS: expected a whole number >= 1, got 'two'"
+        f"error: CIFAR10_CPU_REPLICAS: expected a whole number from 1 to 64, got {value!r}"
     )
     assert not (in_project / "models" / "model.keras").exists()
 

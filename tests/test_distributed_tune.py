@@ -131,3 +131,16 @@ def test_a_worker_without_the_oracle_address_is_a_one_line_error(in_project, pre
         .splitlines()[-1]
         .startswith("error: a worker needs KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT")
     )
+
+
+@pytest.mark.parametrize("port", ["http", "70000"])
+def test_a_bad_oracle_port_is_a_one_line_error(in_project, prepared, run_module, port):
+    env = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}
+    result = run_module(
+        "cifar10_mlops.tune", "--worker", "--data", "data/prepared", "--state", "models/tuner",
+        cwd=in_project, env={**env, "KERASTUNER_TUNER_ID": "w1"},
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: KERASTUNER_ORACLE_PORT: expected a port 1-65535, got {port!r}"
+    )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from cifar10_mlops.errors import ConfigError
 
 CPU_REPLICAS_ENV = "CIFAR10_CPU_REPLICAS"
+MAX_CPU_REPLICAS = 64  # logical devices for testing the multi-device path; each costs memory
 # float16 tensor cores arrived with Volta; older GPUs run mixed_float16 slower than float32.
 MIN_FLOAT16_CAPABILITY = (7, 0)
 
@@ -50,8 +51,10 @@ def cpu_replicas() -> int:
     raw = os.environ.get(CPU_REPLICAS_ENV, "").strip()
     if not raw:
         return 1
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"{CPU_REPLICAS_ENV}: expected a whole number >= 1, got {raw!r}")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_CPU_REPLICAS:
+        raise ConfigError(
+            f"{CPU_REPLICAS_ENV}: expected a whole number from 1 to {MAX_CPU_REPLICAS}, got {raw!r}"
+        )
     return int(raw)
 
 

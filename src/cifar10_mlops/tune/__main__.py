@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in KT_ENV:  # an empty value (as docker compose passes an unset one) means unset
         if name in os.environ and not os.environ[name].strip():
             del os.environ[name]
+    port = os.environ.get("KERASTUNER_ORACLE_PORT")
+    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise PipelineError(f"KERASTUNER_ORACLE_PORT: expected a port 1-65535, got {port!r}")
     if args.worker:
         run_worker(data=args.data, state_root=args.state, loop=args.loop, wait=args.wait)
         return
