@@ -165,6 +165,8 @@ def check_overrides(overrides: list[str], params: dict) -> None:
             )
         if override.is_sweep_override():
             raise PipelineError(f"{bad}: one value per key")
+        if "${" in override.input_line:  # ${oc.env:...} would copy the environment into params
+            raise PipelineError(f"{bad}: interpolations (${{...}}) are not allowed, only values")
         key = override.key_or_group + (f"@{override.package}" if override.package else "")
         node, at = params, None
         for part in key.split("."):

@@ -81,8 +81,9 @@ start() {
   if running "$name"; then
     echo "$name: already running (pid $(cat "$DIR/$name.pid"))"
     if [[ $name == prefect ]] && ! prefect_locked; then
-      echo "warning: it does not require, or take, the auth string in $AUTH:" \
-        "restart it (make services-stop services)" >&2
+      echo "error: the running Prefect server does not require, or take, the auth string in" \
+        "$AUTH: restart it (make services-stop services)" >&2
+      exit 1
     fi
     return
   fi

@@ -112,6 +112,18 @@ def test_stage_exits_with_one_line_error_before_any_work(tmp_path, run_module):
         ({"register.model_name": "cnn@champion"}, "register.model_name: 'cnn@champion' is not"),
         ({"register.model_name": "a/b"}, "register.model_name: 'a/b' is not a name"),
         ({"retrain.deployment": "x y"}, "retrain.deployment: 'x y' is not a name"),
+        ({"retrain.cron": "\u00b2 * * * *"}, "retrain.cron: minute '\u00b2'"),  # isdigit, not int
+        ({"retrain.cron": "5-1 * * * *"}, "retrain.cron: minute '5-1'"),
+        ({"retrain.timezone": "America"}, "retrain.timezone: unknown time zone 'America'"),
+        ({"retrain.timezone": "x" * 5000}, "retrain.timezone: unknown time zone"),
+        (
+            {"tune.space.conv_1_filters": {"min": 16, "max": 10_000, "step": 16}},
+            "tune.space.conv_1_filters.max: must be <= 4096",
+        ),
+        (
+            {"tune.space.weight_decay": {"min": 0.1, "max": 2.0, "sampling": "log"}},
+            "tune.space.weight_decay.max: must be < 1, got 2.0",
+        ),
     ],
 )
 def test_values_the_code_cannot_run_are_refused(tmp_path, override, message):
@@ -160,3 +172,20 @@ def test_stages_refuse_them_in_one_line(tmp_path, run_module, text, message):
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {path}: ") and message in line, line
     assert not (tmp_path / "raw").exists()
+
+
+def test_merge_keys_are_yaml_not_repeated_keys(tmp_path):
+    """DVC accepts YAML anchors and merge keys; so must the stages."""
+    path = tmp_path / "params.yaml"
+    text = yaml.safe_dump(tiny_params(), sort_keys=False)
+    text = text.replace("evaluate:\n", "evaluate: &evaluate\n", 1) + "other:\n  <<: *evaluate\n"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="unknown key other"):  # parsed; then refused as a key
+        load_params(path)
+
+
+def test_a_key_that_is_a_list_is_one_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_params(), sort_keys=False) + "? [a, b]\n: 1\n")
+    with pytest.raises(ConfigError, match=r"params.yaml: a key that is a list \(line \d+\)"):
+        load_params(path)

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar10_mlops.dataset import extract
+from cifar10_mlops.archive import extract
 from cifar10_mlops.download import download
 from cifar10_mlops.errors import PipelineError
 from conftest import add_bytes, write_image_archive, write_python_archive
 
 
 def run(archive: Path, out: Path, checksum: str | None = None, retries: int = 1) -> dict:
-    return download(str(archive), checksum, out, retries=retries, timeout=5)
+    return download(str(archive), checksum, out, retries=retries, timeout=5, deadline=60)
 
 
 def assert_nothing_written(out: Path) -> None:
@@ -103,8 +103,9 @@ def link_member(name: str, target: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo
         (file_member("/tmp/escaped.txt"), "path leaves the target folder"),
         (link_member("cifar10/link", "../../.."), "points outside"),
         (link_member("cifar10/link", "/etc/passwd"), "points outside"),
-        (link_member("cifar10/hard", "/etc/passwd", tarfile.LNKTYPE), "points outside"),
-        (link_member("cifar10/train/hard", "../outside", tarfile.LNKTYPE), "points outside"),
+        (link_member("cifar10/hard", "/etc/passwd", tarfile.LNKTYPE), "hard link to '/etc/"),
+        (link_member("cifar10/train/hard", "../outside", tarfile.LNKTYPE), "hard link to '../"),
+        (link_member("cifar10/train/hard", "cifar10/missing", tarfile.LNKTYPE), "hard link"),
     ],
 )
 def test_unsafe_tar_members_are_refused(tmp_path, member, message):
@@ -307,7 +308,7 @@ def tree_bytes(folder: Path) -> int:
 
 
 def test_member_over_the_size_limit_is_refused_before_it_is_written(tmp_path):
-    from cifar10_mlops.dataset import MAX_MEMBER_BYTES
+    from cifar10_mlops.archive import MAX_MEMBER_BYTES
 
     archive = zeros_tar(tmp_path / "bomb.tar.gz", {"cifar10/big.bin": MAX_MEMBER_BYTES + 1})
     assert archive.stat().st_size < 1 << 20  # a small archive
@@ -322,9 +323,9 @@ def test_member_over_the_size_limit_is_refused_before_it_is_written(tmp_path):
 
 
 def test_archive_over_the_total_limit_stops_at_the_member_that_crosses_it(tmp_path, monkeypatch):
-    from cifar10_mlops import dataset
+    from cifar10_mlops import archive
 
-    monkeypatch.setattr(dataset, "MAX_TOTAL_BYTES", 3 << 20)
+    monkeypatch.setattr(archive, "MAX_TOTAL_BYTES", 3 << 20)
     names = {f"cifar10/{i}.bin": 1 << 20 for i in range(6)}
     archive = zeros_tar(tmp_path / "many.tar.gz", names)
     target = tmp_path / "x"
@@ -336,9 +337,9 @@ def test_archive_over_the_total_limit_stops_at_the_member_that_crosses_it(tmp_pa
 
 @pytest.mark.parametrize("kind", ["tar", "zip"])
 def test_too_many_members_are_refused_while_reading_them(tmp_path, monkeypatch, kind):
-    from cifar10_mlops import dataset
+    from cifar10_mlops import archive
 
-    monkeypatch.setattr(dataset, "MAX_MEMBERS", 50)
+    monkeypatch.setattr(archive, "MAX_MEMBERS", 50)
     archive = tmp_path / f"many.{kind}"
     if kind == "tar":
         with tarfile.open(archive, "w") as tar:
@@ -349,15 +350,19 @@ def test_too_many_members_are_refused_while_reading_them(tmp_path, monkeypatch, 
             for i in range(200):
                 zf.writestr(f"cifar10/{i}.png", b"x")
     target = tmp_path / "x"
-    with pytest.raises(PipelineError, match=r"more than 50 members .*refused at 'cifar10/50.png'"):
+    message = {  # a zip's count is read from its end record, before anything is written
+        "tar": r"many.tar: more than 50 members .*refused at 'cifar10/50.png'",
+        "zip": r"many.zip: 200 members, more than 50 \(the limit",
+    }[kind]
+    with pytest.raises(PipelineError, match=message):
         extract(archive, target)
-    assert len(list(target.rglob("*.png"))) <= 50
+    assert len(list(target.rglob("*.png"))) <= (50 if kind == "tar" else 0)
 
 
 def test_zip_member_over_the_size_limit_is_refused(tmp_path, monkeypatch):
-    from cifar10_mlops import dataset
+    from cifar10_mlops import archive
 
-    monkeypatch.setattr(dataset, "MAX_MEMBER_BYTES", 1000)
+    monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", 1000)
     archive = tmp_path / "bomb.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("cifar10/big.bin", bytes(100_000))
@@ -367,7 +372,7 @@ def test_zip_member_over_the_size_limit_is_refused(tmp_path, monkeypatch):
 
 
 def test_download_cli_refuses_a_bomb_in_one_line(tmp_path, params_file, run_module):
-    from cifar10_mlops.dataset import MAX_MEMBER_BYTES
+    from cifar10_mlops.archive import MAX_MEMBER_BYTES
 
     archive = zeros_tar(tmp_path / "bomb.tar.gz", {"c/big.bin": 2 * MAX_MEMBER_BYTES})
     out = tmp_path / "raw"
@@ -436,16 +441,28 @@ def test_scratch_left_by_a_killed_process_is_removed_by_the_next_run(python_arch
         f"with scratch(Path({str(tmp_path)!r}), '.raw') as tmp:\n"
         "    (tmp / 'half.tar.gz').write_bytes(bytes(1000)); print(tmp, flush=True); time.sleep(60)"
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    left = Path(proc.stdout.readline().strip())
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert left.is_dir() and left.name.startswith(f".raw-{proc.pid}-")  # what kill -9 leaves
-    alive = tmp_path / f".raw-{os.getppid()}-keep"  # a running process's: kept
-    alive.mkdir()
-    run(python_archive, out)
-    assert not left.exists() and alive.is_dir()
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".raw")) == [alive.name]
+
+    def holder() -> tuple[subprocess.Popen, Path]:
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        return proc, Path(proc.stdout.readline().strip())
+
+    killed, left = holder()
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert left.is_dir() and left.name.startswith(f".raw-{killed.pid}-")  # what kill -9 leaves
+    running, kept = holder()  # a download running meanwhile: its folder stays
+    # A folder named after a live pid (pids repeat) whose lock nobody holds: removed.
+    reused = tmp_path / f".raw-{os.getpid()}-old"
+    reused.mkdir()
+    (reused / ".lock").touch()
+    try:
+        run(python_archive, out)
+        assert not left.exists() and not reused.exists() and kept.is_dir()
+        names = [p.name for p in tmp_path.iterdir() if p.name.startswith(".raw")]
+        assert names == [kept.name]
+    finally:
+        running.kill()
+        running.wait()
 
 
 class EndlessHandler(http.server.BaseHTTPRequestHandler):
@@ -498,3 +515,30 @@ def test_a_local_source_over_the_limit_is_refused_before_it_is_read(tmp_path, mo
     big.write_bytes(bytes(1001))
     with pytest.raises(PipelineError, match=r"big.tar.gz: 1,001 bytes or more, over the limit"):
         run(big, tmp_path / "raw")
+
+
+def test_a_huge_extended_header_is_refused_before_it_is_read(tmp_path):
+    """tarfile reads a pax header whole: 100 MB of it would be 100 MB of memory."""
+    archive = tmp_path / "pax.tar.gz"
+    with tarfile.open(archive, "w:gz", format=tarfile.PAX_FORMAT, compresslevel=1) as tar:
+        info = tarfile.TarInfo("cifar10/a.png")
+        info.pax_headers = {"comment": "x" * 100_000_000}
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(PipelineError, match=r"an extended header of 100,000,\d+ bytes, over the "
+                       r"limit of 65,536"):  # fmt: skip
+        extract(archive, tmp_path / "x")
+
+
+def test_a_stream_over_the_budget_stops_while_it_is_read(tmp_path, monkeypatch):
+    """Whatever tarfile reads counts, headers included: a member's declared size cannot lie."""
+    from cifar10_mlops import archive as module
+
+    monkeypatch.setattr(module, "_HEADER_SLACK", 0)
+    monkeypatch.setattr(module, "MAX_TOTAL_BYTES", 5000)
+    archive = tmp_path / "a.tar"
+    with tarfile.open(archive, "w") as tar:
+        add_bytes(tar, "cifar10/a.bin", bytes(4000))
+        add_bytes(tar, "cifar10/b.bin", bytes(900))
+    with pytest.raises(PipelineError, match=r"a.tar: unpacks to more than 5,000 bytes with its "
+                       r"headers"):  # fmt: skip
+        extract(archive, tmp_path / "x")

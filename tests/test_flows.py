@@ -132,6 +132,10 @@ REFUSED = {
     r"register.nope \(register: model_name, metric, min_delta\)$",
     "train.epochs=abc": r"^bad parameter override train.epochs=abc: params.yaml: "
     r"train.epochs: expected int, got str 'abc'$",
+    # would copy a secret of the flow's environment into params.yaml, MLflow and dvc.lock
+    "register.model_name=${oc.env:PREFECT_API_AUTH_STRING}": r"^bad parameter override "
+    r"register.model_name=\$\{oc.env:PREFECT_API_AUTH_STRING\}: interpolations \(\$\{...\}\) "
+    r"are not allowed, only values$",
 }
 
 

@@ -13,7 +13,7 @@ from conftest import add_bytes, encode, make_images, write_image_archive
 @pytest.fixture
 def raw(python_archive, tmp_path):
     out = tmp_path / "raw"
-    download(str(python_archive), None, out, retries=1, timeout=5)
+    download(str(python_archive), None, out, retries=1, timeout=5, deadline=60)
     return out
 
 
@@ -77,7 +77,7 @@ def image_raw(tmp_path, bad_name: str, bad_bytes: bytes):
                 dst.addfile(m, src.extractfile(m))
         add_bytes(dst, bad_name, bad_bytes)
     out = tmp_path / "raw"
-    download(str(tmp_path / "b.tar.gz"), None, out, retries=1, timeout=5)
+    download(str(tmp_path / "b.tar.gz"), None, out, retries=1, timeout=5, deadline=60)
     return out
 
 

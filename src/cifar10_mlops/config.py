@@ -248,6 +248,17 @@ class SearchSpace:
     def check(self, key: str) -> None:
         if all(getattr(self, name) is None for name in TUNABLE):
             raise ConfigError(f"{key}: every entry is null; nothing to search")
+        # Each entry within the range its `train` value has: a search must not end in values
+        # that `train` then refuses.
+        highs = {"conv_1_filters": MAX_FILTERS, "conv_2_filters": MAX_FILTERS,
+                 "conv_3_filters": MAX_FILTERS, "dense_units": MAX_UNITS}  # fmt: skip
+        for name, high in highs.items():
+            if getattr(self, name) is not None:
+                _between(f"{key}.{name}", "max", getattr(self, name).max, 1, high)
+        for name in ("weight_decay", "label_smoothing"):
+            entry = getattr(self, name)
+            if entry is not None and not entry.max < 1:
+                raise ConfigError(f"{key}.{name}.max: must be < 1, got {entry.max}")
 
 
 # The `train` values a search may replace: one entry of `tune.space` each.
@@ -316,7 +327,7 @@ class RetrainConfig:
         check_cron(self.cron, f"{key}.cron")
         try:
             zoneinfo.ZoneInfo(self.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a folder
             raise ConfigError(
                 f"{key}.timezone: unknown time zone {self.timezone!r} (an IANA name such as "
                 "UTC or Europe/Paris)"
@@ -364,7 +375,7 @@ _CRON_NAMES = {
     "month": "jan feb mar apr may jun jul aug sep oct nov dec".split(),
     "weekday": "sun mon tue wed thu fri sat".split(),
 }
-_CRON_ITEM = re.compile(r"(\*|(\w+)(?:-(\w+))?)(?:/(\d+))?")
+_CRON_ITEM = re.compile(r"(\*|([0-9]{1,2}|[a-z]{3})(?:-([0-9]{1,2}|[a-z]{3}))?)(?:/([0-9]{1,2}))?")
 
 
 def _name(section: str, name: str, value: str) -> None:
@@ -385,18 +396,25 @@ def check_cron(value: str, key: str) -> None:
     for text, (field, low, high) in zip(fields, _CRON_FIELDS):
         names = _CRON_NAMES.get(field, [])
         for item in text.split(","):
-            found = _CRON_ITEM.fullmatch(item)
-            ends = [v for v in found.groups()[1:3] if v] if found else []
-            numbers = [names.index(v.lower()) + (field == "month") if v.lower() in names
-                       else int(v) if v.isdigit() else None for v in ends]  # fmt: skip
-            step = found and found[4]
-            if (not found or None in numbers or any(not low <= n <= high for n in numbers)
-                    or (step is not None and int(step) == 0)):  # fmt: skip
+            if not _cron_item_ok(item.lower(), low, high, names, field == "month"):
                 raise ConfigError(
                     f"{key}: {field} {item!r} in {value!r} is not valid (values {low}-{high}"
                     + (f" or {names[0]}-{names[-1]}" if names else "")
                     + ")"
                 )
+
+
+def _cron_item_ok(item: str, low: int, high: int, names: list[str], one_based: bool) -> bool:
+    """`*`, `N`, `N-M` (N <= M) or a name, optionally `/step` with step >= 1."""
+    found = _CRON_ITEM.fullmatch(item)
+    if not found:
+        return False
+    ends = [v for v in found.groups()[1:3] if v]
+    if any(not v.isascii() or (not v.isdigit() and v not in names) for v in ends):
+        return False
+    numbers = [int(v) if v.isdigit() else names.index(v) + one_based for v in ends]
+    in_range = all(low <= n <= high for n in numbers) and numbers == sorted(numbers)
+    return in_range and (found[4] is None or int(found[4]) >= 1)
 
 
 def check_checksum(value: str, key: str) -> None:
@@ -418,10 +436,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged, not a key
+                continue
             key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, str | int | float | bool) and key is not None:
+                raise ConfigError(f"a key that is a {type(key).__name__} (line {line})")
             if key in seen:
-                mark = key_node.start_mark
-                raise ConfigError(f"key {key!r} given twice (line {mark.line + 1})")
+                raise ConfigError(f"key {key!r} given twice (line {line})")
             seen.add(key)
         return super().construct_mapping(node, deep)
 

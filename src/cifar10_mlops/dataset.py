@@ -1,4 +1,4 @@
-"""Extracting and reading CIFAR-10 in its two archive layouts, shared by `download`
+"""Reading CIFAR-10 in its two layouts, once extracted (archive.py), shared by `download`
 (validate, count) and `prepare` (decode).
 
 - python: the official `cifar-10-batches-py/` pickles (data_batch_1..5, test_batch,
@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import codecs
 import pickle
-import posixpath
-import tarfile
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from cifar10_mlops.errors import PipelineError
 
@@ -31,12 +27,6 @@ IMAGE_SHAPE = (32, 32, 3)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 PYTHON_BATCHES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
-# What an archive may unpack to: CIFAR-10 as python batches is 8 files of at most 31 MB
-# (178 MB in all); as image files, 60,000 images of a few KB plus their folders. Room for any
-# reasonable copy (PNG, BMP), none for a bomb.
-MAX_MEMBERS = 70_000
-MAX_MEMBER_BYTES = 64 << 20  # 64 MiB
-MAX_TOTAL_BYTES = 1 << 30  # 1 GiB
 
 # The only globals a CIFAR-10 pickle may refer to: numpy's array reconstruction (under its
 # numpy 1 and numpy 2 module names) and the codec py3 uses for bytes in protocol-2 pickles.
@@ -48,95 +38,6 @@ _SAFE_GLOBALS = {
     ("numpy", "dtype"): np.dtype,
     ("_codecs", "encode"): codecs.encode,
 }
-
-
-def _check_member(name: str, link: str | None, link_target: str | None, is_special: bool) -> None:
-    """Refuse absolute or parent paths, devices, and links resolving outside the archive.
-
-    `link` is "sym" (target relative to the member's folder) or "hard" (relative to the
-    archive root), None for a regular member.
-    """
-    parts = PurePosixPath(name).parts
-    if name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")) or ".." in parts:
-        raise PipelineError(f"unsafe archive member {name!r}: path leaves the target folder")
-    if is_special:
-        raise PipelineError(f"unsafe archive member {name!r}: device or fifo")
-    if link:
-        base = PurePosixPath(name).parent if link == "sym" else PurePosixPath()
-        target = posixpath.normpath(base / (link_target or ""))
-        if (link_target or "").startswith("/") or target.split("/")[0] == "..":
-            raise PipelineError(
-                f"unsafe archive member {name!r}: link to {link_target!r} points outside"
-            )
-
-
-class Limits:
-    """Running totals of an extraction, refused as soon as one exceeds its limit: checked on
-    each member's declared size before anything of it is written."""
-
-    def __init__(self, archive: str):
-        self.archive, self.members, self.bytes = archive, 0, 0
-
-    def add(self, name: str, size: int) -> None:
-        self.members += 1
-        self.bytes += size
-        if self.members > MAX_MEMBERS:
-            raise PipelineError(
-                f"{self.archive}: more than {MAX_MEMBERS:,} members (the limit; CIFAR-10 has "
-                f"60,000 images), refused at {name!r}"
-            )
-        if size > MAX_MEMBER_BYTES:
-            raise PipelineError(
-                f"{self.archive}: member {name!r} unpacks to {size:,} bytes, over the limit of "
-                f"{MAX_MEMBER_BYTES:,} per member"
-            )
-        if self.bytes > MAX_TOTAL_BYTES:
-            raise PipelineError(
-                f"{self.archive}: unpacks to more than {MAX_TOTAL_BYTES:,} bytes (the limit), "
-                f"refused at {name!r}"
-            )
-
-
-def extract(archive: Path, target: Path) -> None:
-    """Extract a tar (any compression) or zip archive into `target`, refusing unsafe members
-    and archives over the limits (MAX_MEMBERS, MAX_MEMBER_BYTES, MAX_TOTAL_BYTES)."""
-    limits = Limits(archive.name)
-    try:
-        if zipfile.is_zipfile(archive):
-            _extract_zip(archive, target, limits)
-            return
-        with tarfile.open(archive) as tf:
-            # Members are read lazily, one header at a time, and each is checked before it is
-            # extracted: an archive of a million members or a 10 GiB one stops at its limit.
-            def checked():
-                for m in tf:
-                    link = "sym" if m.issym() else "hard" if m.islnk() else None
-                    _check_member(m.name, link, m.linkname, m.isdev() or m.isfifo())
-                    limits.add(m.name, m.size if m.isreg() else 0)
-                    yield m
-
-            # The 'data' filter enforces the same rules again inside tarfile itself.
-            bar = tqdm(checked(), desc="extract", unit="file", disable=None)  # no bar off a tty
-            tf.extractall(target, members=bar, filter="data")
-    except (tarfile.ReadError, zipfile.BadZipFile):
-        raise PipelineError(f"{archive.name}: not a tar or zip archive") from None
-    except (EOFError, tarfile.TarError, zipfile.LargeZipFile, OSError) as exc:
-        if isinstance(exc, tarfile.FilterError):
-            raise PipelineError(f"unsafe archive member: {exc}") from None
-        raise PipelineError(f"{archive.name}: truncated or corrupt archive ({exc})") from None
-
-
-def _extract_zip(archive: Path, target: Path, limits: Limits) -> None:
-    """A zip's directory lists every member's size up front; zipfile stops reading a member
-    at its declared size (a CRC error if the data says otherwise), so checking the
-    directory bounds what is written."""
-    with zipfile.ZipFile(archive) as zf:
-        for info in zf.infolist():
-            if (info.external_attr >> 16) & 0o170000 == 0o120000:
-                raise PipelineError(f"unsafe archive member {info.filename!r}: symlink in zip")
-            _check_member(info.filename, None, None, False)
-            limits.add(info.filename, info.file_size)
-        zf.extractall(target)
 
 
 @dataclass(frozen=True)

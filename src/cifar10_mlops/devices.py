@@ -14,6 +14,7 @@ from then on; every stage that trains calls it first.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 from cifar10_mlops.errors import ConfigError
@@ -51,7 +52,7 @@ def cpu_replicas() -> int:
     raw = os.environ.get(CPU_REPLICAS_ENV, "").strip()
     if not raw:
         return 1
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_CPU_REPLICAS:
+    if not re.fullmatch(r"[0-9]{1,3}", raw) or not 1 <= int(raw) <= MAX_CPU_REPLICAS:
         raise ConfigError(
             f"{CPU_REPLICAS_ENV}: expected a whole number from 1 to {MAX_CPU_REPLICAS}, got {raw!r}"
         )

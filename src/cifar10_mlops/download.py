@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from cifar10_mlops import dataset
+from cifar10_mlops.archive import extract
 from cifar10_mlops.config import check_checksum, load_params
 from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.files import file_digests, scratch, write_json
@@ -48,9 +49,7 @@ class DeadlineExceeded(PipelineError):
     """The download as a whole took longer than `download.deadline`."""
 
 
-def fetch(
-    source: str, dest_dir: Path, *, retries: int, timeout: float, deadline: float = 1800.0
-) -> Path:
+def fetch(source: str, dest_dir: Path, *, retries: int, timeout: float, deadline: float) -> Path:
     """Return a local path for `source`: a local file as is, a URL downloaded into dest_dir
     within `deadline` seconds in all (each read waits at most `timeout`)."""
     if "://" not in source or source.startswith("file://"):
@@ -155,7 +154,7 @@ def download(
     *,
     retries: int,
     timeout: float,
-    deadline: float = 1800.0,
+    deadline: float,
 ) -> dict:
     """Fetch and verify `source`, check its extraction and layout, and keep the archive and
     its manifest in `out_dir`, replacing it only on success."""
@@ -163,7 +162,7 @@ def download(
         archive = fetch(source, tmp, retries=retries, timeout=timeout, deadline=deadline)
         found = verify(archive, checksum)
         extracted = tmp / "extracted"
-        dataset.extract(archive, extracted)
+        extract(archive, extracted)
         layout = dataset.find_layout(extracted)
         manifest = {
             "source": source,

@@ -4,17 +4,20 @@ file.
 A stage's output is written to a temporary sibling and moved into place in one step, so a
 reader (the next stage, DVC, a person) never sees a half-written file, and a killed stage
 leaves the previous version or nothing. Scratch folders carry their process id, so whatever
-a killed process (kill -9, the OOM killer) left behind is removed by the next one.
+a killed process (kill -9, the OOM killer) left behind is removed by the next one: a live
+process holds a lock on its folder, which the kernel releases when it dies.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +25,7 @@ from pathlib import Path
 from cifar10_mlops.errors import PipelineError
 
 _CHUNK = 1 << 20  # bytes read at a time when hashing
+LOCK = ".lock"  # in a scratch folder: held by its process while it runs
 
 
 @contextmanager
@@ -39,33 +43,49 @@ def replacing(path: Path) -> Iterator[Path]:
 
 @contextmanager
 def scratch(parent: Path, prefix: str) -> Iterator[Path]:
-    """A new folder `<parent>/<prefix>-<pid>-<random>`, removed on exit. On entry, the
-    `<prefix>-<pid>-*` folders of processes that no longer run are removed first."""
+    """A new folder `<parent>/<prefix>-<pid>-<random>`, removed on exit. Its process holds a
+    lock on it while it runs; on entry, the `<prefix>-*` folders whose lock nobody holds (a
+    killed process's) are removed first."""
     parent.mkdir(parents=True, exist_ok=True)
     sweep(parent, prefix)
-    with tempfile.TemporaryDirectory(dir=parent, prefix=f"{prefix}-{os.getpid()}-") as tmp:
-        yield Path(tmp)
+    with tempfile.TemporaryDirectory(
+        dir=parent, prefix=f"{prefix}-{os.getpid()}-", ignore_cleanup_errors=True
+    ) as tmp:
+        with open(Path(tmp) / LOCK, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel when the process dies
+            yield Path(tmp)
 
 
-def sweep(parent: Path, prefix: str) -> list[Path]:
-    """Remove the scratch folders under `parent` left by dead processes; returns them."""
-    pattern = re.compile(rf"{re.escape(prefix)}-(\d+)-")
+def sweep(parent: Path, prefix: str, unlocked_after: float = 3600.0) -> list[Path]:
+    """Remove the scratch folders under `parent` that no running process holds; returns
+    them. The lock, not the pid, says who runs: pids repeat, and containers sharing a volume
+    each have their own. A folder without its lock file (one being made, or older than
+    locks) is removed only once `unlocked_after` seconds old."""
+    pattern = re.compile(rf"{re.escape(prefix)}-\d+-")
     removed = []
     for entry in parent.iterdir():
-        found = pattern.match(entry.name)
-        if found and entry.is_dir() and not entry.is_symlink() and not _alive(int(found[1])):
+        if not pattern.match(entry.name) or entry.is_symlink() or not entry.is_dir():
+            continue
+        if _abandoned(entry, unlocked_after):
             shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
+            if not entry.exists():
+                removed.append(entry)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def _abandoned(folder: Path, unlocked_after: float) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(folder / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return time.time() - folder.stat().st_mtime > unlocked_after
+    except OSError:  # another user's, or not ours to judge
         return False
-    except PermissionError:  # another user's process
-        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: its process runs
+        return False
+    finally:
+        os.close(fd)
     return True
 
 

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from sklearn.model_selection import train_test_split
 
 from cifar10_mlops import dataset
+from cifar10_mlops.archive import extract
 from cifar10_mlops.config import PrepareConfig, load_params
 from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.files import require_files, scratch, write_json
@@ -125,7 +126,7 @@ def decode(raw_dir: Path, manifest: dict) -> dict[str, Split]:
     # In the system's temporary folder, named by this stage and pid: the next run removes
     # what a killed one left (data/raw may sit on a slower or smaller disk).
     with scratch(Path(tempfile.gettempdir()), "cifar10-prepare") as tmp:
-        dataset.extract(archive, tmp)
+        extract(archive, tmp)
         layout = dataset.Layout(manifest["format"], tmp / manifest["root"])
         try:
             splits = {split: dataset.load_split(layout, split) for split in dataset.SPLITS}

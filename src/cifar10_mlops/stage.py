@@ -25,9 +25,17 @@ def run_stage(main: Callable[[], None], name: str | None = None) -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ info lines
     name = name or _stage_name(main)
+    before = os.environ.get("TMPDIR"), tempfile.tempdir
     with scratch(Path(tempfile.gettempdir()), f"cifar10-{name}") as tmp:
         os.environ["TMPDIR"], tempfile.tempdir = str(tmp), str(tmp)
-        _run(main)
+        try:
+            _run(main)
+        finally:  # a caller in the same process (a notebook, a test) gets its own back
+            if before[0] is None:
+                os.environ.pop("TMPDIR", None)
+            else:
+                os.environ["TMPDIR"] = before[0]
+            tempfile.tempdir = before[1]
 
 
 def _stage_name(main: Callable[[], None]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from cifar10_mlops.config import load_params
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         if name in os.environ and not os.environ[name].strip():
             del os.environ[name]
     port = os.environ.get("KERASTUNER_ORACLE_PORT")
-    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
+    if port is not None and not (re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535):
         raise PipelineError(f"KERASTUNER_ORACLE_PORT: expected a port 1-65535, got {port!r}")
     if args.worker:
         run_worker(data=args.data, state_root=args.state, loop=args.loop, wait=args.wait)
