@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import types
 import zoneinfo
 import typing
@@ -22,6 +21,17 @@ from typing import Any, Literal
 
 import yaml
 
+from cifar10_mlops.checks import (
+    UniqueKeyLoader,
+    at_least,
+    between,
+    check_checksum,
+    check_cron,
+    check_name,
+    join,
+    positive,
+    span,
+)
 from cifar10_mlops.errors import ConfigError
 
 PARAMS_FILE = Path("params.yaml")
@@ -56,9 +66,9 @@ class DownloadConfig:
     def check(self, key: str) -> None:
         if self.checksum is not None:
             check_checksum(self.checksum, f"{key}.checksum")
-        _between(key, "retries", self.retries, 1, 100)
-        _between(key, "timeout", self.timeout, 0, MAX_TIMEOUT, low_open=True)
-        _between(key, "deadline", self.deadline, 0, MAX_DEADLINE, low_open=True)
+        between(key, "retries", self.retries, 1, 100)
+        between(key, "timeout", self.timeout, 0, MAX_TIMEOUT, low_open=True)
+        between(key, "deadline", self.deadline, 0, MAX_DEADLINE, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -73,7 +83,7 @@ class PrepareConfig:
         for name in ("train_per_class", "test_per_class"):
             value = getattr(self, name)
             if value is not None:
-                _at_least(key, name, value, 2 if name == "train_per_class" else 1)
+                at_least(key, name, value, 2 if name == "train_per_class" else 1)
 
 
 @dataclass(frozen=True)
@@ -148,33 +158,33 @@ class TrainConfig:
         return block_widths(self.conv_1_filters, self.conv_2_filters, self.conv_3_filters)
 
     def check(self, key: str) -> None:
-        _at_least(key, "whiten_bias_epochs", self.whiten_bias_epochs, 0)
+        at_least(key, "whiten_bias_epochs", self.whiten_bias_epochs, 0)
         if self.tta_level not in (0, 1, 2):
             raise ConfigError(f"{key}.tta_level: must be 0, 1 or 2, got {self.tta_level}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"{key}.momentum: must be in [0, 1), got {self.momentum}")
-        _positive(key, "bias_lr_scale", self.bias_lr_scale)
+        positive(key, "bias_lr_scale", self.bias_lr_scale)
         for name in ("lr_start", "lr_end"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{key}.{name}: must be in [0, 1], got {getattr(self, name)}")
         for name in ("conv_1_filters", "conv_2_filters", "conv_3_filters"):
             if getattr(self, name) is not None:
-                _between(key, name, getattr(self, name), 1, MAX_FILTERS)
-        _between(key, "dense_units", self.dense_units, 1, MAX_UNITS)
+                between(key, name, getattr(self, name), 1, MAX_FILTERS)
+        between(key, "dense_units", self.dense_units, 1, MAX_UNITS)
         for name in ("batch_size", "val_batch_size"):
-            _between(key, name, getattr(self, name), 1, MAX_BATCH)
-        _between(key, "epochs", self.epochs, 1, MAX_EPOCHS)
-        _at_least(key, "lr_drop_every", self.lr_drop_every, 1)
+            between(key, name, getattr(self, name), 1, MAX_BATCH)
+        between(key, "epochs", self.epochs, 1, MAX_EPOCHS)
+        at_least(key, "lr_drop_every", self.lr_drop_every, 1)
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"{key}.dropout: must be in [0, 1), got {self.dropout}")
-        _positive(key, "learning_rate", self.learning_rate)
+        positive(key, "learning_rate", self.learning_rate)
         if not 0 < self.lr_drop_factor <= 1:
             raise ConfigError(f"{key}.lr_drop_factor: must be in (0, 1], got {self.lr_drop_factor}")
         if not 0 <= self.lr_min <= self.learning_rate:
             raise ConfigError(f"{key}.lr_min: must be in [0, learning_rate], got {self.lr_min}")
         if self.early_stopping_patience is not None:
-            _at_least(key, "early_stopping_patience", self.early_stopping_patience, 1)
-        _between(key, "warmup_epochs", self.warmup_epochs, 0, MAX_EPOCHS)
+            at_least(key, "early_stopping_patience", self.early_stopping_patience, 1)
+        between(key, "warmup_epochs", self.warmup_epochs, 0, MAX_EPOCHS)
         if not 0 <= self.weight_decay < 1:
             raise ConfigError(f"{key}.weight_decay: must be in [0, 1), got {self.weight_decay}")
         if not 0 <= self.label_smoothing < 1:
@@ -192,9 +202,9 @@ class IntRange:
     step: int
 
     def check(self, key: str) -> None:
-        _range(key, self.min, self.max)
-        _at_least(key, "min", self.min, 1)
-        _between(key, "max", self.max, 1, MAX_UNITS)
+        span(key, self.min, self.max)
+        at_least(key, "min", self.min, 1)
+        between(key, "max", self.max, 1, MAX_UNITS)
         if not 1 <= self.step <= self.max - self.min:
             raise ConfigError(
                 f"{key}.step: must be in [1, max - min = {self.max - self.min}], got {self.step}"
@@ -210,8 +220,8 @@ class FloatRange:
     sampling: Literal["linear", "log"]
 
     def check(self, key: str) -> None:
-        _range(key, self.min, self.max)
-        _positive(key, "min", self.min)
+        span(key, self.min, self.max)
+        positive(key, "min", self.min)
 
 
 @dataclass(frozen=True)
@@ -254,7 +264,7 @@ class SearchSpace:
                  "conv_3_filters": MAX_FILTERS, "dense_units": MAX_UNITS}  # fmt: skip
         for name, high in highs.items():
             if getattr(self, name) is not None:
-                _between(f"{key}.{name}", "max", getattr(self, name).max, 1, high)
+                between(f"{key}.{name}", "max", getattr(self, name).max, 1, high)
         for name in ("weight_decay", "label_smoothing"):
             entry = getattr(self, name)
             if entry is not None and not entry.max < 1:
@@ -281,18 +291,18 @@ class TuneConfig:
     worker_timeout: float  # seconds a distributed worker may go silent before losing its trial
 
     def check(self, key: str) -> None:
-        _between(key, "max_epochs", self.max_epochs, 1, MAX_EPOCHS)
-        _between(key, "factor", self.factor, 2, 100)
-        _between(key, "hyperband_iterations", self.hyperband_iterations, 1, 100)
+        between(key, "max_epochs", self.max_epochs, 1, MAX_EPOCHS)
+        between(key, "factor", self.factor, 2, 100)
+        between(key, "hyperband_iterations", self.hyperband_iterations, 1, 100)
         if self.early_stopping_patience is not None:
-            _at_least(key, "early_stopping_patience", self.early_stopping_patience, 1)
+            at_least(key, "early_stopping_patience", self.early_stopping_patience, 1)
         if self.seed is not None:
-            _between(key, "seed", self.seed, 0, MAX_SEED)
+            between(key, "seed", self.seed, 0, MAX_SEED)
         if self.train_per_class is not None:
-            _at_least(key, "train_per_class", self.train_per_class, 1)
+            at_least(key, "train_per_class", self.train_per_class, 1)
         if self.max_mflops is not None:
-            _positive(key, "max_mflops", self.max_mflops)
-        _between(key, "worker_timeout", self.worker_timeout, 0, MAX_DEADLINE, low_open=True)
+            positive(key, "max_mflops", self.max_mflops)
+        between(key, "worker_timeout", self.worker_timeout, 0, MAX_DEADLINE, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -300,7 +310,7 @@ class EvaluateConfig:
     batch_size: int
 
     def check(self, key: str) -> None:
-        _between(key, "batch_size", self.batch_size, 1, MAX_BATCH)
+        between(key, "batch_size", self.batch_size, 1, MAX_BATCH)
 
 
 @dataclass(frozen=True)
@@ -310,7 +320,7 @@ class RegisterConfig:
     min_delta: float  # how much better than the champion a challenger must be
 
     def check(self, key: str) -> None:
-        _name(key, "model_name", self.model_name)
+        check_name(key, "model_name", self.model_name)
         if not self.min_delta >= 0:
             raise ConfigError(f"{key}.min_delta: must be >= 0, got {self.min_delta}")
 
@@ -323,7 +333,7 @@ class RetrainConfig:
     force: bool
 
     def check(self, key: str) -> None:
-        _name(key, "deployment", self.deployment)
+        check_name(key, "deployment", self.deployment)
         check_cron(self.cron, f"{key}.cron")
         try:
             zoneinfo.ZoneInfo(self.timezone)
@@ -356,7 +366,7 @@ class Params:
     mlflow: MlflowConfig
 
     def check(self, key: str) -> None:
-        _between(key, "seed", self.seed, 0, MAX_SEED)
+        between(key, "seed", self.seed, 0, MAX_SEED)
         if self.train.architecture == "fast" and self.tune.space.dense_units is not None:
             raise ConfigError(
                 "tune.space.dense_units: the fast architecture has no hidden dense layer; "
@@ -364,95 +374,11 @@ class Params:
             )
 
 
-# A registered model's or a deployment's name appears in URIs (models:/<name>@champion) and
-# commands: letters, digits and . _ - only.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-# Standard cron: each of the 5 fields a list of *, N or N-N, optionally /step; names allowed
-# for months and weekdays.
-_CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day", 1, 31), ("month", 1, 12),
-                ("weekday", 0, 7))  # fmt: skip
-_CRON_NAMES = {
-    "month": "jan feb mar apr may jun jul aug sep oct nov dec".split(),
-    "weekday": "sun mon tue wed thu fri sat".split(),
-}
-_CRON_ITEM = re.compile(r"(\*|([0-9]{1,2}|[a-z]{3})(?:-([0-9]{1,2}|[a-z]{3}))?)(?:/([0-9]{1,2}))?")
-
-
-def _name(section: str, name: str, value: str) -> None:
-    if not _NAME.fullmatch(value):
-        raise ConfigError(
-            f"{_join(section, name)}: {value!r} is not a name: use letters, digits, '.', '_' "
-            "and '-' (at most 128, starting with a letter or digit)"
-        )
-
-
-def check_cron(value: str, key: str) -> None:
-    """A 5-field cron expression whose every value is in its field's range."""
-    fields = value.split()
-    if len(fields) != 5:
-        raise ConfigError(
-            f"{key}: expected 5 fields (minute hour day month weekday), got {value!r}"
-        )
-    for text, (field, low, high) in zip(fields, _CRON_FIELDS):
-        names = _CRON_NAMES.get(field, [])
-        for item in text.split(","):
-            if not _cron_item_ok(item.lower(), low, high, names, field == "month"):
-                raise ConfigError(
-                    f"{key}: {field} {item!r} in {value!r} is not valid (values {low}-{high}"
-                    + (f" or {names[0]}-{names[-1]}" if names else "")
-                    + ")"
-                )
-
-
-def _cron_item_ok(item: str, low: int, high: int, names: list[str], one_based: bool) -> bool:
-    """`*`, `N`, `N-M` (N <= M) or a name, optionally `/step` with step >= 1."""
-    found = _CRON_ITEM.fullmatch(item)
-    if not found:
-        return False
-    ends = [v for v in found.groups()[1:3] if v]
-    if any(not v.isascii() or (not v.isdigit() and v not in names) for v in ends):
-        return False
-    numbers = [int(v) if v.isdigit() else names.index(v) + one_based for v in ends]
-    in_range = all(low <= n <= high for n in numbers) and numbers == sorted(numbers)
-    return in_range and (found[4] is None or int(found[4]) >= 1)
-
-
-def check_checksum(value: str, key: str) -> None:
-    """A checksum is 'md5:<32 hex digits>' or 'sha256:<64 hex digits>'."""
-    algo, _, digest = value.partition(":")
-    lengths = {"md5": 32, "sha256": 64}
-    if algo not in lengths or len(digest) != lengths[algo] or not _is_hex(digest):
-        raise ConfigError(f"{key}: expected 'md5:<32 hex>' or 'sha256:<64 hex>', got {value!r}")
-
-
-def _is_hex(text: str) -> bool:
-    return all(c in "0123456789abcdefABCDEF" for c in text)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last
-    one silently; DVC refuses the file)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged, not a key
-                continue
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if not isinstance(key, str | int | float | bool) and key is not None:
-                raise ConfigError(f"a key that is a {type(key).__name__} (line {line})")
-            if key in seen:
-                raise ConfigError(f"key {key!r} given twice (line {line})")
-            seen.add(key)
-        return super().construct_mapping(node, deep)
-
-
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
     """Read, type-check and range-check a params file."""
     path = Path(path)
     try:
-        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except yaml.YAMLError as exc:
@@ -500,11 +426,11 @@ def _build(cls: type, raw: Any, key: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - names)
     if unknown:
-        dotted = ", ".join(_join(key, str(u)) for u in unknown)
+        dotted = ", ".join(join(key, str(u)) for u in unknown)
         raise ConfigError(f"unknown key {dotted} (known: {', '.join(sorted(names))})")
     values = {}
     for f in dataclasses.fields(cls):
-        sub = _join(key, f.name)
+        sub = join(key, f.name)
         if f.name not in raw:
             raise ConfigError(f"missing key {sub}")
         values[f.name] = _coerce(hints[f.name], raw[f.name], sub)
@@ -547,38 +473,3 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
         return value
     raise ConfigError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _at_least(section: str, name: str, value: int, low: int) -> None:
-    if value < low:
-        raise ConfigError(f"{_join(section, name)}: must be >= {low}, got {value}")
-
-
-def _between(
-    section: str, name: str, value: float, low: float, high: float, *, low_open: bool = False
-) -> None:
-    """`value` in [low, high] ((low, high] with low_open), or a ConfigError naming the key."""
-    where = _join(section, name)
-    if value < low or (low_open and value == low):
-        raise ConfigError(f"{where}: must be {'>' if low_open else '>='} {low}, got {value}")
-    if value > high:
-        raise ConfigError(f"{where}: must be <= {high}, got {value}")
-
-
-def _range(key: str, low: float, high: float) -> None:
-    if low > high:
-        raise ConfigError(f"{key}: inverted range, min {low} > max {high}")
-    if low == high:
-        raise ConfigError(
-            f"{key}: empty range, min == max == {low} (set the entry to null to keep "
-            "the train value)"
-        )
-
-
-def _positive(section: str, name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{_join(section, name)}: must be > 0, got {value}")
