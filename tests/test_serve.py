@@ -69,6 +69,24 @@ def test_limit_requests_refuses_a_body_that_is_not_json_unread():
         assert "the model takes JSON only: send Content-Type: application/json" in answer["message"]
 
 
+def test_limit_requests_refuses_a_repeated_content_type_unread():
+    """Starlette reads the first of two headers: a CSV body must not pass as JSON."""
+    app = serve.limit_requests(echo, timeout=5)
+    raw = [(b"content-type", b"text/csv"), (b"content-type", b"application/json")]
+    queue, sent = [b"0," * 100_000 + b"0\n"], []
+
+    async def receive():
+        return {"type": "http.request", "body": queue.pop(), "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/invocations", "headers": raw}
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 400 and queue  # the body was never read
+    assert json.loads(sent[1]["body"])["message"] == "bad input: header content-type given twice"
+
+
 def test_limit_requests_refuses_an_oversized_body_before_reading_it():
     app = serve.limit_requests(echo, timeout=5, max_bytes=1000)
     status, answer, read = call(app, [b"0" * 100] * 20, {**JSON, "content-length": "2000"})

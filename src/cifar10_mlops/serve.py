@@ -105,6 +105,10 @@ def limit_requests(app, timeout: float, max_bytes: int = MAX_BODY_BYTES):
     async def limited(scope, receive, send) -> None:
         if scope["type"] != "http":  # lifespan
             return await app(scope, receive, send)
+        names = [name.lower() for name, _ in scope["headers"]]
+        repeated = sorted({n.decode() for n in names if n in _SINGLE and names.count(n) > 1})
+        if repeated:  # we would read the last, Starlette (MLflow) reads the first
+            return await _refuse(send, 400, f"bad input: header {repeated[0]} given twice")
         if scope["path"] == "/invocations" and not _is_json(scope):
             return await _refuse(send, 415, _NOT_JSON)
         try:
@@ -152,6 +156,9 @@ _NOT_JSON = (
     "bad input: the model takes JSON only: send Content-Type: application/json and "
     '{"inputs": [...]} with shape (n, 32, 32, 3)'
 )
+
+
+_SINGLE = (b"content-type", b"content-length", b"transfer-encoding")  # one of each, or 400
 
 
 def _is_json(scope) -> bool:
