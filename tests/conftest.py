@@ -183,6 +183,12 @@ def image_archive(tmp_path: Path) -> Path:
     return write_image_archive(tmp_path / "cifar10-png.tar.gz")
 
 
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The last line a command wrote to stderr: where a stage's one-line error goes, after
+    whatever TensorFlow logged before it."""
+    return result.stderr.strip().splitlines()[-1]
+
+
 def tiny_params(**overrides) -> dict:
     """The repository's params.yaml shrunk to seconds: one epoch of a small baseline (Adam,
     the default cosine schedule and augmentation), and a Hyperband search of 5 trials (7

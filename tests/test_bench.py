@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, error_line
 
 pytestmark = pytest.mark.integration
 
@@ -48,9 +48,5 @@ def test_benchmark_refuses_a_bad_train_value_in_one_line(tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 2
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .endswith("error: --set: train.epochs: must be >= 1, got 0")
-    )
+    assert error_line(result).endswith("error: --set: train.epochs: must be >= 1, got 0")
     assert not (tmp_path / "bench.json").exists()

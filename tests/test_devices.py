@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import stage_args
+from conftest import error_line, stage_args
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +97,7 @@ def test_a_bad_replica_count_is_a_one_line_error(
     """A million logical devices would exhaust memory before training."""
     result = run_train(run_module, in_project, params_file, env={"CIFAR10_CPU_REPLICAS": value})
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert error_line(result) == (
         f"error: CIFAR10_CPU_REPLICAS: expected a whole number from 1 to 64, got {value!r}"
     )
     assert not (in_project / "models" / "model.keras").exists()

@@ -12,7 +12,7 @@ import time
 import mlflow
 import pytest
 
-from conftest import place_store, stage_args
+from conftest import error_line, place_store, stage_args
 from servers import env_with_bin, free_port, mlflow_server, start, stop, tail, wait_for
 
 pytestmark = pytest.mark.integration
@@ -126,10 +126,8 @@ def test_a_worker_without_the_oracle_address_is_a_one_line_error(in_project, pre
         cwd=in_project, env={"KERASTUNER_ORACLE_IP": ""},
     )  # fmt: skip
     assert result.returncode == 1
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith("error: a worker needs KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT")
+    assert error_line(result).startswith(
+        "error: a worker needs KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT"
     )
 
 
@@ -141,6 +139,6 @@ def test_a_bad_oracle_port_is_a_one_line_error(in_project, prepared, run_module,
         cwd=in_project, env={**env, "KERASTUNER_TUNER_ID": "w1"},
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
+    assert error_line(result) == (
         f"error: KERASTUNER_ORACLE_PORT: expected a port 1-65535, got {port!r}"
     )

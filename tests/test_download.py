@@ -15,7 +15,7 @@ import pytest
 from cifar10_mlops.archive import extract
 from cifar10_mlops.download import download
 from cifar10_mlops.errors import PipelineError
-from conftest import add_bytes, write_image_archive, write_python_archive
+from conftest import add_bytes, error_line, write_image_archive, write_python_archive
 
 
 def run(archive: Path, out: Path, checksum: str | None = None, retries: int = 1) -> dict:
@@ -250,11 +250,7 @@ def test_cli_uses_the_environment_override(python_archive, tmp_path, params_file
         "cifar10_mlops.download", "--params", str(params), "--out", str(out), env=env
     )
     assert result.returncode == 1
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith("error: checksum mismatch for cifar-10-python.tar.gz")
-    )
+    assert error_line(result).startswith("error: checksum mismatch for cifar-10-python.tar.gz")
     env.pop("CIFAR10_CHECKSUM")
     result = run_module(
         "cifar10_mlops.download", "--params", str(params), "--out", str(out), env=env
@@ -381,11 +377,7 @@ def test_download_cli_refuses_a_bomb_in_one_line(tmp_path, params_file, run_modu
         env={"CIFAR10_SOURCE": str(archive)},
     )  # fmt: skip
     assert result.returncode == 1
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith("error: bomb.tar.gz: member 'c/big.bin' unpacks to")
-    )
+    assert error_line(result).startswith("error: bomb.tar.gz: member 'c/big.bin' unpacks to")
     assert_nothing_written(out)
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from cifar10_mlops import evaluate, train
 from cifar10_mlops.dataset import CLASSES
-from conftest import stage_args
+from conftest import error_line, stage_args
 
 
 def test_score_matches_hand_computed_metrics():
@@ -137,7 +137,5 @@ def test_a_model_that_cannot_be_scored_is_one_line(
         cwd=in_project,
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert (
-        result.stderr.strip().splitlines()[-1].startswith(f"error: models/model.keras: {message}")
-    )
+    assert error_line(result).startswith(f"error: models/model.keras: {message}")
     assert not (in_project / "reports" / "metrics.json").exists()

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import run_dvc
+from conftest import error_line, run_dvc
 from flows import retrain as flow_module
 
 pytestmark = pytest.mark.integration
@@ -171,6 +171,6 @@ def test_unreachable_server_fails_before_anything_runs(flow_project, variable):
     )
     assert result.returncode == 1
     assert time.monotonic() - start < 60
-    last = result.stderr.strip().splitlines()[-1]
+    last = error_line(result)
     assert last.startswith("error: ") and f"{url} is unreachable" in last, result.stderr
     assert not (flow_project / "data").exists()

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from cifar10_mlops import predict, register
-from conftest import stage_args
+from conftest import error_line, stage_args
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -96,7 +96,7 @@ def test_bad_image_is_a_one_line_error(tmp_path, make, message):
     make(path)
     result = cli("predict", str(path), "--model", "models:/unused@champion", cwd=tmp_path)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {path}: {message}")
+    assert error_line(result).startswith(f"error: {path}: {message}")
     assert not (tmp_path / "mlruns").exists()  # the inputs are checked before any model loads
 
 
@@ -126,7 +126,7 @@ def test_no_champion_yet_is_a_clear_message(in_project, params_file, tmp_path):
     assert re.fullmatch(
         r"error: no champion yet: model 'cifar10-cnn' has no version with the alias 'champion' "
         r"in sqlite:///\S*mlruns/mlflow.db; run the pipeline \(make repro\) to register one",
-        result.stderr.strip().splitlines()[-1],
+        error_line(result),
     )
 
 
@@ -149,12 +149,8 @@ def test_no_store_is_a_clear_message_and_creates_none(tmp_path, monkeypatch):
     save(tmp_path / "a.png")
     result = cli("predict", "a.png", "--model", "models:/cifar10-cnn@champion", cwd=tmp_path)
     assert result.returncode == 1
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith(
-            "error: no MLflow store at mlruns/mlflow.db: run the pipeline first (make repro)"
-        )
+    assert error_line(result).startswith(
+        "error: no MLflow store at mlruns/mlflow.db: run the pipeline first (make repro)"
     )
     assert not (tmp_path / "mlruns").exists()
 
@@ -213,9 +209,7 @@ def test_skip_bad_with_nothing_readable_is_an_error(tmp_path):
     (tmp_path / "x.png").write_text("no")
     result = cli("request", "x.png", "--skip-bad", cwd=tmp_path)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: none of the 1 files is an image that can be read"
-    )
+    assert error_line(result) == ("error: none of the 1 files is an image that can be read")
 
 
 def test_a_broken_link_named_on_the_command_line(tmp_path):

@@ -12,7 +12,7 @@ import yaml
 
 from cifar10_mlops import register
 from cifar10_mlops.config import load_params
-from conftest import make_images, stage_args
+from conftest import error_line, make_images, stage_args
 
 NAME = "cifar10-cnn"
 
@@ -133,8 +133,6 @@ def test_register_section_is_validated(params_file, run_module, in_project):
     params = params_file(**{"register.min_delta": -0.1})
     result = run_module("cifar10_mlops.register", "--params", str(params), *stage_args("register"))
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"error: {params}: register.min_delta: must be >= 0, got -0.1"
-    )
+    assert error_line(result) == (f"error: {params}: register.min_delta: must be >= 0, got -0.1")
     cfg = yaml.safe_load(Path(params).read_text())
     assert load_params(params_file()).register.model_name == cfg["register"]["model_name"]

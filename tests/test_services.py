@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from compose import example_env, project_copy, resolved
-from conftest import REPO, write_image_archive
+from conftest import REPO, error_line, write_image_archive
 from servers import env_with_bin, free_port, postgres_bin, postgres_server, start, stop
 from servers import tail, wait_for
 
@@ -255,7 +255,7 @@ def test_local_prefect_takes_only_its_auth_string_and_its_own_ui_origin(local_se
         timeout=120, env={**os.environ, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": ""},
     )  # fmt: skip
     assert refused.returncode == 1, refused.stderr
-    last = refused.stderr.strip().splitlines()[-1]
+    last = error_line(refused)
     assert last == (
         f"error: Prefect server {api} refused the request (Unauthorized): set "
         "PREFECT_API_AUTH_STRING to its auth string (`make services` keeps it in "

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cifar10_mlops import train
-from conftest import stage_args
+from conftest import error_line, stage_args
 
 
 def train_cli(in_project, prepared, params_file, **overrides):
@@ -116,11 +116,7 @@ def test_unreachable_tracking_server_fails_before_training(
         cwd=in_project, env={"MLFLOW_TRACKING_URI": uri},
     )  # fmt: skip
     assert result.returncode == 1 and time.monotonic() - start < 60
-    assert (
-        result.stderr.strip()
-        .splitlines()[-1]
-        .startswith(f"error: MLflow tracking server {uri} is unreachable (")
-    )
+    assert error_line(result).startswith(f"error: MLflow tracking server {uri} is unreachable (")
     assert "Epoch 1" not in result.stdout and not (in_project / "models" / "model.keras").exists()
 
 

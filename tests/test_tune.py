@@ -18,6 +18,7 @@ from cifar10_mlops.tune.oracle import BudgetedHyperbandOracle
 from cifar10_mlops.tune.space import mflops
 from conftest import (
     REPO,
+    error_line,
     forget_tracking_uri,
     once,
     place_store,
@@ -191,7 +192,7 @@ def test_stage_reports_a_bad_setting_in_one_line(
     result = run_module("cifar10_mlops.tune", "--params", str(path), *stage_args("tune"))
     assert result.returncode == 1
     # The last line is the error; the lines above it are TensorFlow's start-up notices.
-    line = result.stderr.strip().splitlines()[-1]
+    line = error_line(result)
     assert line.startswith("error: ") and "unknown optimizer 'rmsprop'" in line, result.stderr
     assert "Traceback" not in result.stderr
     assert not (in_empty_project / "models").exists()
