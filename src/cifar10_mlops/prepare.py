@@ -22,7 +22,7 @@ from cifar10_mlops import dataset
 from cifar10_mlops.archive import extract
 from cifar10_mlops.config import PrepareConfig, load_params
 from cifar10_mlops.errors import PipelineError
-from cifar10_mlops.files import require_files, scratch, write_json
+from cifar10_mlops.files import require_files, write_json
 from cifar10_mlops.splits import Split, write_splits
 from cifar10_mlops.stage import run_stage, stage_parser
 
@@ -123,9 +123,10 @@ def decode(raw_dir: Path, manifest: dict) -> dict[str, Split]:
     archive = raw_dir / manifest["archive"]
     if not archive.is_file():
         raise PipelineError(f"{archive} not found: rerun the download stage")
-    # In the system's temporary folder, named by this stage and pid: the next run removes
-    # what a killed one left (data/raw may sit on a slower or smaller disk).
-    with scratch(Path(tempfile.gettempdir()), "cifar10-prepare") as tmp:
+    # In the temporary folder, which run_stage makes this stage's own scratch folder: the
+    # next run removes what a killed one left.
+    with tempfile.TemporaryDirectory(prefix="extract-") as tmp:
+        tmp = Path(tmp)
         extract(archive, tmp)
         layout = dataset.Layout(manifest["format"], tmp / manifest["root"])
         try:
