@@ -137,3 +137,46 @@ def postgres_server(user: str, password: str, init_sql: Path):
     finally:
         stop(server)
         shutil.rmtree(home, ignore_errors=True)
+
+
+# What the S3 clients (DVC's s3fs, boto3) read; moto accepts any key unless told to check.
+S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+
+@contextmanager
+def s3_server(folder: Path, buckets: tuple[str, ...] = (), check_keys: bool = False):
+    """An S3-compatible server (moto's, from PyPI) on a free port of 127.0.0.1 with `buckets`
+    created; yields the environment that points S3 clients at it. `check_keys`: it refuses
+    every request, as a store refuses credentials it does not know."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = folder / f"s3-{port}.log"
+    env = env_with_bin(AWS_ENDPOINT_URL=url, AWS_DEFAULT_REGION="us-east-1", **S3_KEYS)
+    server_env = {**env, **({"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if check_keys else {})}
+    server = start(
+        [BIN / "moto_server", "-H", "127.0.0.1", "-p", str(port)], log, server_env, folder
+    )
+    try:
+        wait_for(lambda: answers(f"{url}/moto-api/"), "S3 server", server, log)
+        if buckets:
+            import boto3
+
+            keys = {k.lower(): v for k, v in S3_KEYS.items()}
+            client = boto3.client("s3", endpoint_url=url, region_name="us-east-1", **keys)
+            for bucket in buckets:
+                client.create_bucket(Bucket=bucket)
+        yield env
+    finally:
+        stop(server)
+
+
+def s3_keys(env: dict, bucket: str) -> list[str]:
+    """The object keys in `bucket` of the S3 server `env` points at."""
+    import boto3
+
+    keys = {k.lower(): v for k, v in S3_KEYS.items()}
+    client = boto3.client(
+        "s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", **keys
+    )
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]

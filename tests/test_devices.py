@@ -104,6 +104,7 @@ def test_a_bad_replica_count_is_a_one_line_error(
 
 
 @pytest.mark.long(seconds=40)
+@pytest.mark.extended
 def test_tune_stage_with_a_cost_cap_runs_on_two_devices(
     in_project, prepared, params_file, run_module
 ):

@@ -69,6 +69,7 @@ def finish(process, log, seconds=300) -> str:
 
 
 @pytest.mark.long(seconds=100)
+@pytest.mark.extended
 def test_chief_and_two_workers_share_one_search(cluster, in_project):
     (chief, chief_log), workers = cluster(["worker-1", "worker-2"])
     out = finish(chief, chief_log)
@@ -94,6 +95,7 @@ def test_chief_and_two_workers_share_one_search(cluster, in_project):
 
 
 @pytest.mark.long(seconds=90)
+@pytest.mark.extended
 def test_search_completes_when_a_worker_dies_mid_trial(cluster, in_project):
     (chief, chief_log), workers = cluster(["worker-1", "worker-2"], **{"tune.worker_timeout": 15})
     victim, victim_log = workers["worker-2"]

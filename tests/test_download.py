@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cifar10_mlops.archive import extract
-from cifar10_mlops.download import download
+from cifar10_mlops.download import describe_source, download
 from cifar10_mlops.errors import PipelineError
 from conftest import add_bytes, error_line, write_image_archive, write_python_archive
 
@@ -256,7 +256,35 @@ def test_cli_uses_the_environment_override(python_archive, tmp_path, params_file
         "cifar10_mlops.download", "--params", str(params), "--out", str(out), env=env
     )
     assert result.returncode == 0, result.stderr
-    assert json.loads((out / "manifest.json").read_text())["source"] == str(python_archive)
+    assert json.loads((out / "manifest.json").read_text())["source"] == python_archive.name
+
+
+def test_the_same_archive_makes_the_same_manifest_from_any_folder(python_archive, tmp_path):
+    # DVC hashes data/raw, manifest included: a machine-specific path there would give every
+    # clone its own hash of the same data, and no cache or remote could ever be shared.
+    other = tmp_path / "elsewhere" / "deeper"
+    other.mkdir(parents=True)
+    copy = other / python_archive.name
+    copy.write_bytes(python_archive.read_bytes())
+    outs = [tmp_path / "raw-a", tmp_path / "raw-b"]
+    for source, out in zip([python_archive, copy], outs):
+        download(str(source), None, out, retries=1, timeout=5, deadline=60)
+    manifests = [(out / "manifest.json").read_bytes() for out in outs]
+    assert manifests[0] == manifests[1]
+    assert str(tmp_path) not in manifests[0].decode()
+
+
+@pytest.mark.parametrize(
+    ("source", "recorded"),
+    [
+        ("https://user:secret@example.org:8443/d/cifar.tgz?token=abc#x",
+         "https://example.org:8443/d/cifar.tgz"),
+        ("file:///srv/data/cifar.tgz", "cifar.tgz"),
+        ("../shared/data/cifar10-jpg.tar.gz", "cifar10-jpg.tar.gz"),
+    ],
+)  # fmt: skip
+def test_the_manifest_names_a_source_without_paths_or_credentials(source, recorded):
+    assert describe_source(source) == recorded
 
 
 def test_numpy_1_pickles_like_the_official_release_load(tmp_path):

@@ -134,6 +134,7 @@ def test_dvc_exp_run_logs_to_the_repository_store_and_leaves_the_workspace(repro
     assert exp_run.data.metrics["test_accuracy"] == pytest.approx(accuracy)
 
 
+@pytest.mark.extended
 def test_search_killed_under_dvc_repro_resumes_on_the_next_repro(reproduced):
     """What a user does: `dvc repro`, the search dies (kill -9), `dvc repro` again: the
     finished trials are not run again, and no MLflow run is left RUNNING."""

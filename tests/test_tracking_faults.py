@@ -46,6 +46,7 @@ def start_train(in_project, params_file, url, tmp_path, **env):
 
 
 @pytest.mark.long(seconds=90)
+@pytest.mark.extended
 def test_server_restarted_mid_training_loses_no_metric(
     in_project, prepared, params_file, tmp_path, migrated_store
 ):
@@ -72,6 +73,7 @@ def test_server_restarted_mid_training_loses_no_metric(
 
 
 @pytest.mark.long(seconds=55)
+@pytest.mark.extended
 def test_server_gone_for_good_stops_with_one_line(
     in_project, prepared, params_file, tmp_path, migrated_store
 ):

@@ -3,7 +3,8 @@
 Reads  params.yaml `download` (source, checksum, retries, timeout, deadline); the variable
        CIFAR10_SOURCE (a path or URL) overrides `source`, with CIFAR10_CHECKSUM for its digest.
 Writes data/raw/: the archive itself and manifest.json (source, file name, format, checksums,
-       image counts per split and class). Nothing is written there unless every check passes.
+       image counts per split and class). The same archive gives the same manifest on every
+       machine: the source is recorded by file name or credential-free URL, never its path. Nothing is written there unless every check passes.
        The archive stays packed: DVC then tracks one file instead of 60,000, which keeps a
        no-op `dvc repro` fast; `prepare` extracts it again, with the same checks.
 """
@@ -14,6 +15,7 @@ import os
 import shutil
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path, PurePosixPath
 
@@ -32,6 +34,19 @@ _CHUNK = 1 << 20
 # The archive itself: the official one is 163 MB, an image-folder copy less. A source over
 # this is refused before it is copied, or as soon as a download passes it (no disk fills).
 MAX_ARCHIVE_BYTES = 1 << 30  # 1 GiB
+
+
+def describe_source(source: str) -> str:
+    """What the manifest records of `source`: a local file's name (not its path, which differs
+    between machines and would give the same archive two DVC hashes), a URL without
+    credentials, query or fragment (which could hold a token)."""
+    if "://" not in source or source.startswith("file://"):
+        return Path(source.removeprefix("file://")).name
+    parts = urllib.parse.urlsplit(source)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def resolve_source(source: str, checksum: str | None) -> tuple[str, str | None]:
@@ -165,7 +180,7 @@ def download(
         extract(archive, extracted)
         layout = dataset.find_layout(extracted)
         manifest = {
-            "source": source,
+            "source": describe_source(source),
             "archive": archive.name,
             "format": layout.kind,
             "root": layout.root.relative_to(extracted).as_posix(),
