@@ -11,9 +11,9 @@ LOCK_FILE ?= requirements.lock
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv repro smoke study tune-study test test-slow lock mlflow-ui flow services \
+.PHONY: help venv repro smoke study tune-study test test-extended test-slow push pull lock mlflow-ui flow services \
   services-stop services-status mlflow-server prefect-server deployment serve-model \
-  tune-worker compose-check bench airbench
+  tune-worker compose-check bench airbench plots
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -99,8 +99,24 @@ TEST_WORKERS ?= 4
 test: $(STAMP)  ## the offline test suite (tiny synthetic data), TEST_WORKERS in parallel
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxschedchunk 1
 
+# What `make test` leaves out to stay within minutes: servers killed mid-run, workers dying
+# mid-search, a search killed under `dvc repro`. CI runs it after `make test`.
+test-extended: $(STAMP)  ## fault-injection and multi-process tests (minutes each), in parallel
+	$(BIN)/python -m pytest -m extended -n $(TEST_WORKERS) --maxschedchunk 1
+
 test-slow: $(STAMP)  ## tests that need the full dataset or minutes of training
 	$(BIN)/python -m pytest -m slow
+
+# The DVC remote: .dvc/config's default, `local` (a folder beside this clone), unless DVC_REMOTE
+# names another: `s3` (endpoint and credentials from AWS_*; README "Sharing: the DVC remote").
+DVC_REMOTE ?=
+REMOTE_ARG = $(if $(DVC_REMOTE),--remote $(DVC_REMOTE))
+
+push: $(STAMP)  ## dvc push data, models, images and the run-cache (DVC_REMOTE=s3 for the team's)
+	$(BIN)/dvc push --run-cache $(REMOTE_ARG)
+
+pull: $(STAMP)  ## dvc pull what dvc.lock names, and the run-cache, from the remote (DVC_REMOTE)
+	$(BIN)/dvc pull --run-cache $(REMOTE_ARG)
 
 # The embedded store's URI and the champion alias have one home, cifar10_mlops.tracking.
 STORE_URI ?= $$($(BIN)/python -c 'from cifar10_mlops import tracking; \
@@ -108,6 +124,17 @@ STORE_URI ?= $$($(BIN)/python -c 'from cifar10_mlops import tracking; \
 
 mlflow-ui: $(STAMP)  ## open the MLflow UI on the embedded store at http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri "$(STORE_URI)" --host 127.0.0.1 --port 5000
+
+# `dvc plots show` offline: DVC's page with Vega, Vega-Lite and vega-embed inlined (npm
+# tarballs pinned by sha512 in the module), set as plots.html_template in .dvc/config.local.
+# Order-only on $(STAMP): a new lock file does not download it again.
+PLOTS_TEMPLATE := .dvc/plots/offline.html
+
+$(PLOTS_TEMPLATE): src/cifar10_mlops/plots_template.py | $(STAMP)
+	$(BIN)/python -m cifar10_mlops.plots_template --out $@
+
+plots: $(STAMP) $(PLOTS_TEMPLATE)  ## dvc plots show, with the Vega scripts inlined (renders offline)
+	$(BIN)/dvc plots show --html-template $(PLOTS_TEMPLATE)
 
 # Prefect: flows/retrain.py runs the stages as tasks; flows/deploy.py serves it on a schedule.
 # The local Prefect server keeps its database in .prefect/ of this checkout.
