@@ -122,8 +122,11 @@ pull: $(STAMP)  ## dvc pull what dvc.lock names, and the run-cache, from the rem
 STORE_URI ?= $$($(BIN)/python -c 'from cifar10_mlops import tracking; \
   print(tracking.DEFAULT_TRACKING_URI)')
 
-mlflow-ui: $(STAMP)  ## open the MLflow UI on the embedded store at http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri "$(STORE_URI)" --host 127.0.0.1 --port 5000
+# Ports, overridable (`make mlflow-ui MLFLOW_PORT=5050`): the names scripts/services.sh and
+# docker-compose.yml read for the same servers.
+MLFLOW_PORT ?= 5000
+mlflow-ui: $(STAMP)  ## open the MLflow UI on the embedded store at http://127.0.0.1:5000 (MLFLOW_PORT)
+	$(BIN)/mlflow ui --backend-store-uri "$(STORE_URI)" --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 # `dvc plots show` offline: DVC's page with Vega, Vega-Lite and vega-embed inlined (npm
 # tarballs pinned by sha512 in the module), set as plots.html_template in .dvc/config.local.
@@ -171,9 +174,10 @@ deployment: $(STAMP)  ## serve the scheduled retraining deployment (needs the Pr
 MODEL_URI ?= $$($(BIN)/python -c 'from cifar10_mlops import config, tracking; \
   print(tracking.champion_uri(config.load_params().register.model_name))')
 # MLflow's scoring app with request limits (README "Bad input and limits"), not `mlflow models serve`.
-serve-model: $(STAMP)  ## serve MODEL_URI (default: the champion) at http://127.0.0.1:5001/invocations
+SERVE_PORT ?= 5001
+serve-model: $(STAMP)  ## serve MODEL_URI (default: the champion) at http://127.0.0.1:5001/invocations (SERVE_PORT)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE_URI)} \
-	  $(BIN)/cifar10-mlops serve --model "$(MODEL_URI)" --host 127.0.0.1 --port 5001
+	  $(BIN)/cifar10-mlops serve --model "$(MODEL_URI)" --host 127.0.0.1 --port $(SERVE_PORT)
 
 # Keras Tuner's distributed mode: `KERASTUNER_TUNER_ID=chief dvc repro tune` serves the search,
 # each worker runs trials (KERASTUNER_ORACLE_IP/PORT reach the chief; the --state folder and the

@@ -34,6 +34,8 @@ from cifar10_mlops.dataset import CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Training and tuning runs log system metrics every 10 s; the tests' runs last seconds.
+os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -418,6 +420,7 @@ def candidate(in_project, params_file):
 
     from cifar10_mlops import evaluate, tracking
     from cifar10_mlops.model import build_model
+    from cifar10_mlops.splits import load_split
 
     params = params_file()
     experiment_id = tracking.configure("cifar10-cnn")
@@ -441,7 +444,11 @@ def candidate(in_project, params_file):
         metrics.update(loss=loss, per_class={})
         Path("reports").mkdir(exist_ok=True)
         Path("reports/metrics.json").write_text(json.dumps(metrics))
-        evaluate.log_to_mlflow(run_info, metrics, Path("models/model.keras"), [])
+        data = Path("data/prepared")
+        if not data.is_dir():
+            write_prepared(data)
+        test = load_split(data, "test")
+        evaluate.log_to_mlflow(run_info, metrics, Path("models/model.keras"), [], test, data)
         return run.info.run_id
 
     make.params = params

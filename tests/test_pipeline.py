@@ -73,14 +73,34 @@ def test_dvc_repro_end_to_end(reproduced, reproduced_once):
         run.data.tags["data_sha256"]
         == json.loads((pipeline / "data/raw/manifest.json").read_text())["sha256"]
     )
-    assert (
-        len(
-            mlflow.search_logged_models(
-                experiment_ids=[run.info.experiment_id], output_format="list"
-            )
-        )
-        == 1
-    )
+    # lineage in MLflow's own terms: the splits as datasets with the DVC hash of
+    # data/prepared, the test metrics on the logged model, a name and description per run
+    lock = yaml.safe_load((pipeline / "dvc.lock").read_text())
+    [prepared] = [o for o in lock["stages"]["prepare"]["outs"] if o["path"] == "data/prepared"]
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"cifar10-train", "cifar10-val", "cifar10-test"}
+    archive = reproduced_once / "cifar10-jpg.tar.gz"
+    for name, context in [("train", "training"), ("val", "validation"), ("test", "testing")]:
+        dataset = inputs[f"cifar10-{name}"]
+        assert dataset.dataset.digest == prepared["md5"]
+        assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == context
+        assert f"cifar10-jpg.tar.gz#sha256={run.data.tags['data_sha256']}" in dataset.dataset.source
+    assert run.data.params["download.source"] == archive.name  # what CIFAR10_SOURCE supplied
+    assert run.info.run_name.startswith("train-baseline-8.8-1ep-")
+    assert run.info.run_name != "train"
+    assert run.data.tags["mlflow.note.content"].startswith("baseline-8.8-1ep, adam lr")
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+    # float32 values as the decimals they stand for: at most 7 significant digits
+    for key in ("val_accuracy", "loss", "test_accuracy", "best_val_accuracy"):
+        assert len(repr(run.data.metrics[key]).replace("0.", "", 1).lstrip("0")) <= 8, key
+    [logged] = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], order_by=[{"field_name": "metrics.test_accuracy"}],
+        output_format="list",
+    )  # fmt: skip
+    assert logged.source_run_id == run_id
+    by_name = {m.key: m for m in logged.metrics}
+    assert by_name["test_accuracy"].value == pytest.approx(metrics["accuracy"])
+    assert by_name["test_accuracy"].dataset_digest == prepared["md5"]
 
     # the model of that run is the registry's first version and champion, with lineage
     registry = json.loads((pipeline / "reports" / "registry.json").read_text())
@@ -88,7 +108,6 @@ def test_dvc_repro_end_to_end(reproduced, reproduced_once):
     version = mlflow.MlflowClient().get_model_version_by_alias("cifar10-cnn", "champion")
     assert version.run_id == run_id
     assert version.tags["dvc_lock_sha256"] == lock_digest(pipeline / "dvc.lock")
-    lock = yaml.safe_load((pipeline / "dvc.lock").read_text())
     [model_out] = [o for o in lock["stages"]["train"]["outs"] if o["path"] == "models/model.keras"]
     assert version.tags["model_md5"] == model_out["md5"]
 

@@ -1,6 +1,7 @@
 """`cifar10-mlops predict` and `request` as a user runs them, against a registered champion."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar10_mlops import predict, register
+from cifar10_mlops import predict, quiet, register
+from cifar10_mlops.errors import PipelineError
 from conftest import error_line, stage_args
 
 
@@ -51,6 +53,7 @@ def test_predict_classifies_files_and_folders_of_any_size(champion, capsys):
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["model"] == "models:/cifar10-cnn@champion"
+    assert out["resolved"]["uri"] == "models:/cifar10-cnn/1"
     rows = out["predictions"]
     assert [Path(r["file"]).name for r in rows] == ["a.png", "b.jpg", "c.bmp"]
     for row in rows:
@@ -67,8 +70,90 @@ def test_predict_classifies_files_and_folders_of_any_size(champion, capsys):
     # the table format, and a version named by number (in-process: the CLI is checked above)
     capsys.readouterr()
     predict.main(["images", "--model", "models:/cifar10-cnn/1"])
-    header, *lines = capsys.readouterr().out.splitlines()
+    model, header, *lines = capsys.readouterr().out.splitlines()
+    assert model.startswith("model: models:/cifar10-cnn/1 -> cifar10-cnn v1 (run ")
     assert header.split() == ["file", "class", "prob", "runner-up"] and len(lines) == 2
+
+
+def test_predict_names_the_version_that_answered(candidate, capsys, monkeypatch):
+    import mlflow
+
+    registering = ["--params", str(candidate.params), *stage_args("register")]
+    first = candidate(0.61)
+    register.main(registering)  # v1, the champion
+    second = candidate(0.50)
+    register.main(registering)  # v2, only the challenger: worse
+    save(Path("a.png"))
+    client = mlflow.MlflowClient()
+    capsys.readouterr()
+
+    def run(*args: str) -> str:
+        predict.main(["a.png", *args])
+        return capsys.readouterr().out
+
+    champion = "model: models:/cifar10-cnn@champion -> cifar10-cnn"
+    assert run().splitlines()[0] == f"{champion} v1 (run {first})"
+
+    # the alias moves to v2 while v1 loads (a `register` at the same moment): v1 answers, and
+    # the output says so
+    loaded, load = [], mlflow.pyfunc.load_model
+
+    def load_while_the_alias_moves(uri, *args, **kwargs):
+        client.set_registered_model_alias("cifar10-cnn", "champion", "2")
+        loaded.append(uri)
+        return load(uri, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mlflow.pyfunc, "load_model", load_while_the_alias_moves)
+        out = json.loads(run("--format", "json"))
+    assert loaded == ["models:/cifar10-cnn/1"]
+    assert out["model"] == "models:/cifar10-cnn@champion"
+    assert out["resolved"] == {
+        "uri": "models:/cifar10-cnn/1", "name": "cifar10-cnn", "version": 1, "run_id": first
+    }  # fmt: skip
+
+    assert run().splitlines()[0] == f"{champion} v2 (run {second})"
+    assert json.loads(run("--format", "json"))["resolved"]["version"] == 2
+
+
+def test_a_run_or_a_folder_is_no_registered_version(champion, capsys):
+    import mlflow
+
+    run = mlflow.MlflowClient().get_model_version("cifar10-cnn", "1").run_id
+    folder = mlflow.artifacts.download_artifacts("models:/cifar10-cnn/1", dst_path="copy")
+    save(champion / "a.png")
+    capsys.readouterr()
+    for uri, run_id, named in [
+        (f"runs:/{run}/model", run, f"(run {run}, not a registered version)"),
+        (folder, None, "(not a registered version)"),
+    ]:
+        predict.main(["a.png", "--model", uri, "--format", "json"])
+        resolved = json.loads(capsys.readouterr().out)["resolved"]
+        assert resolved == {"uri": uri, "name": None, "version": None, "run_id": run_id}
+        predict.main(["a.png", "--model", uri])
+        assert capsys.readouterr().out.splitlines()[0] == f"model: {uri} {named}"
+
+
+def test_predict_prints_no_framework_noise_unless_verbose(champion, monkeypatch):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # as in a user's shell
+    save(champion / "a.png")
+    plain = cli("predict", "a.png", cwd=champion)
+    assert plain.returncode == 0 and plain.stderr == ""
+    verbose = cli("predict", "a.png", "--verbose", cwd=champion)
+    assert verbose.returncode == 0 and verbose.stdout == plain.stdout
+    # TensorFlow's absl lines (oneDNN on x86 CPUs, CUDA on GPUs), MLflow's UserWarning
+    assert re.search(r"absl|UserWarning", verbose.stderr), verbose.stderr
+
+
+def test_what_quiet_hid_is_shown_when_something_unexpected_fails(capfd):
+    with pytest.raises(RuntimeError), quiet.quiet():
+        os.write(2, b"what the C++ code said\n")
+        raise RuntimeError("the model would not load")
+    assert capfd.readouterr().err == "what the C++ code said\n"
+    with pytest.raises(PipelineError), quiet.quiet():  # its one line says enough
+        os.write(2, b"noise\n")
+        raise PipelineError("no champion yet")
+    assert capfd.readouterr().err == ""
 
 
 def test_load_image_crops_the_centre_and_resizes(tmp_path):
@@ -112,7 +197,7 @@ def test_grayscale_and_rgba_convert_on_request(tmp_path):
 def test_huge_image_is_refused_before_decoding(tmp_path, monkeypatch):
     monkeypatch.setattr(predict, "MAX_PIXELS", 100 * 100)
     path = save(tmp_path / "big.png", size=(101, 100))
-    with pytest.raises(predict.PipelineError, match=r"101x100 image is too large"):
+    with pytest.raises(PipelineError, match=r"101x100 image is too large"):
         predict.load_image(path)
 
 

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from cifar10_mlops import tracking
+from cifar10_mlops.lineage import dvc_hash
 from cifar10_mlops.config import Params, load_params
 from cifar10_mlops.errors import ConfigError
 from cifar10_mlops.tune import __main__ as tune
@@ -100,13 +101,24 @@ def test_search_writes_best_values_trials_and_nested_mlflow_runs(searched):
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best["score"], abs=1e-4)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
     assert {"trials.json", "trials.csv", "trials.png", "trials_table.png"} <= artifacts
+    # what a person sees in the runs table: a name saying what was searched, a description,
+    # the data as MLflow datasets, the machine's load
+    assert parent.info.run_name.startswith("tune-baseline-conv_1_filters+")
+    assert "Hyperband over conv_1_filters" in parent.data.tags["mlflow.note.content"]
+    inputs = {d.dataset.name: d for d in parent.inputs.dataset_inputs}
+    assert set(inputs) == {"cifar10-train", "cifar10-val"}
+    assert inputs["cifar10-val"].dataset.digest == dvc_hash(in_project / "data" / "prepared")
+    assert {m for m in parent.data.metrics if m.startswith("system/")} >= {
+        "system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"
+    }  # fmt: skip
 
     children = runs(**{"mlflow.parentRunId": parent.info.run_id})
     assert len(children) == TRIALS
     client = mlflow.MlflowClient()
     for child in children:
         assert child.info.status == "FINISHED"
-        assert set(child.data.params) == set(SEARCHED)  # no tuner/* entries among params
+        # under training's keys, so the compare view lines trials and trainings up
+        assert set(child.data.params) == {f"train.{k}" for k in SEARCHED}  # no tuner/* entries
         assert {"tuner/epochs", "tuner/initial_epoch", "tuner/bracket"} <= set(child.data.tags)
         assert "score" in child.data.metrics
         epochs = int(child.data.tags["tuner/epochs"])

@@ -3,6 +3,7 @@
 cifar10-mlops predict IMAGE|FOLDER ... [--model URI] [--format table|json]
 cifar10-mlops request IMAGE|FOLDER ... > body.json   # for curl against the served model
 cifar10-mlops serve [--model URI] [--host 127.0.0.1] [--port 5001]   # MLflow's, with limits
+cifar10-mlops checkout MODEL_URI [--remote NAME] [--force]   # the pipeline state of a version
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ def _serve(argv: list[str]) -> None:
     serve.main(argv)
 
 
-COMMANDS = {"predict": predict.main, "request": predict.request_main, "serve": _serve}
+def _checkout(argv: list[str]) -> None:
+    from cifar10_mlops import checkout  # imports MLflow
+
+    checkout.main(argv)
+
+
+COMMANDS = {
+    "predict": predict.main, "request": predict.request_main, "serve": _serve,
+    "checkout": _checkout,
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,7 +4,8 @@ Reads  params.yaml `download` (source, checksum, retries, timeout, deadline); th
        CIFAR10_SOURCE (a path or URL) overrides `source`, with CIFAR10_CHECKSUM for its digest.
 Writes data/raw/: the archive itself and manifest.json (source, file name, format, checksums,
        image counts per split and class). The same archive gives the same manifest on every
-       machine: the source is recorded by file name or credential-free URL, never its path. Nothing is written there unless every check passes.
+       machine: the source is recorded by file name or credential-free URL, never its path.
+       Nothing is written there unless every check passes.
        The archive stays packed: DVC then tracks one file instead of 60,000, which keeps a
        no-op `dvc repro` fast; `prepare` extracts it again, with the same checks.
 """

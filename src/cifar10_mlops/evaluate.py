@@ -21,12 +21,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
 
-from cifar10_mlops import tracking
+from cifar10_mlops import lineage, tracking
 from cifar10_mlops.config import load_params
 from cifar10_mlops.dataset import CLASSES
 from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.files import replacing, require_files, write_json
-from cifar10_mlops.splits import load_split
+from cifar10_mlops.splits import load_manifest, load_split
 from cifar10_mlops.stage import run_stage, stage_parser
 
 
@@ -119,25 +119,31 @@ def read_history(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def log_to_mlflow(run_info: dict, metrics: dict, model_path: Path, files: list[Path]) -> str:
-    """Add the test results and the model to the training run; returns the model's URI.
+def log_to_mlflow(
+    run_info: dict, metrics: dict, model_path: Path, files: list[Path], test: tuple, data: Path
+) -> str:
+    """Add the model, the test split and the test results to the training run; returns the
+    model's URI.
 
     The model is logged as the pyfunc of serving.py around the .keras file, so that it loads
     with mlflow.pyfunc.load_model and serves with `mlflow models serve`, checking its input.
+    The test metrics are logged against that model and the test dataset (MLflow 3's
+    `model_id` and `dataset`), so `mlflow.search_logged_models` ranks models by them.
     """
     import mlflow
 
     tracking.connect(run_info["tracking_uri"])
     with mlflow.start_run(run_id=run_info["run_id"]):
-        flat = {f"test_{k}": v for k, v in metrics.items() if k != "per_class"}
-        for cls, values in metrics["per_class"].items():
-            flat.update({f"test_{name}_{cls}": v for name, v in values.items()})
-        mlflow.log_metrics(flat)
-        for path in files:
-            mlflow.log_artifact(str(path), artifact_path="evaluation")
         with warnings.catch_warnings():  # "add type hints to predict": serving.py says why not
             warnings.filterwarnings("ignore", message=".*type hints", category=UserWarning)
             info = _log_model(model_path)
+        [dataset] = lineage.log_splits({"test": test}, load_manifest(data), data).values()
+        flat = {f"test_{k}": v for k, v in metrics.items() if k != "per_class"}
+        for cls, values in metrics["per_class"].items():
+            flat.update({f"test_{name}_{cls}": v for name, v in values.items()})
+        mlflow.log_metrics(lineage.rounded(flat), model_id=info.model_id, dataset=dataset)
+        for path in files:
+            mlflow.log_artifact(str(path), artifact_path="evaluation")
         mlflow.set_tag("model_uri", info.model_uri)  # what `register` registers
     return info.model_uri
 
@@ -195,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
 
     run_info = json.loads(args.run_info.read_text())
     files = [args.metrics, args.plots / "confusion_matrix.png", args.plots / "learning_curves.png"]
-    log_to_mlflow(run_info, metrics, args.model, files)
+    log_to_mlflow(run_info, metrics, args.model, files, (x, y), args.data)
     print(
         f"test accuracy {metrics['accuracy']:.4f}, weighted F1 {metrics['f1_weighted']:.4f}, "
         f"macro F1 {metrics['f1_macro']:.4f} -> {args.metrics}; MLflow run {run_info['run_id']}"

@@ -6,8 +6,11 @@ followed, each folder read once (a link back to a folder already read is skipped
 warning, as are broken links and what is not a regular file); an image that cannot be read
 stops the command, or is skipped with a warning under --skip-bad. The model is any
 MLflow model URI; by default `models:/<register.model_name>@champion` (params.yaml) from the
-store that MLFLOW_TRACKING_URI names, else the embedded mlruns/mlflow.db.
-Prints the class and probability of each image as a table, or everything as JSON.
+store that MLFLOW_TRACKING_URI names, else the embedded mlruns/mlflow.db. An alias or `latest` is
+resolved to its version once, and that version is loaded, so the output names what answered
+(`models:/cifar10-cnn@champion -> cifar10-cnn v3`) even if the alias moves meanwhile.
+Prints the model and the class and probability of each image as a table, or everything as JSON;
+what TensorFlow, Keras and MLflow print while the model loads is hidden unless --verbose.
 
 `cifar10-mlops request` writes the same images as the JSON body that `mlflow models serve`
 expects ({"inputs": [n x 32 x 32 x 3 integers]}), for curl.
@@ -16,16 +19,18 @@ expects ({"inputs": [n x 32 x 32 x 3 integers]}), for curl.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import stat
 import sys
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from cifar10_mlops import tracking
+from cifar10_mlops import quiet, tracking
 from cifar10_mlops.config import load_params
 from cifar10_mlops.dataset import CLASSES, IMAGE_SHAPE
 from cifar10_mlops.errors import PipelineError
@@ -150,8 +155,46 @@ def load_image(path: Path, convert: bool = False) -> np.ndarray:
         raise PipelineError(f"{path}: cannot decode the image ({exc})") from None
 
 
+@dataclass(frozen=True)
+class Source:
+    """What answered: the URI asked for and the one loaded, which names a registered version
+    (models:/<name>/<version>) where there is one; else the URI itself (a run, a folder)."""
+
+    asked: str
+    uri: str
+    name: str | None = None
+    version: int | None = None
+    run_id: str | None = None
+
+    def describe(self) -> str:
+        """`models:/cifar10-cnn@champion -> cifar10-cnn v3 (run <id>)`; a run or a folder says
+        that it is no registered version."""
+        notes = [f"run {self.run_id}"] if self.run_id else []
+        if self.version is None:
+            return f"{self.asked} ({', '.join([*notes, 'not a registered version'])})"
+        return f"{self.asked} -> {self.name} v{self.version}" + (f" ({notes[0]})" if notes else "")
+
+
+def resolve(uri: str, client) -> Source:
+    """The registered version that a models:/ URI names now (tracking.model_version), looked
+    up once; the run of a runs:/ URI; for anything else, the URI alone."""
+    if uri.startswith("runs:/"):
+        return Source(uri, uri, run_id=uri.removeprefix("runs:/").split("/", 1)[0])
+    version = tracking.model_version(uri, client)
+    if version is None:  # a model folder, another store's URI, a logged model's models:/m-...
+        return Source(uri, uri)
+    loads = f"models:/{version.name}/{version.version}"
+    return Source(uri, loads, version.name, int(version.version), version.run_id)
+
+
 def load_model(uri: str):
     """mlflow.pyfunc.load_model, with a one-line error for a missing model or alias."""
+    return load_resolved(uri)[0]
+
+
+def load_resolved(uri: str) -> tuple[object, Source]:
+    """The model `uri` names and what it resolved to; the version an alias names is what
+    loads, so that an alias moved meanwhile cannot make the output lie."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -164,7 +207,8 @@ def load_model(uri: str):
         )
     tracking.connect(store)
     try:
-        return mlflow.pyfunc.load_model(uri)
+        source = resolve(uri, mlflow.MlflowClient())
+        return mlflow.pyfunc.load_model(source.uri), source
     except MlflowException as exc:
         message = exc.message.splitlines()[0] if exc.message else str(exc)
         if uri.startswith("models:/") and "@" in uri and "not found" in message.lower():
@@ -181,9 +225,12 @@ def classify(model, images: np.ndarray) -> np.ndarray:
     return np.asarray(model.predict(images), dtype=np.float64)
 
 
-def format_table(files: list[Path], probs: np.ndarray) -> str:
+def format_table(files: list[Path], probs: np.ndarray, source: Source) -> str:
     width = max(len("file"), *(len(str(f)) for f in files))
-    lines = [f"{'file':<{width}}  {'class':<10}  {'prob':>5}  runner-up"]
+    lines = [
+        f"model: {source.describe()}",
+        f"{'file':<{width}}  {'class':<10}  {'prob':>5}  runner-up",
+    ]
     for path, p in zip(files, probs):
         first, second = np.argsort(p)[::-1][:2]
         lines.append(
@@ -193,7 +240,7 @@ def format_table(files: list[Path], probs: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def as_json(files: list[Path], probs: np.ndarray, model_uri: str) -> str:
+def as_json(files: list[Path], probs: np.ndarray, source: Source) -> str:
     rows = [
         {
             "file": str(path),
@@ -203,7 +250,8 @@ def as_json(files: list[Path], probs: np.ndarray, model_uri: str) -> str:
         }
         for path, p in zip(files, probs)
     ]
-    return json.dumps({"model": model_uri, "predictions": rows}, indent=2)
+    resolved = {key: value for key, value in asdict(source).items() if key != "asked"}
+    return json.dumps({"model": source.asked, "resolved": resolved, "predictions": rows}, indent=2)
 
 
 def _images_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -226,11 +274,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--format", choices=("table", "json"), default="table")
+    parser.add_argument(
+        "--verbose", action="store_true",
+        help="show what TensorFlow, Keras and MLflow print while the model loads (hidden)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     files, images = load_images(collect(args.images), args.convert, args.skip_bad)
     uri = args.model or tracking.champion_uri(load_params(args.params).register.model_name)
-    probs = classify(load_model(uri), images)
-    print(as_json(files, probs, uri) if args.format == "json" else format_table(files, probs))
+    with contextlib.nullcontext() if args.verbose else quiet.quiet():
+        model, source = load_resolved(uri)
+        probs = classify(model, images)
+    show = as_json if args.format == "json" else format_table
+    print(show(files, probs, source))
 
 
 def request_main(argv: list[str] | None = None) -> None:

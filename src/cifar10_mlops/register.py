@@ -3,8 +3,12 @@ replaces the champion.
 
 Reads  models/run.json (the training run, which `evaluate` logged the model into),
        reports/metrics.json (test metrics), models/model.keras (for its checksum), dvc.lock
-       (upstream stages' checksum), params.yaml `register`.
-Writes reports/registry.json: the version, its aliases and the promotion decision with reason.
+       (upstream stages' checksum), params.yaml `register`; dvc.yaml, for the list of the
+       `cache: false` outputs it copies into the run.
+Writes reports/registry.json: the version, its aliases and the promotion decision with reason;
+       params.yaml, dvc.lock and dvc.yaml's `cache: false` outputs (metrics, plot data, this
+       registry.json) into the version's run (`pipeline/`), from which
+       `cifar10-mlops checkout <model URI>` restores the pipeline state that made the version.
 
 The model becomes a new version of `register.model_name` with the alias `challenger` (the
 latest candidate). It also takes `champion` when there is none yet, or when it beats the
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from cifar10_mlops import tracking
 from cifar10_mlops.config import RegisterConfig, load_params
@@ -26,6 +30,10 @@ from cifar10_mlops.files import file_digest, require_files, text_digest, write_j
 from cifar10_mlops.stage import run_stage, stage_parser
 
 CHAMPION, CHALLENGER = tracking.CHAMPION, tracking.CHALLENGER  # short names in this module
+# Where each version's params.yaml, dvc.lock and registry.json go in its run, and the version
+# tag that points there (read by checkout.py).
+PIPELINE_ARTIFACTS, PIPELINE_TAG = "pipeline", "pipeline_state"
+DVC_YAML = Path("dvc.yaml")
 # Test metrics copied into version tags; `register.metric` is one of them.
 METRICS = ("accuracy", "f1_weighted", "f1_macro", "loss")
 
@@ -126,6 +134,44 @@ def _version_of(client, name: str, run_id: str, metrics: dict, lineage: dict[str
         raise PipelineError(f"cannot register the model of run {run_id}: {exc.message}") from None
 
 
+def uncached_outputs(dvc_yaml: Path) -> list[Path]:
+    """dvc.yaml's `cache: false` outputs (metrics, plot data, registry.json), in its order:
+    git holds them, not the DVC cache or remote, so each version keeps its own copy."""
+    import yaml
+
+    if not dvc_yaml.is_file():
+        return []
+    found = []
+    for stage in (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind) or []:
+                if isinstance(entry, dict):
+                    found += [
+                        Path(p) for p, props in entry.items() if (props or {}).get("cache") is False
+                    ]
+    return found
+
+
+def keep_pipeline_state(result: dict, params: Path, lock: Path, outputs: list[Path]) -> None:
+    """Log params.yaml, dvc.lock (every stage before this one, as DVC recorded them) and the
+    uncached outputs (under `outputs/<their path>`) into the version's run under `pipeline/`,
+    and tag the version with where: `cifar10-mlops checkout <model URI>` restores the
+    workspace from them and the DVC cache or remote."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run_id = result["run_id"]
+    for path in (params, lock):
+        if path.is_file():
+            client.log_artifact(run_id, str(path), PIPELINE_ARTIFACTS)
+    for path in outputs:
+        if path.is_file():
+            folder = PurePosixPath(PIPELINE_ARTIFACTS, "outputs", path.parent.as_posix())
+            client.log_artifact(run_id, str(path), str(folder))
+    uri = f"runs:/{run_id}/{PIPELINE_ARTIFACTS}"
+    client.set_model_version_tag(result["model_name"], result["version"], PIPELINE_TAG, uri)
+
+
 def _by_alias(client, name: str, alias: str):
     """The version of `name` holding `alias`, or None (also when `name` is not registered)."""
     from mlflow.exceptions import MlflowException
@@ -156,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     tracking.connect(run_info["tracking_uri"])
     result = register(cfg, run_info["run_id"], metrics, lineage)
     write_json(args.out, result)
+    keep_pipeline_state(result, args.params, args.lock, uncached_outputs(DVC_YAML))
     print(
         f"{result['model_name']} v{result['version']} ({', '.join(result['aliases'])}): "
         f"{result['reason']} -> {args.out}"

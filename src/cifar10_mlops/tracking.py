@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from cifar10_mlops import health
+from cifar10_mlops.errors import PipelineError
 
 SQLITE = "sqlite:///"
 DEFAULT_TRACKING_URI = f"{SQLITE}mlruns/mlflow.db"
@@ -29,6 +30,28 @@ def tracking_uri() -> str:
 def champion_uri(model_name: str) -> str:
     """The MLflow model URI of `model_name`'s champion version."""
     return f"models:/{model_name}@{CHAMPION}"
+
+
+def model_version(uri: str, client):
+    """The registry's version that a `models:/` URI names now: `models:/NAME@ALIAS`,
+    `models:/NAME/VERSION`, `models:/NAME/latest` or a stage, as MLflow's own loader reads
+    them; None for any other URI (a run, a folder, a logged model's `models:/m-...`). Raises
+    MlflowException when the registry has no such version, PipelineError for a name with no
+    versions."""
+    if not uri.startswith("models:/"):
+        return None
+    name, slash, suffix = uri.removeprefix("models:/").partition("/")
+    if not slash and "@" in name:
+        return client.get_model_version_by_alias(*name.rsplit("@", 1))
+    if suffix.isdigit():
+        return client.get_model_version(name, suffix)
+    if not slash:
+        return None
+    stages = None if suffix.lower() == "latest" else [suffix]
+    found = client.get_latest_versions(name, stages)
+    if not found:
+        raise PipelineError(f"{uri}: model {name!r} has no such version")
+    return max(found, key=lambda v: int(v.version))
 
 
 def sqlite_file(uri: str) -> Path | None:
@@ -112,6 +135,17 @@ def start_run(**kwargs) -> Iterator:
         except KeyboardInterrupt:
             mlflow.end_run("KILLED")
             raise
+
+
+def orchestration_tags() -> dict[str, str]:
+    """What ran this stage, beyond the process: the Prefect flow run (flows/retrain.py passes
+    its id down through `dvc repro`; a Prefect worker sets it for a deployment's run) and the
+    DVC experiment (`dvc exp run` names it)."""
+    found = {
+        "prefect_flow_run_id": os.environ.get("PREFECT__FLOW_RUN_ID", ""),
+        "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
+    }
+    return {k: v.strip() for k, v in found.items() if v.strip()}
 
 
 def process_tags() -> dict[str, str]:

@@ -23,11 +23,12 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from cifar10_mlops import devices, tracking
+from cifar10_mlops import devices, lineage, tracking
 from cifar10_mlops.config import (
     TUNABLE,
     Params,
     TrainConfig,
+    block_widths,
     flatten,
     load_params,
     replace_checked,
@@ -61,7 +62,7 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
         metrics = {k: float(v) for k, v in (logs or {}).items() if k in HISTORY_KEYS}
         metrics["learning_rate"] = current_learning_rate(self.model)
-        mlflow.log_metrics(metrics, step=epoch)
+        mlflow.log_metrics(lineage.rounded(metrics), step=epoch)
 
 
 def train(
@@ -169,19 +170,38 @@ def save_model(model: keras.Model, path: Path) -> None:
         model.save(tmp)
 
 
-def run_tags(tuned: dict | None, manifest: dict, train_images: int, placement) -> dict:
+def run_tags(tuned: dict | None, manifest: dict, train_images: int, placement, commit: str) -> dict:
     """A training run's tags: where its values, data, code and devices came from."""
     return {
         **tracking.process_tags(),
+        **tracking.orchestration_tags(),
         "stage": "train",
         "hparams_source": "params" if tuned is None else "tune",
         **({} if tuned is None else {"tune_run_id": tuned.get("mlflow_run_id")}),
-        "git_commit": tracking.git_commit(),
+        "git_commit": commit,
         "data_sha256": manifest["source_sha256"],
         "data_source": manifest["source"],
         "data_train_images": train_images,
         **placement.tags(),
     }
+
+
+def recipe(cfg: TrainConfig) -> str:
+    """The network and length in a run name: `fast-64.128.256-11ep`."""
+    widths = block_widths(cfg.conv_1_filters, cfg.conv_2_filters, cfg.conv_3_filters)
+    shown = widths[:2] if cfg.architecture == "baseline" else widths  # baseline: two blocks
+    return f"{cfg.architecture}-{'.'.join(map(str, shown))}-{cfg.epochs}ep"
+
+
+def describe(params: Params, tuned: dict | None, manifest: dict, commit: str) -> str:
+    """The run's one-line description (MLflow's `mlflow.note.content`)."""
+    cfg = params.train
+    values = "tuned values" if tuned else "params.yaml values"
+    return (
+        f"{recipe(cfg)}, {cfg.optimizer} lr {cfg.learning_rate:g}, batch {cfg.batch_size}, "
+        f"seed {params.seed} ({values}); data {manifest['source']} "
+        f"sha256 {manifest['source_sha256'][:12]}; commit {lineage.short_commit(commit)}"
+    )
 
 
 def run_training(
@@ -203,10 +223,17 @@ def run_training(
     uri = tracking.tracking_uri()
     experiment_id = tracking.configure(params.mlflow.experiment, uri)
     tracking.end_orphaned_runs(experiment_id)
-    with tracking.start_run(experiment_id=experiment_id, run_name="train") as run:
-        # The values trained with: params.yaml's, with the searched ones replaced when tuned.
-        mlflow.log_params(flatten(params))
-        mlflow.set_tags(run_tags(tuned, manifest, len(train_split[1]), placement))
+    commit = tracking.git_commit()
+    cfg = params.train
+    with tracking.start_run(
+        experiment_id=experiment_id, run_name=lineage.run_name("train", recipe(cfg), commit),
+        description=describe(params, tuned, manifest, commit), log_system_metrics=True,
+    ) as run:  # fmt: skip
+        # The values trained with: params.yaml's, with the searched ones replaced when tuned,
+        # and the data source that was read (CIFAR10_SOURCE overrides download.source).
+        mlflow.log_params({**flatten(params), "download.source": manifest["source"]})
+        mlflow.set_tags(run_tags(tuned, manifest, len(train_split[1]), placement, commit))
+        lineage.log_splits({"train": train_split, "val": val_split}, manifest, data)
         print(f"MLflow run {run.info.run_id} in {uri}")
         start = time.perf_counter()
         model, history = train(
@@ -216,13 +243,15 @@ def run_training(
         seconds = time.perf_counter() - start
         best = max(history, key=lambda h: h["val_accuracy"])
         mlflow.log_metrics(
-            {
-                "train_time_s": seconds,
-                "train_images_per_s": len(history) * len(train_split[1]) / seconds,
-                "epochs_run": len(history),
-                "best_val_accuracy": best["val_accuracy"],
-                "best_epoch": best["epoch"],
-            }
+            lineage.rounded(
+                {
+                    "train_time_s": seconds,
+                    "train_images_per_s": len(history) * len(train_split[1]) / seconds,
+                    "epochs_run": len(history),
+                    "best_val_accuracy": best["val_accuracy"],
+                    "best_epoch": best["epoch"],
+                }
+            )
         )
         save_model(portable_copy(model, params.train), model_path)
         write_history(history, history_path)

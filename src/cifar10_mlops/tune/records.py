@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from cifar10_mlops import tracking
+from cifar10_mlops import lineage, tracking
 from cifar10_mlops.config import Params
 from cifar10_mlops.tune.oracle import BudgetedHyperbandOracle, kt_distributed
 from cifar10_mlops.tune.space import TUNER_KEYS, fmt, mflops
@@ -74,8 +74,10 @@ class SearchLog:
             },
         )
         self.run_ids[trial.trial_id] = run.info.run_id
+        # Under training's keys (train.learning_rate), so MLflow's compare view lines trials
+        # and trainings up.
         for key, value in params.items():
-            self.client.log_param(run.info.run_id, key, value)
+            self.client.log_param(run.info.run_id, f"train.{key}", value)
         cost = mflops(self.cfg.train, values)
         self.client.log_metric(run.info.run_id, "mflops", cost)
         self.trial_started[trial.trial_id] = time.perf_counter()
@@ -91,11 +93,9 @@ class SearchLog:
         )
 
     def epoch_end(self, trial, epoch: int, logs: dict) -> None:
-        metrics = {
-            k: float(v)
-            for k, v in logs.items()
-            if k in ("loss", "accuracy", "val_loss", "val_accuracy")
-        }
+        metrics = lineage.rounded(
+            {k: v for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        )
         run_id = self.run_ids[trial.trial_id]
         for key, value in metrics.items():
             self.client.log_metric(run_id, key, value, step=epoch)

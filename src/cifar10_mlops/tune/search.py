@@ -12,7 +12,7 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from cifar10_mlops import tracking
+from cifar10_mlops import lineage, tracking
 from cifar10_mlops.config import TUNABLE, IntRange, Params, flatten
 from cifar10_mlops.errors import ConfigError
 from cifar10_mlops.files import text_digest, write_json
@@ -118,6 +118,7 @@ def log_settings(params: Params, *, seed: int, train_images: int, search: str, r
             "search_id": search,
             "resumed": str(resumed).lower(),
             "git_commit": tracking.git_commit(),
+            **tracking.orchestration_tags(),
         }
     )
 
@@ -137,10 +138,26 @@ def run_search(
     experiment_id = tracking.configure(params.mlflow.experiment, tracking.tracking_uri())
     tracking.end_orphaned_runs(experiment_id)
 
-    with tracking.start_run(experiment_id=experiment_id, run_name="tune") as run:
+    commit = tracking.git_commit()
+    searched_keys = "+".join(searched(params.tune.space)) or "nothing"
+    name = lineage.run_name("tune", f"{params.train.architecture}-{searched_keys}", commit)
+    description = (
+        f"Hyperband over {searched_keys.replace('+', ', ')} of {params.train.architecture} "
+        f"(max_epochs {params.tune.max_epochs}, factor {params.tune.factor}) on "
+        f"{len(search.images)} training images, objective {params.tune.objective} on the "
+        f"validation split; data {manifest['source']}; commit {lineage.short_commit(commit)}"
+    )
+    with tracking.start_run(
+        experiment_id=experiment_id, run_name=name, description=description,
+        log_system_metrics=True,
+    ) as run:  # fmt: skip
         log_settings(params, seed=search.seed, train_images=len(search.images), search=sid,
                      resumed=resuming)  # fmt: skip
         mlflow.set_tags({"data_sha256": manifest["source_sha256"], "distributed": str(kt_chief())})
+        subset = params.tune.train_per_class
+        lineage.log_splits({"train": (search.images, search.labels)}, manifest, data,
+                           suffix="" if subset is None else f"-{subset}-per-class")  # fmt: skip
+        lineage.log_splits({"val": search.val}, manifest, data)
         log = SearchLog(
             state=state_root / sid, experiment_id=experiment_id, parent_id=run.info.run_id,
             cfg=params,
@@ -168,7 +185,7 @@ def announce_search(params: Params, tuner, log: SearchLog, search, run_id: str, 
     print(
         f"[tune] Hyperband: {log.total} trials, {log.epochs} epochs in all, on "
         f"{len(search.images)} training images; objective {params.tune.objective} on "
-        f"{search.n_val} validation images; MLflow run {run_id}"
+        f"{len(search.val[1])} validation images; MLflow run {run_id}"
         + (f"; resuming after {done} finished trials" if resuming else ""),
         flush=True,
     )

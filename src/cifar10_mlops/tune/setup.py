@@ -33,7 +33,8 @@ class Search(NamedTuple):
     strategy: object  # for the tuner; None on one device
     kwargs: dict  # tuner.search's arguments
     images: np.ndarray  # the search's training images
-    n_val: int  # validation images
+    labels: np.ndarray  # and their labels
+    val: tuple[np.ndarray, np.ndarray]  # the validation split
 
 
 def prepare_search(params: Params, data: Path) -> Search:
@@ -63,7 +64,7 @@ def prepare_search(params: Params, data: Path) -> Search:
         "verbose": 1 if sys.stdout.isatty() else 2,
     }
     strategy = placement.strategy if placement.replicas > 1 else None
-    return Search(seed, strategy, search, x_train, len(val[1]))
+    return Search(seed, strategy, search, x_train, y_train, val)
 
 
 def run_trials(tuner, log: SearchLog, search: dict) -> None:

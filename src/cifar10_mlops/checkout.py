@@ -1,0 +1,194 @@
+"""`cifar10-mlops checkout MODEL_URI`: put the workspace back in the pipeline state that made a
+registered model version.
+
+The `register` stage logs params.yaml, dvc.lock and registry.json into each version's run
+(`pipeline/`) and tags the version with where they are. checkout resolves the URI to one
+version (`models:/cifar10-cnn@champion`, `models:/cifar10-cnn/3`, `models:/cifar10-cnn/latest`),
+downloads those files, writes them over the workspace's and restores every output dvc.lock
+names from the DVC cache, or from the remote (`dvc pull`) when the cache lacks them. Then
+`dvc status` is clean and models/model.keras has the version's `model_md5`.
+
+Refused, with the workspace untouched: a URI that names no version, a version without the
+pipeline artifacts, params.yaml or dvc.lock with uncommitted changes (unless --force), outputs
+that neither the cache nor the remote has (the previous files come back).
+
+The code is the workspace's: checkout names the version's git commit when HEAD differs, for
+`git checkout <commit>` first when the stages' code changed since.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from cifar10_mlops import tracking
+from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.files import file_digest, replacing
+from cifar10_mlops.register import DVC_YAML, PIPELINE_TAG, uncached_outputs
+
+PARAMS, LOCK = Path("params.yaml"), Path("dvc.lock")
+
+
+def resolve(uri: str):
+    """The ModelVersion a `models:/` URI names now."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = tracking.model_version(uri, mlflow.MlflowClient())
+    except MlflowException as exc:
+        reason = str(exc.message).splitlines()[0]
+        raise PipelineError(
+            f"{uri}: no such model version in {tracking.tracking_uri()} ({reason})"
+        ) from None
+    if version is None:
+        raise PipelineError(
+            f"{uri}: not a registered model version (models:/NAME@ALIAS, models:/NAME/VERSION "
+            "or models:/NAME/latest)"
+        )
+    return version
+
+
+def fetch_state(version, dest: Path) -> Path:
+    """Download the version's pipeline artifacts into `dest`; returns their folder."""
+    import mlflow
+
+    label = f"{version.name} v{version.version}"
+    where = version.tags.get(PIPELINE_TAG)
+    if not where:
+        raise PipelineError(
+            f"{label} has no {PIPELINE_TAG} tag: it was registered before versions kept their "
+            "params.yaml and dvc.lock, or not by the register stage"
+        )
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=where, dst_path=str(dest)))
+    except Exception as exc:  # MlflowException, OSError: the artifacts are gone
+        reason = " ".join(str(exc).split())[:200]
+        raise PipelineError(
+            f"{label}: cannot download its pipeline state {where} ({reason})"
+        ) from None
+    missing = [n for n in (PARAMS.name, LOCK.name) if not (local / n).is_file()]
+    if missing:
+        raise PipelineError(f"{label}: {where} lacks {', '.join(missing)}")
+    return local
+
+
+def restorable(state: Path) -> dict[Path, Path]:
+    """Workspace file -> its copy in `state`: params.yaml, dvc.lock and those of dvc.yaml's
+    `cache: false` outputs the version kept (no other path, whatever the artifacts hold)."""
+    files = {PARAMS: state / PARAMS.name, LOCK: state / LOCK.name}
+    for path in uncached_outputs(DVC_YAML):
+        copy = state / "outputs" / path
+        if copy.is_file():
+            files[path] = copy
+    return files
+
+
+def dvc(*args: str) -> subprocess.CompletedProcess:
+    """`dvc <args>` with this interpreter's environment first on PATH (stages call `python`)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=env
+    )
+
+
+def uncommitted(paths: list[Path]) -> list[str]:
+    """Which of `paths` differ from git's HEAD (none outside git)."""
+    result = subprocess.run(
+        ["git", "status", "--porcelain", "--", *map(str, paths)], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        return []
+    return [line[3:] for line in result.stdout.splitlines() if not line.startswith("??")]
+
+
+def restore_outputs(remote: str | None) -> None:
+    """Check out what dvc.lock names from the cache, pulling what the cache lacks."""
+    checked = dvc("checkout", "--quiet")
+    if checked.returncode == 0:
+        return
+    pulled = dvc("pull", "--quiet", *(["--remote", remote] if remote else []))
+    if pulled.returncode != 0:
+        lines = [x for x in (pulled.stderr + pulled.stdout).splitlines() if x.strip()]
+        errors = [x for x in lines if x.startswith("ERROR")] or lines[-1:] or ["no output"]
+        raise PipelineError(f"cannot restore the outputs dvc.lock names: {errors[0]}")
+
+
+def checkout(uri: str, *, force: bool = False, remote: str | None = None) -> dict:
+    """Restore the pipeline state of the version `uri` names; returns what was restored."""
+    tracking.connect()
+    version = resolve(uri)
+    label = f"{version.name} v{version.version}"
+    changed = [] if force else uncommitted([PARAMS, LOCK])
+    if changed:
+        raise PipelineError(
+            f"{', '.join(changed)} changed since the last commit: commit or stash them, or "
+            "pass --force to overwrite them"
+        )
+    with tempfile.TemporaryDirectory(prefix="cifar10-checkout-") as tmp:
+        files = restorable(fetch_state(version, Path(tmp) / "state"))
+        backup = Path(tmp) / "backup"
+        backup.mkdir()
+        kept = {}
+        for i, path in enumerate(files):
+            if path.is_file():
+                kept[path] = backup / str(i)
+                shutil.copy2(path, kept[path])
+        try:
+            for path, copy in files.items():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with replacing(path) as new:
+                    shutil.copyfile(copy, new)
+            restore_outputs(remote)
+            # dvc.lock was saved while `register` ran, before DVC recorded register itself:
+            # record it now, from the restored registry.json.
+            committed = dvc("commit", "--force", "--quiet", "register")
+            if committed.returncode != 0:
+                raise PipelineError(f"dvc commit register: {committed.stderr.strip()}")
+        except BaseException:
+            for path in files:
+                if path in kept:
+                    with replacing(path) as new:
+                        shutil.copyfile(kept[path], new)
+                else:
+                    path.unlink(missing_ok=True)
+            dvc("checkout", "--quiet")
+            raise
+    model = Path("models/model.keras")
+    md5 = file_digest(model, "md5") if model.is_file() else None
+    want = version.tags.get("model_md5")
+    if want and md5 != want:
+        raise PipelineError(f"{model} has md5 {md5} after the checkout, {label} has {want}")
+    return {"version": version, "label": label, "model_md5": md5}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="cifar10-mlops checkout", description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n", 2)[2],
+    )  # fmt: skip
+    parser.add_argument("uri", help="models:/NAME@ALIAS, models:/NAME/VERSION or /latest")
+    parser.add_argument("--force", action="store_true", help="overwrite uncommitted changes")
+    parser.add_argument(
+        "--remote", default=os.environ.get("DVC_REMOTE") or None,
+        help="DVC remote to pull missing outputs from (default: DVC_REMOTE, else .dvc/config's)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    done = checkout(args.uri, force=args.force, remote=args.remote)
+    version = done["version"]
+    print(
+        f"{args.uri} -> {done['label']} (run {version.run_id}): params.yaml, dvc.lock and its "
+        f"outputs restored; models/model.keras md5 {done['model_md5']}"
+    )
+    commit = version.tags.get("git_commit", "unknown")
+    head = tracking.git_commit()
+    if commit.removesuffix("-dirty") != head.removesuffix("-dirty"):
+        print(
+            f"note: {done['label']} was made at commit {commit}; this workspace's code is "
+            f"{head}. `git checkout {commit.removesuffix('-dirty')}` first for the exact code."
+        )

@@ -1,0 +1,127 @@
+"""`cifar10-mlops checkout MODEL_URI`: time travel from the registry back to the pipeline state
+that made a version, on a copy of the reproduced tiny pipeline with two versions."""
+
+import json
+import subprocess
+
+import mlflow
+import pytest
+import yaml
+
+from conftest import error_line, git_commit_all, run_dvc
+from servers import BIN, env_with_bin
+
+pytestmark = pytest.mark.integration
+
+MODEL = "cifar10-cnn"
+
+
+def checkout(project, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "cifar10-mlops"), "checkout", *args], cwd=project, capture_output=True,
+        text=True, env=env_with_bin(), timeout=300,
+    )  # fmt: skip
+
+
+def epochs(project) -> int:
+    return yaml.safe_load((project / "params.yaml").read_text())["train"]["epochs"]
+
+
+def model_md5(project, version: int) -> str:
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
+    return mlflow.MlflowClient().get_model_version(MODEL, str(version)).tags["model_md5"]
+
+
+def up_to_date(project) -> bool:
+    status = run_dvc(project, "status").stdout
+    print(status)
+    return "Data and pipelines are up to date" in status
+
+
+def snapshot(project) -> dict[str, bytes]:
+    files = ("params.yaml", "dvc.lock", "reports/registry.json", "models/model.keras")
+    return {f: (project / f).read_bytes() for f in files}
+
+
+@pytest.fixture
+def two_versions(reproduced):
+    """The reproduced pipeline (v1, 1 epoch) retrained with 2 epochs (v2), committed."""
+    project = reproduced
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["epochs"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run_dvc(project, "repro")
+    assert json.loads((project / "reports/registry.json").read_text())["version"] == 2
+    git_commit_all(project, "two epochs")
+    return project
+
+
+@pytest.mark.long(seconds=90)
+def test_checkout_restores_a_versions_params_lock_and_outputs(two_versions):
+    project = two_versions
+    from cifar10_mlops.files import file_digest
+
+    result = checkout(project, f"models:/{MODEL}/1")
+    assert result.returncode == 0, result.stderr
+    assert f"-> {MODEL} v1 (run " in result.stdout
+    assert epochs(project) == 1
+    assert file_digest(project / "models/model.keras", "md5") == model_md5(project, 1)
+    assert json.loads((project / "reports/registry.json").read_text())["version"] == 1
+    assert up_to_date(project)
+    assert "Data and pipelines are up to date" in run_dvc(project, "repro").stdout
+
+    # params.yaml now differs from the commit: a checkout would lose that, unless forced
+    before = snapshot(project)
+    refused = checkout(project, f"models:/{MODEL}/2")
+    assert refused.returncode == 1
+    assert error_line(refused).startswith("error: dvc.lock, params.yaml changed since the last")
+    assert snapshot(project) == before
+
+    forced = checkout(project, "--force", f"models:/{MODEL}/latest")
+    assert forced.returncode == 0, forced.stderr
+    assert epochs(project) == 2 and up_to_date(project)
+    assert file_digest(project / "models/model.keras", "md5") == model_md5(project, 2)
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        (f"models:/{MODEL}/99", f"error: models:/{MODEL}/99: no such model version in "),
+        ("models:/nobody@champion", "error: models:/nobody@champion: no such model version in "),
+        ("runs:/0123/model", "error: runs:/0123/model: not a registered model version"),
+    ],
+)
+def test_a_uri_naming_no_version_is_one_line_and_changes_nothing(reproduced, uri, message):
+    before = snapshot(reproduced)
+    result = checkout(reproduced, uri)
+    assert result.returncode == 1
+    assert error_line(result).startswith(message), result.stderr
+    assert snapshot(reproduced) == before
+
+
+def test_a_version_whose_state_is_gone_is_one_line_and_changes_nothing(two_versions):
+    project = two_versions
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
+    run_id = mlflow.MlflowClient().get_model_version(MODEL, "1").run_id
+    artifacts = mlflow.get_run(run_id).info.artifact_uri.removeprefix("file://")
+    subprocess.run(["rm", "-r", f"{artifacts}/pipeline"], check=True)
+    before = snapshot(project)
+    result = checkout(project, f"models:/{MODEL}/1")
+    assert result.returncode == 1
+    assert error_line(result).startswith(f"error: {MODEL} v1: cannot download its pipeline state")
+    assert snapshot(project) == before and up_to_date(project)
+
+
+def test_outputs_in_neither_cache_nor_remote_leave_the_workspace_as_it_was(two_versions):
+    project = two_versions
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    # v1's model is only in the cache (nothing was pushed): lose it
+    old_md5 = model_md5(project, 1)
+    cached = project / ".dvc/cache/files/md5" / old_md5[:2] / old_md5[2:]
+    cached.unlink()
+    before = snapshot(project)
+    result = checkout(project, f"models:/{MODEL}/1")
+    assert result.returncode == 1
+    assert error_line(result).startswith("error: cannot restore the outputs dvc.lock names:")
+    assert snapshot(project) == before and up_to_date(project)
+    assert yaml.safe_load((project / "dvc.lock").read_text()) == lock
