@@ -11,7 +11,7 @@ LOCK_FILE ?= requirements.lock
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv repro smoke study tune-study test test-extended test-slow push pull lock mlflow-ui flow services \
+.PHONY: help venv repro smoke study tune-study test test-extended test-slow remote-local push pull lock mlflow-ui flow services \
   services-stop services-status mlflow-server prefect-server deployment serve-model \
   tune-worker compose-check bench airbench plots
 
@@ -107,15 +107,25 @@ test-extended: $(STAMP)  ## fault-injection and multi-process tests (minutes eac
 test-slow: $(STAMP)  ## tests that need the full dataset or minutes of training
 	$(BIN)/python -m pytest -m slow
 
-# The DVC remote: .dvc/config's default, `local` (a folder beside this clone), unless DVC_REMOTE
-# names another: `s3` (endpoint and credentials from AWS_*; README "Sharing: the DVC remote").
+# The DVC remote: this clone's default, unless DVC_REMOTE names another (`s3`: endpoint and keys
+# from AWS_*; README "Sharing: the DVC remote"). Without a default, `remote-local` sets one: a
+# folder beside the clone, shared by the clones next to it. Absolute, in .dvc/config.local: DVC
+# resolves a relative local remote against the wrong folder in `dvc exp push` and `fetch -a`
+# (treeverse/dvc#10054).
 DVC_REMOTE ?=
+LOCAL_REMOTE ?= $(abspath ..)/cifar10-mlops-dvc-remote
 REMOTE_ARG = $(if $(DVC_REMOTE),--remote $(DVC_REMOTE))
+ENSURE_REMOTE = $(BIN)/dvc remote default >/dev/null 2>&1 || $(MAKE) --no-print-directory remote-local
+
+remote-local: $(STAMP)  ## make LOCAL_REMOTE (../cifar10-mlops-dvc-remote) this clone's default DVC remote
+	$(BIN)/dvc remote add --local --force --default local "$(LOCAL_REMOTE)"
 
 push: $(STAMP)  ## dvc push data, models, images and the run-cache (DVC_REMOTE=s3 for the team's)
+	@$(ENSURE_REMOTE)
 	$(BIN)/dvc push --run-cache $(REMOTE_ARG)
 
 pull: $(STAMP)  ## dvc pull what dvc.lock names, and the run-cache, from the remote (DVC_REMOTE)
+	@$(ENSURE_REMOTE)
 	$(BIN)/dvc pull --run-cache $(REMOTE_ARG)
 
 # The embedded store's URI and the champion alias have one home, cifar10_mlops.tracking.
@@ -147,12 +157,14 @@ FLOW_ARGS ?=
 # `make flow` reports to the local Prefect server when it runs (with its auth string), else to
 # a temporary one.
 flow: $(STAMP)  ## the pipeline as a Prefect flow run (FLOW_ARGS="--force --epochs 1")
+	@$(ENSURE_REMOTE)
 	if [ -z "$$PREFECT_API_URL" ] && scripts/services.sh running prefect; then \
 	  export PREFECT_API_URL=http://127.0.0.1:$${PREFECT_PORT:-4200}/api; \
 	  export PREFECT_API_AUTH_STRING="$$(cat .services/prefect.auth)"; fi; \
 	$(BIN)/python -m flows.retrain $(FLOW_ARGS)
 
 services: $(STAMP)  ## start the MLflow server, the Prefect server and the retraining deployment
+	@$(ENSURE_REMOTE)
 	scripts/services.sh start mlflow prefect deployment
 
 services-stop:  ## stop what `make services` started
@@ -168,6 +180,7 @@ prefect-server: $(STAMP)  ## start only the Prefect server (UI + API) on 127.0.0
 	scripts/services.sh start prefect
 
 deployment: $(STAMP)  ## serve the scheduled retraining deployment (needs the Prefect server)
+	@$(ENSURE_REMOTE)
 	scripts/services.sh start deployment
 
 # The model name has one home, params.yaml `register.model_name`.

@@ -1,11 +1,21 @@
-"""Prefect flow `retrain`: the DVC pipeline as one task per stage, then a report.
+"""Prefect flow `retrain`: the DVC pipeline as one task per stage, recorded as a DVC experiment,
+then a report.
 
 Each task runs `dvc repro --single-item <stage>` in the working directory: DVC runs the stage's
 command (the stage code in src/cifar10_mlops), skips it when nothing it depends on changed, and
-records it in dvc.lock, so after a flow run `dvc status` is clean. The flow adds what DVC does
-not do: a check that the MLflow and Prefect servers answer before anything runs, retries of the
-download, the stages' output in Prefect's logs, and a markdown artifact with the test metrics,
-the registry's promotion decision and links to the MLflow run and model version.
+records it in dvc.lock. What a run changed (params.yaml, dvc.lock, metrics, plot data) is then
+saved as the DVC experiment `retrain-<date>-<flow run name>` (`dvc exp save`), pushed with
+`dvc exp push` when the repository has a git remote (the outputs go to the DVC remote,
+DVC_REMOTE or .dvc/config's default), and the workspace is put back as the last commit left
+it: nothing uncommitted or staged stays behind, `dvc status` is clean, and the registered
+version's tags name the experiment (`dvc exp apply <name>` brings it into the workspace).
+
+The flow adds what DVC does not do: a check that the MLflow and Prefect servers answer and the
+workspace has no uncommitted changes before anything runs, retries of the download, the
+stages' output in Prefect's logs, the flow run's id on every MLflow run it makes, and a
+markdown artifact with the test metrics, the registry's promotion decision, the experiment and
+links to the MLflow run and model version (at MLFLOW_UI_URL, else the tracking server, else
+http://127.0.0.1:$MLFLOW_PORT, `make mlflow-ui`'s).
 
   python -m flows.retrain [--force] [--epochs N] [--set train.dropout=0.2 ...]
 """
@@ -20,17 +30,20 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from cifar10_mlops import health, tracking
 from cifar10_mlops.config import params_from_dict
 from cifar10_mlops.errors import ConfigError, PipelineError
 from cifar10_mlops.files import replacing
+from cifar10_mlops.register import uncached_outputs
 
 PARAMS, DVC_YAML = Path("params.yaml"), Path("dvc.yaml")
 # Stages whose failures can be transient (a network download); the others fail for reasons a
@@ -38,7 +51,6 @@ PARAMS, DVC_YAML = Path("params.yaml"), Path("dvc.yaml")
 RETRIES = {"download": 3}
 # `force` reruns training and what follows it; the search reruns only when its inputs change.
 FORCED_FROM = "train"
-MLFLOW_UI = "http://127.0.0.1:5000"  # `make mlflow-ui`; MLFLOW_UI_URL overrides it
 
 
 def stage_names() -> list[str]:
@@ -58,6 +70,8 @@ def repro(stage: str, force: bool = False) -> bool:
     logger = get_run_logger()
     # dvc.yaml's commands call `python`: the interpreter (virtual environment) running this flow.
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    if flow_run.id:  # the stages tag their MLflow runs with it (tracking.orchestration_tags)
+        env["PREFECT__FLOW_RUN_ID"] = str(flow_run.id)
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] * force)]
     logger.info("$ dvc %s", " ".join(cmd[3:]))
     proc = subprocess.Popen(
@@ -74,20 +88,130 @@ def repro(stage: str, force: bool = False) -> bool:
     return not any(f"Stage '{stage}' didn't change" in x for x in lines)
 
 
+def mlflow_ui(tracking_uri: str) -> str:
+    """Where a person opens the MLflow UI of `tracking_uri`: MLFLOW_UI_URL when set, the
+    tracking server itself, else `make mlflow-ui` on MLFLOW_PORT (5000)."""
+    configured = os.environ.get("MLFLOW_UI_URL", "").strip()
+    if configured:
+        return configured.rstrip("/")
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '').strip() or 5000}"
+
+
+def git(*args: str, check: bool = True) -> str:
+    result = subprocess.run(["git", *args], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise PipelineError(f"git {' '.join(args)}: {result.stderr.strip() or result.stdout}")
+    return result.stdout
+
+
+def dvc(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        [sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=env
+    )
+
+
+def check_workspace() -> bool:
+    """Whether the run can be recorded as a DVC experiment: a git repository with a commit
+    (False: the registered version's `pipeline/` artifacts are the only record). A run ends by
+    putting the workspace back as that commit left it: refuse to start where that would throw
+    away someone's uncommitted changes."""
+    if subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        return False
+    changed = git("status", "--porcelain", "--untracked-files=no").split("\n")
+    changed = [line[3:] for line in changed if line.strip()]
+    if changed:
+        raise PipelineError(
+            f"uncommitted changes to {', '.join(changed[:5])}: commit or stash them first (a "
+            "retrain records what it changed as a DVC experiment, then resets the workspace)"
+        )
+    return True
+
+
+def reset_workspace() -> None:
+    """Tracked files as HEAD has them (unstaged too), and the outputs its dvc.lock names."""
+    git("reset", "--quiet")
+    git("checkout", "--quiet", "--", ".")
+    checked = dvc("checkout", "--quiet")
+    if checked.returncode != 0:
+        get_run_logger().warning("dvc checkout after the run: %s", checked.stderr.strip())
+
+
+@task(task_run_name="record")
+def record(registered: bool) -> dict:
+    """Save what the run changed as a DVC experiment, push it where a git remote exists, and
+    tag the registered version with it; returns what the report says about it."""
+    logger = get_run_logger()
+    # the `cache: false` outputs git does not track yet (a repository before its first commit
+    # of them) go into the experiment too
+    untracked = git("ls-files", "--others", "--exclude-standard").split("\n")
+    new = [str(p) for p in uncached_outputs(DVC_YAML) if str(p) in untracked]
+    if not git("status", "--porcelain", "--untracked-files=no").strip() and not new:
+        return {"name": None, "note": "nothing changed: the last commit already records it"}
+    name = f"retrain-{time.strftime('%Y%m%d-%H%M', time.gmtime())}-{flow_run.name or 'local'}"
+    include = [arg for path in new for arg in ("--include-untracked", path)]
+    saved = dvc("exp", "save", "--force", "--name", name, "--json", *include)
+    if saved.returncode != 0:
+        raise PipelineError(f"dvc exp save: {(saved.stderr or saved.stdout).strip()}")
+    rev = json.loads(saved.stdout)["ref"]
+    result = {"name": name, "rev": rev, "pushed": None, "note": ""}
+    remotes = git("remote").split()
+    if remotes:
+        remote = "origin" if "origin" in remotes else remotes[0]
+        dvc_remote = os.environ.get("DVC_REMOTE", "").strip()
+        pushed = dvc("exp", "push", *(["--remote", dvc_remote] if dvc_remote else []), remote, name)
+        if pushed.returncode == 0:
+            result["pushed"] = remote
+        else:
+            result["note"] = (
+                f"dvc exp push {remote} failed: {pushed.stderr.strip().splitlines()[-1:]}"
+            )
+            logger.error("%s", result["note"])
+    else:
+        result["note"] = "kept in this repository (no git remote to push it to)"
+    if registered:
+        tag_version(result)
+    logger.info("recorded as DVC experiment %s (%s) %s", name, rev[:7], result["note"])
+    return result
+
+
+def tag_version(result: dict) -> None:
+    """Point the version this run registered at the experiment that records it."""
+    import mlflow
+
+    registry = json.loads(stage_paths("register")["out"].read_text())
+    tracking.connect(registry["tracking_uri"])
+    client = mlflow.MlflowClient()
+    tags = {"dvc_experiment": result["name"], "dvc_experiment_rev": result["rev"]}
+    if result["pushed"]:
+        tags["dvc_experiment_remote"] = result["pushed"]
+    for key, value in tags.items():
+        client.set_model_version_tag(registry["model_name"], registry["version"], key, value)
+
+
 @task(task_run_name="report")
-def report(ran: dict[str, bool]) -> str:
+def report(ran: dict[str, bool], recorded: dict) -> str:
     """The markdown artifact: what ran, the test metrics, the promotion decision, links."""
     paths = stage_paths("register")
     metrics = json.loads(paths["metrics"].read_text())
     registry = json.loads(paths["out"].read_text())
     run = json.loads(paths["run-info"].read_text())
-    local_ui = os.environ.get("MLFLOW_UI_URL", MLFLOW_UI)
-    ui = run["tracking_uri"] if run["tracking_uri"].startswith("http") else local_ui
+    ui = mlflow_ui(run["tracking_uri"])
     run_link = f"{ui}/#/experiments/{run['experiment_id']}/runs/{run['run_id']}"
     version_link = f"{ui}/#/models/{registry['model_name']}/versions/{registry['version']}"
     status = subprocess.run(
         [sys.executable, "-m", "dvc", "status", "--quiet"], capture_output=True, text=True
     )
+    if recorded["name"]:
+        where = f"pushed to `{recorded['pushed']}`" if recorded["pushed"] else recorded["note"]
+        experiment = (
+            f"- DVC experiment: `{recorded['name']}` ({recorded['rev'][:7]}), {where}; "
+            f"`dvc exp apply {recorded['name']}` brings it into a workspace"
+        )
+    else:
+        experiment = f"- DVC experiment: none, {recorded['note']}"
     markdown = "\n".join(
         [
             "# Retraining report",
@@ -111,6 +235,7 @@ def report(ran: dict[str, bool]) -> str:
             "",
             f"- MLflow run: [{run['run_id']}]({run_link})",
             f"- Model version: [{registry['model_name']} v{registry['version']}]({version_link})",
+            experiment,
             f"- `dvc status`: {'up to date' if status.returncode == 0 else 'CHANGED'}",
         ]
     )
@@ -206,14 +331,14 @@ def check_prefect(timeout: float = 5.0) -> None:
             )
 
 
-@flow(name="retrain", log_prints=True)
-def retrain(
-    force: bool = False, epochs: int | None = None, set_params: list[str] | None = None
-) -> dict[str, bool]:
-    """Run the pipeline's stages in order. `force` retrains even when nothing changed;
-    `epochs` (train.epochs) and `set_params` (["train.dropout=0.2", ...]) change params.yaml
-    first, like `dvc exp run -S`. None keeps params.yaml's values."""
-    check_services()
+NO_GIT = (
+    "not a git repository with a commit: this run is recorded only in the registered "
+    "version's pipeline/ artifacts (cifar10-mlops checkout), not as a DVC experiment"
+)
+
+
+def run_stages(force: bool, epochs: int | None, set_params: list[str] | None) -> dict[str, bool]:
+    """The overrides, then each stage as a task; returns which stages ran."""
     overrides = [*(set_params or []), *([f"train.epochs={epochs}"] if epochs is not None else [])]
     if overrides:
         apply_params(overrides)
@@ -226,7 +351,30 @@ def retrain(
             name=stage, retries=retries, retry_delay_seconds=exponential_backoff(10)
         )
         ran[stage] = task_(stage, force=stage in forced)
-    report(ran)
+    return ran
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    force: bool = False, epochs: int | None = None, set_params: list[str] | None = None
+) -> dict[str, bool]:
+    """Run the pipeline's stages in order. `force` retrains even when nothing changed;
+    `epochs` (train.epochs) and `set_params` (["train.dropout=0.2", ...]) change params.yaml
+    first, like `dvc exp run -S`. None keeps params.yaml's values."""
+    check_services()
+    if not check_workspace():
+        get_run_logger().warning("%s", NO_GIT)
+        ran = run_stages(force, epochs, set_params)
+        report(ran, {"name": None, "note": NO_GIT})
+        return ran
+    try:
+        ran = run_stages(force, epochs, set_params)
+        recorded = record(registered=ran["register"])
+        report(ran, recorded)
+    finally:
+        reset_workspace()
+    if recorded["name"] and recorded["pushed"] is None and git("remote").split():
+        raise PipelineError(f"the run is recorded in this repository only: {recorded['note']}")
     return ran
 
 
@@ -241,6 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         check_services()  # before Prefect itself tries the server, and retries for minutes
+        check_workspace()
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -60,6 +60,7 @@ environment_of() {
       local ui="http://127.0.0.1:${PREFECT_PORT},http://localhost:${PREFECT_PORT}"
       export PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS=$ui ;;
     deployment)
+      export MLFLOW_PORT  # the retrain report's links to the MLflow UI
       if [[ -f $AUTH ]]; then
         PREFECT_API_AUTH_STRING=$(cat "$AUTH"); export PREFECT_API_AUTH_STRING
       fi ;;

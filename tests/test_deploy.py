@@ -6,9 +6,11 @@ runs at once: both complete, one after the other.
 """
 
 import os
+import subprocess
 import sys
 import time
 
+import mlflow
 import pytest
 import yaml
 
@@ -85,7 +87,16 @@ def test_served_deployment_is_scheduled_limited_to_one_and_runs(
     assert [r.state.type.value for r in runs] == ["COMPLETED", "COMPLETED"], log.read_text()[-3000:]
     first, second = sorted(runs, key=lambda r: r.start_time)
     assert first.end_time <= second.start_time  # never two retrains at once
-    # both runs were forced (deployment parameter): each registered a version
-    registry = yaml.safe_load((project / "reports" / "registry.json").read_text())
-    assert registry["version"] == before + 2
+    # both runs were forced (deployment parameter): each registered a version and is recorded
+    # as a DVC experiment, and the workspace is as the last commit left it
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
+    versions = mlflow.MlflowClient().search_model_versions("name = 'cifar10-cnn'")
+    recorded = {v.tags.get("dvc_experiment") for v in versions if int(v.version) > before}
+    assert len(versions) == before + 2 and None not in recorded
+    shown = run_dvc(project, "exp", "list", "--name-only").stdout.split()
+    assert sorted(shown) == sorted(recorded)
+    assert yaml.safe_load((project / "reports" / "registry.json").read_text())["version"] == before
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                            cwd=project, capture_output=True, text=True, check=True)  # fmt: skip
+    assert status.stdout == ""
     assert "Data and pipelines are up to date" in run_dvc(project, "status").stdout

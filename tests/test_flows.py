@@ -12,7 +12,7 @@ import pytest
 import yaml
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import error_line, run_dvc
+from conftest import error_line, git_commit_all, run_dvc
 from flows import retrain as flow_module
 
 pytestmark = pytest.mark.integration
@@ -26,8 +26,9 @@ def harness():
 
 @pytest.fixture
 def flow_project(pipeline, monkeypatch):
-    """A fresh project copy (nothing run yet) as the working directory, as `python -m
-    flows.retrain` runs."""
+    """A fresh project copy (nothing run yet, committed) as the working directory, as
+    `python -m flows.retrain` runs."""
+    git_commit_all(pipeline, "tiny params")
     monkeypatch.chdir(pipeline)
     return pipeline
 
@@ -70,8 +71,8 @@ def report_markdown() -> str:
         return artifact.data
 
 
-def test_flow_runs_each_stage_as_a_task_registers_and_leaves_dvc_clean(
-    harness, reproduced_flow_project
+def test_flow_runs_each_stage_as_a_task_records_an_experiment_and_leaves_dvc_clean(
+    harness, reproduced_flow_project, monkeypatch
 ):
     flow_project = reproduced_flow_project
     # nothing changed since `dvc repro`: every stage is a task, DVC skips each, nothing new
@@ -81,7 +82,7 @@ def test_flow_runs_each_stage_as_a_task_registers_and_leaves_dvc_clean(
     ran = state.result()
     assert list(ran) == ["download", "prepare", "tune", "train", "evaluate", "register"]
     assert not any(ran.values())
-    assert task_names(state.state_details.flow_run_id) == [*ran, "report"]
+    assert task_names(state.state_details.flow_run_id) == [*ran, "record", "report"]
     assert "Data and pipelines are up to date" in dvc_status(flow_project)
 
     registry = json.loads(Path("reports/registry.json").read_text())
@@ -93,19 +94,76 @@ def test_flow_runs_each_stage_as_a_task_registers_and_leaves_dvc_clean(
     run_id = json.loads(Path("models/run.json").read_text())["run_id"]
     assert f"/runs/{run_id})" in markdown and "`dvc status`: up to date" in markdown
 
-    # a forced retrain with fewer epochs: train, evaluate and register rerun (not the search),
-    # the override lands in params.yaml, and DVC agrees with what ran
-    forced = flow_module.retrain(force=True, epochs=2, return_state=True).result()
+    # a forced retrain with more epochs: train, evaluate and register rerun (not the search),
+    # DVC agrees with what ran, and the run is recorded as a DVC experiment (pushed to the git
+    # remote, its outputs to the DVC remote) while the workspace goes back to the last commit
+    origin = flow_project.parent / "origin.git"
+    git(flow_project.parent, "clone", "-q", "--bare", str(flow_project), str(origin))
+    git(flow_project, "remote", "add", "origin", str(origin))
+    storage = flow_project.parent / "dvc-remote"  # what `make remote-local` sets
+    run_dvc(flow_project, "remote", "add", "--local", "--default", "local", str(storage))
+    monkeypatch.setenv("MLFLOW_PORT", "5123")  # where `make services` put the MLflow UI
+    state = flow_module.retrain(force=True, epochs=2, return_state=True)
+    forced = state.result()
     assert [s for s, r in forced.items() if r] == ["train", "evaluate", "register"]
-    assert yaml.safe_load(Path("params.yaml").read_text())["train"]["epochs"] == 2
+    assert task_names(state.state_details.flow_run_id)[-2:] == ["record", "report"]
+    assert git(flow_project, "status", "--porcelain", "--untracked-files=no") == ""
+    assert yaml.safe_load(Path("params.yaml").read_text())["train"]["epochs"] == 1
     assert "Data and pipelines are up to date" in dvc_status(flow_project)
-    second = json.loads(Path("reports/registry.json").read_text())
+
+    [experiment] = experiments(flow_project)
+    name, rev = experiment["name"], experiment["rev"]
+    assert name.startswith("retrain-") and experiment["params"]["train"]["epochs"] == 2
+    second = json.loads(git(flow_project, "show", f"{rev}:reports/registry.json"))
     assert second["version"] == 2 and "challenger" in second["aliases"]
-    assert second["champion"] == (2 if second["promoted"] else 1)
+    assert "refs/exps/" in git(flow_project, "ls-remote", "origin")
+    model = yaml.safe_load(git(flow_project, "show", f"{rev}:dvc.lock"))["stages"]["train"]["outs"][
+        0
+    ]
+    assert (storage / "files/md5" / model["md5"][:2] / model["md5"][2:]).is_file()
+
     mlflow.set_tracking_uri(f"sqlite:///{flow_project}/mlruns/mlflow.db")
-    aliases = mlflow.MlflowClient().get_registered_model("cifar10-cnn").aliases
+    client = mlflow.MlflowClient()
+    aliases = client.get_registered_model("cifar10-cnn").aliases
     assert str(aliases["champion"]) == str(second["champion"])
-    assert "v2" in report_markdown()
+    version = client.get_model_version("cifar10-cnn", "2")
+    assert version.tags["dvc_experiment"] == name and version.tags["dvc_experiment_rev"] == rev
+    assert version.tags["dvc_experiment_remote"] == "origin"
+    run = client.get_run(version.run_id)
+    assert run.data.tags["prefect_flow_run_id"] == str(state.state_details.flow_run_id)
+    markdown = report_markdown()
+    assert "v2" in markdown and f"`{name}`" in markdown and "pushed to `origin`" in markdown
+    assert f"http://127.0.0.1:5123/#/experiments/{run.info.experiment_id}/runs/" in markdown
+
+
+def git(folder: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
+        cwd=folder, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
+def experiments(project: Path) -> list[dict]:
+    """`dvc exp show`'s experiments: name, rev and params.yaml's values."""
+    shown = json.loads(run_dvc(project, "exp", "show", "--json").stdout)
+    return [
+        {"name": r["name"], "rev": r["rev"], "params": r["data"]["params"]["params.yaml"]["data"]}
+        for rev in shown
+        for e in rev.get("experiments") or []
+        for r in e["revs"]
+    ]
+
+
+def test_a_workspace_with_uncommitted_changes_is_refused_before_anything_runs(flow_project):
+    params = Path("params.yaml").read_text()
+    Path("params.yaml").write_text(params.replace("min_delta: 0.005", "min_delta: 0.01"))
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.retrain"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1
+    assert error_line(result).startswith("error: uncommitted changes to params.yaml: commit")
+    assert "min_delta: 0.01" in Path("params.yaml").read_text()
+    assert not (flow_project / "data").exists()
 
 
 def test_bad_override_leaves_params_unchanged(flow_project):
