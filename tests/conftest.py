@@ -40,18 +40,26 @@ os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest first (with `--maxschedchunk 1`, xdist hands tests out in this order): one
-    test of the shared reproduced pipeline (whoever runs it builds it), the tests marked
-    `long` (longest first), the rest of the reproduced pipeline's (built by then), the other
-    integration tests, then the unit tests, which fill the gaps."""
-    first_reproduced = next((i for i in items if "reproduced" in i.fixturenames), None)
+    test of the shared reproduced pipeline and one of the retrained one (whoever runs them
+    builds them, the second after the first), the tests marked `long` (longest first), the
+    rest of the shared pipelines' (built by then), the other integration tests, then the unit
+    tests, which fill the gaps."""
+
+    def shares(item: pytest.Item) -> bool:
+        return "reproduced_once" in item.fixturenames
+
+    first = [
+        next((i for i in items if name in i.fixturenames), None)
+        for name in ("reproduced", "retrained")
+    ]
 
     def rank(item: pytest.Item) -> tuple[int, float]:
         long = item.get_closest_marker("long")
-        if item is first_reproduced:
-            return 0, 0
-        if long and "reproduced" not in item.fixturenames:
+        if item in first:
+            return 0, first.index(item)
+        if long and not shares(item):
             return 1, -long.kwargs.get("seconds", 60)
-        if "reproduced" in item.fixturenames:
+        if shares(item):
             return 2, 0
         return (3 if item.get_closest_marker("integration") else 4), 0
 
@@ -321,6 +329,37 @@ def reproduced(reproduced_once, tmp_path, monkeypatch) -> Path:
     """A copy of the reproduced pipeline (data, models, DVC cache, MLflow store, git) of its
     own, as a teammate's clone after `make repro`."""
     dest = relocate(reproduced_once / "project", tmp_path / "project")
+    monkeypatch.setenv("CIFAR10_SOURCE", str(reproduced_once / "cifar10-jpg.tar.gz"))
+    forget_tracking_uri(monkeypatch)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def retrained_once(tmp_path_factory, reproduced_once) -> Path:
+    """A folder with `project`: the reproduced pipeline retrained with train.epochs=2 by
+    `dvc repro` (its output in repro.log), so its registry has v1 (1 epoch) and v2 (2
+    epochs), committed to git. Made once per run."""
+
+    def make(folder: Path) -> None:
+        folder.mkdir()
+        project = relocate(reproduced_once / "project", folder / "project")
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params["train"]["epochs"] = 2
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        env = {
+            "CIFAR10_SOURCE": str(reproduced_once / "cifar10-jpg.tar.gz"),
+            "MLFLOW_TRACKING_URI": "",
+        }
+        (folder / "repro.log").write_text(run_dvc(project, "repro", env=env).stdout)
+        git_commit_all(project, "two epochs")
+
+    return once(tmp_path_factory, "retrained", make)
+
+
+@pytest.fixture
+def retrained(retrained_once, reproduced_once, tmp_path, monkeypatch) -> Path:
+    """A copy of retrained_once's project of its own."""
+    dest = relocate(retrained_once / "project", tmp_path / "project")
     monkeypatch.setenv("CIFAR10_SOURCE", str(reproduced_once / "cifar10-jpg.tar.gz"))
     forget_tracking_uri(monkeypatch)
     return dest
