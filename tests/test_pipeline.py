@@ -16,7 +16,7 @@ import mlflow
 import pytest
 import yaml
 
-from cifar10_mlops.register import lock_digest
+from cifar10_mlops.register import lock_digest, uncached_outputs
 from conftest import run_dvc as dvc
 
 pytestmark = pytest.mark.integration
@@ -43,6 +43,14 @@ def test_dvc_repro_end_to_end(reproduced, reproduced_once):
         "dvc.lock",
     ):
         assert (pipeline / path).is_file(), path
+
+    # no output names the machine it was made on: the same inputs give the same hashes in
+    # every clone, and the committed files say nothing about a laptop's folders
+    made_in = str(reproduced_once)
+    texts = [*uncached_outputs(pipeline / "dvc.yaml"), "data/raw/manifest.json",
+             "data/prepared/manifest.json", "models/best_hparams.json"]  # fmt: skip
+    for path in texts:
+        assert made_in not in (pipeline / path).read_text(), path
 
     shown = json.loads(dvc(pipeline, "metrics", "show", "--json").stdout)
     [workspace] = shown.values()  # keyed by revision; the workspace is the only one here

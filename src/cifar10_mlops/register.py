@@ -69,9 +69,12 @@ def decide(cfg: RegisterConfig, score: float, champion) -> tuple[bool, str]:
     return False, f"kept champion: {verdict}, needs {cfg.min_delta:.4f} better"
 
 
-def register(cfg: RegisterConfig, run_id: str, metrics: dict, lineage: dict[str, str]) -> dict:
-    """Register the model of `run_id` (or reuse its version when it already is one), move the
-    aliases, tag the decision; returns the content of registry.json."""
+def register(
+    cfg: RegisterConfig, run_id: str, metrics: dict, lineage: dict[str, str], tracking_uri: str
+) -> dict:
+    """Register the model of `run_id` (or reuse its version when it already is one) in the
+    store at `tracking_uri`, move the aliases, tag the decision; returns the content of
+    registry.json."""
     import mlflow
 
     client = mlflow.MlflowClient()
@@ -104,7 +107,9 @@ def register(cfg: RegisterConfig, run_id: str, metrics: dict, lineage: dict[str,
         "score": score,
         "champion_before": None if champion is None else int(champion.version),
         "champion": int(version.version if promoted else champion.version),
-        "tracking_uri": mlflow.get_tracking_uri(),
+        # as configured (the embedded store's relative URI), not as resolved on this machine:
+        # the file is committed
+        "tracking_uri": tracking_uri,
         "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         "dvc_lock_sha256": lock_digest(args.lock),
     }
     tracking.connect(run_info["tracking_uri"])
-    result = register(cfg, run_info["run_id"], metrics, lineage)
+    result = register(cfg, run_info["run_id"], metrics, lineage, run_info["tracking_uri"])
     write_json(args.out, result)
     keep_pipeline_state(result, args.params, args.lock, uncached_outputs(DVC_YAML))
     print(
