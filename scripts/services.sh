@@ -7,7 +7,10 @@
 # The Prefect server takes requests only with the auth string in .services/prefect.auth (made
 # once, mode 600; the UI asks for it) and cross-origin requests only from its own UI, so
 # neither another local user nor a web page open in a browser can start runs or change
-# params.yaml through it. MLflow's defaults already refuse Host headers other than this
+# params.yaml through it. The MLflow server runs MLflow's basic-auth app: every request needs
+# a login, the user `admin` with the password in .services/mlflow.auth (made once, mode 600;
+# its users and permissions in .services/mlflow-auth.db), so nobody who reaches the port can
+# move `champion` or delete runs. MLflow's defaults also refuse Host headers other than this
 # machine's and private addresses (DNS rebinding), and writes from pages not on localhost.
 set -euo pipefail
 
@@ -15,6 +18,8 @@ MLFLOW_PORT=${MLFLOW_PORT:-5000}
 PREFECT_PORT=${PREFECT_PORT:-4200}
 DIR=.services
 AUTH=$DIR/prefect.auth
+MLFLOW_AUTH=$DIR/mlflow.auth
+MLFLOW_ADMIN=admin
 export PREFECT_SERVER_ANALYTICS_ENABLED=false  # no telemetry calls home
 export PREFECT_API_URL="http://127.0.0.1:${PREFECT_PORT}/api"
 
@@ -23,7 +28,7 @@ store_uri() { python -c 'from cifar10_mlops import tracking; print(tracking.DEFA
 
 command_of() {
   case $1 in
-    mlflow) echo "mlflow server --backend-store-uri $(store_uri) \
+    mlflow) echo "mlflow server --app-name basic-auth --backend-store-uri $(store_uri) \
       --default-artifact-root mlruns/artifacts --host 127.0.0.1 --port ${MLFLOW_PORT}" ;;
     prefect) echo "prefect server start --host 127.0.0.1 --port ${PREFECT_PORT}" ;;
     deployment) echo "python -m flows.deploy" ;;
@@ -40,19 +45,34 @@ health_of() {
 
 running() { [[ -f $DIR/$1.pid ]] && kill -0 "$(cat "$DIR/$1.pid")" 2>/dev/null; }
 
-# The Prefect server's auth string: made once, kept (owner-only) while the file exists, so a
-# restart keeps the UI's login and the clients' setting valid.
-auth_string() {
-  if [[ ! -s $AUTH ]]; then
-    (umask 077 && python -c 'import secrets; print(secrets.token_urlsafe(32))' >"$AUTH")
+# A secret kept in $1: made once, kept (owner-only) while the file exists, so a restart keeps
+# the UI's login and the clients' setting valid.
+secret() {
+  if [[ ! -s $1 ]]; then
+    (umask 077 && python -c 'import secrets; print(secrets.token_urlsafe(32))' >"$1")
   fi
-  chmod 600 "$AUTH"
-  cat "$AUTH"
+  chmod 600 "$1"
+  cat "$1"
+}
+auth_string() { secret "$AUTH"; }
+
+# MLflow's basic-auth app: its settings (users and permissions in .services/mlflow-auth.db;
+# everyone else reads, as MLflow's default), the admin's password and Flask's session secret.
+mlflow_login() {
+  (umask 077 && printf '%s\n' "[mlflow]" "default_permission = READ" \
+    "database_uri = sqlite:///$PWD/$DIR/mlflow-auth.db" "admin_username = $MLFLOW_ADMIN" \
+    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth" \
+    >"$DIR/mlflow-auth.ini")
+  export MLFLOW_AUTH_CONFIG_PATH=$PWD/$DIR/mlflow-auth.ini MLFLOW_AUTH_ADMIN_USERNAME=$MLFLOW_ADMIN
+  MLFLOW_AUTH_ADMIN_PASSWORD=$(secret "$MLFLOW_AUTH")
+  MLFLOW_FLASK_SERVER_SECRET_KEY=$(secret "$DIR/mlflow.secret")
+  export MLFLOW_AUTH_ADMIN_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY
 }
 
 # What a service needs in its environment (not its command line, which `ps` shows to all).
 environment_of() {
   case $1 in
+    mlflow) mlflow_login ;;
     prefect)  # the server, and the clients it runs itself
       PREFECT_SERVER_API_AUTH_STRING=$(auth_string)
       export PREFECT_SERVER_API_AUTH_STRING PREFECT_API_AUTH_STRING=$PREFECT_SERVER_API_AUTH_STRING
@@ -76,14 +96,30 @@ prefect_locked() {
     curl -sf -o /dev/null -K - "$api"
 }
 
+# Whether the MLflow API refuses a request without a login and takes the admin's.
+mlflow_locked() {
+  local api="http://127.0.0.1:${MLFLOW_PORT}/api/2.0/mlflow/experiments/search?max_results=1"
+  [[ $(curl -s -o /dev/null -w '%{http_code}' "$api") == 401 ]] && [[ -f $MLFLOW_AUTH ]] &&
+    printf 'user = "%s:%s"\n' "$MLFLOW_ADMIN" "$(tr -d '\n' <"$MLFLOW_AUTH")" |
+    curl -sf -o /dev/null -K - "$api"
+}
+
+locked() {
+  case $1 in
+    prefect) prefect_locked ;;
+    mlflow) mlflow_locked ;;
+    *) true ;;
+  esac
+}
+
 start() {
   local name=$1 url
   mkdir -p "$DIR" mlruns
   if running "$name"; then
     echo "$name: already running (pid $(cat "$DIR/$name.pid"))"
-    if [[ $name == prefect ]] && ! prefect_locked; then
-      echo "error: the running Prefect server does not require, or take, the auth string in" \
-        "$AUTH: restart it (make services-stop services)" >&2
+    if ! locked "$name"; then
+      echo "error: the running $name server does not require, or take, the login in" \
+        "$DIR/$name.auth: restart it (make services-stop services)" >&2
       exit 1
     fi
     return
@@ -108,8 +144,8 @@ start() {
       grep -q "is being served" "$DIR/$name.log" && break
     elif curl -sf "$url" >/dev/null; then break; fi
   done
-  if [[ $name == prefect ]] && ! prefect_locked; then
-    echo "error: $name does not require the auth string in $AUTH; see $DIR/$name.log" >&2
+  if ! locked "$name"; then
+    echo "error: $name does not require the login in $DIR/$name.auth; see $DIR/$name.log" >&2
     stop "$name" >/dev/null; exit 1
   fi
   echo "$name: started (pid $(cat "$DIR/$name.pid"), log $DIR/$name.log)"
@@ -130,7 +166,9 @@ stop() {
 case ${1:-} in
   start)
     for name in "${@:2}"; do start "$name"; done
-    running mlflow && echo "MLflow UI:  http://127.0.0.1:${MLFLOW_PORT}"
+    running mlflow && echo "MLflow UI:  http://127.0.0.1:${MLFLOW_PORT} (user $MLFLOW_ADMIN," \
+      "password in $MLFLOW_AUTH; for clients: export" \
+      "MLFLOW_TRACKING_USERNAME=$MLFLOW_ADMIN MLFLOW_TRACKING_PASSWORD=\$(cat $PWD/$MLFLOW_AUTH))"
     running prefect && echo "Prefect UI: http://127.0.0.1:${PREFECT_PORT}" \
       "(log in with the auth string in $AUTH; for the CLI: export" \
       "PREFECT_API_URL=${PREFECT_API_URL} PREFECT_API_AUTH_STRING=\$(cat $PWD/$AUTH))"

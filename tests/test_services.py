@@ -20,6 +20,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -262,3 +263,83 @@ def test_local_prefect_takes_only_its_auth_string_and_its_own_ui_origin(local_se
         ".services/prefect.auth)"
     )
     assert not (project / "data").exists()
+
+
+@pytest.fixture
+def local_mlflow(project, tmp_path, monkeypatch):
+    """`scripts/services.sh start mlflow` in a project copy on a free port, as the working
+    directory; yields (project, its URL); stopped by the script afterwards."""
+    port = free_port()
+    env = env_with_bin(MLFLOW_PORT=str(port))
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+        monkeypatch.delenv(name, raising=False)
+
+    def script(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["scripts/services.sh", *args], cwd=project, env=env, capture_output=True,
+            text=True, timeout=300,
+        )  # fmt: skip
+
+    try:
+        started = script("start", "mlflow")
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert "password in .services/mlflow.auth" in started.stdout
+        monkeypatch.chdir(project)
+        yield project, f"http://127.0.0.1:{port}"
+    finally:
+        script("stop", "mlflow")
+
+
+@pytest.mark.long(seconds=25)
+def test_local_mlflow_needs_a_login_and_a_reader_cannot_move_the_champion(
+    local_mlflow, monkeypatch
+):
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    project, url = local_mlflow
+    password_file = project / ".services" / "mlflow.auth"
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    search = f"{url}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert call(search)[0] == 401  # no login: nothing, not even reading
+    admin = base64.b64encode(f"admin:{password_file.read_text().strip()}".encode()).decode()
+    assert call(search, Authorization=f"Basic {admin}")[0] == 200
+    assert (
+        call(search, Authorization="Basic " + base64.b64encode(b"admin:wrong").decode())[0] == 401
+    )
+
+    # the admin registers a model and names its champion, and adds a user who may only read
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password_file.read_text().strip())
+    mlflow.set_tracking_uri(url)
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("logins")
+    run = client.create_run(experiment)
+    (project / "weights.txt").write_text("not a real model")
+    client.log_artifact(run.info.run_id, str(project / "weights.txt"), "model")
+    client.create_registered_model("cifar10-cnn")
+    source = f"runs:/{run.info.run_id}/model"
+    client.create_model_version("cifar10-cnn", source, run.info.run_id)
+    client.set_registered_model_alias("cifar10-cnn", "champion", "1")
+    from mlflow.server import get_app_client
+
+    get_app_client("basic-auth", tracking_uri=url).create_user("reader", "reader-pass-0001")
+
+    # the reader browses runs and loads the champion, but cannot register or move an alias
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "reader-pass-0001")
+    assert client.get_run(run.info.run_id).info.status == "RUNNING"
+    assert client.get_model_version_by_alias("cifar10-cnn", "champion").version == "1"
+    loaded = Path(mlflow.artifacts.download_artifacts("models:/cifar10-cnn@champion"))
+    assert (loaded / "weights.txt").read_text() == "not a real model"
+    for attempt in (
+        lambda: client.set_registered_model_alias("cifar10-cnn", "champion", "1"),
+        lambda: client.create_model_version("cifar10-cnn", source, run.info.run_id),
+        lambda: client.delete_run(run.info.run_id),
+    ):
+        with pytest.raises(MlflowException, match="PERMISSION_DENIED|403"):
+            attempt()
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password_file.read_text().strip())
+    assert len(client.search_model_versions("name = 'cifar10-cnn'")) == 1

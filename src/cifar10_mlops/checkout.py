@@ -65,6 +65,7 @@ def fetch_state(version, dest: Path) -> Path:
             f"{label} has no {PIPELINE_TAG} tag: it was registered before versions kept their "
             "params.yaml and dvc.lock, or not by the register stage"
         )
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=where, dst_path=str(dest)))
     except Exception as exc:  # MlflowException, OSError: the artifacts are gone
