@@ -115,7 +115,8 @@ test-slow: $(STAMP)  ## tests that need the full dataset or minutes of training
 DVC_REMOTE ?=
 LOCAL_REMOTE ?= $(abspath ..)/cifar10-mlops-dvc-remote
 REMOTE_ARG = $(if $(DVC_REMOTE),--remote $(DVC_REMOTE))
-ENSURE_REMOTE = $(BIN)/dvc remote default >/dev/null 2>&1 || $(MAKE) --no-print-directory remote-local
+ENSURE_REMOTE = [ -n "$(DVC_REMOTE)" ] || $(BIN)/dvc remote default >/dev/null 2>&1 \
+  || $(MAKE) --no-print-directory remote-local
 
 remote-local: $(STAMP)  ## make LOCAL_REMOTE (../cifar10-mlops-dvc-remote) this clone's default DVC remote
 	$(BIN)/dvc remote add --local --force --default local "$(LOCAL_REMOTE)"

@@ -26,6 +26,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -130,13 +131,43 @@ def check_workspace() -> bool:
     return True
 
 
+def pipeline_paths() -> set[str]:
+    """What a run may change among git's files: params.yaml, dvc.lock, dvc.yaml's `cache:
+    false` outputs (and the .gitignore files DVC keeps beside outputs)."""
+    return {str(PARAMS), "dvc.lock", *(str(p) for p in uncached_outputs(DVC_YAML))}
+
+
+def changed_files() -> list[str]:
+    """Tracked files that differ from HEAD, in the worktree or the index."""
+    lines = git("status", "--porcelain", "--untracked-files=no").splitlines()
+    return [line[3:] for line in lines if line.strip()]
+
+
+def foreign_changes() -> list[str]:
+    """Changed tracked files that the pipeline does not write: someone's work."""
+    ours = pipeline_paths()
+    return [p for p in changed_files() if p not in ours and not p.endswith(".gitignore")]
+
+
 def reset_workspace() -> None:
-    """Tracked files as HEAD has them (unstaged too), and the outputs its dvc.lock names."""
-    git("reset", "--quiet")
-    git("checkout", "--quiet", "--", ".")
+    """The pipeline's files as HEAD has them (unstaged too), new uncached outputs removed, and
+    the outputs its dvc.lock names; any other file is left as it is."""
+    ours = pipeline_paths()
+    changed = [p for p in changed_files() if p in ours or p.endswith(".gitignore")]
+    if changed:
+        git("reset", "--quiet", "--", *changed)
+        git("checkout", "--quiet", "HEAD", "--", *changed)
+    untracked = set(git("ls-files", "--others", "--exclude-standard").split("\n"))
+    for path in ours & untracked:
+        Path(path).unlink(missing_ok=True)
     checked = dvc("checkout", "--quiet")
     if checked.returncode != 0:
         get_run_logger().warning("dvc checkout after the run: %s", checked.stderr.strip())
+
+
+def redact(text: str) -> str:
+    """A git or DVC message without the credentials a remote's URL may carry."""
+    return re.sub(r"://[^/@\s]+@", "://***@", text)
 
 
 @task(task_run_name="record")
@@ -148,7 +179,13 @@ def record(registered: bool) -> dict:
     # of them) go into the experiment too
     untracked = git("ls-files", "--others", "--exclude-standard").split("\n")
     new = [str(p) for p in uncached_outputs(DVC_YAML) if str(p) in untracked]
-    if not git("status", "--porcelain", "--untracked-files=no").strip() and not new:
+    foreign = foreign_changes()
+    if foreign:
+        raise PipelineError(
+            f"{', '.join(foreign[:5])} changed during the run, outside what the pipeline "
+            "writes: nothing recorded, and the workspace's other files are left as they are"
+        )
+    if not changed_files() and not new:
         return {"name": None, "note": "nothing changed: the last commit already records it"}
     name = f"retrain-{time.strftime('%Y%m%d-%H%M', time.gmtime())}-{flow_run.name or 'local'}"
     include = [arg for path in new for arg in ("--include-untracked", path)]
@@ -165,8 +202,8 @@ def record(registered: bool) -> dict:
         if pushed.returncode == 0:
             result["pushed"] = remote
         else:
-            result["note"] = (
-                f"dvc exp push {remote} failed: {pushed.stderr.strip().splitlines()[-1:]}"
+            result["note"] = f"dvc exp push {remote} failed: " + redact(
+                (pushed.stderr.strip().splitlines() or ["no message"])[-1]
             )
             logger.error("%s", result["note"])
     else:
@@ -372,7 +409,10 @@ def retrain(
         recorded = record(registered=ran["register"])
         report(ran, recorded)
     finally:
-        reset_workspace()
+        try:
+            reset_workspace()
+        except PipelineError as exc:  # logged, so that it does not hide the run's own error
+            get_run_logger().error("resetting the workspace after the run: %s", exc)
     if recorded["name"] and recorded["pushed"] is None and git("remote").split():
         raise PipelineError(f"the run is recorded in this repository only: {recorded['note']}")
     return ran

@@ -60,7 +60,7 @@ auth_string() { secret "$AUTH"; }
 # everyone else reads, as MLflow's default), the admin's password and Flask's session secret.
 mlflow_login() {
   (umask 077 && printf '%s\n' "[mlflow]" "default_permission = READ" \
-    "database_uri = sqlite:///$PWD/$DIR/mlflow-auth.db" "admin_username = $MLFLOW_ADMIN" \
+    "database_uri = sqlite:///${PWD//%/%%}/$DIR/mlflow-auth.db" "admin_username = $MLFLOW_ADMIN" \
     "authorization_function = mlflow.server.auth:authenticate_request_basic_auth" \
     >"$DIR/mlflow-auth.ini")
   export MLFLOW_AUTH_CONFIG_PATH=$PWD/$DIR/mlflow-auth.ini MLFLOW_AUTH_ADMIN_USERNAME=$MLFLOW_ADMIN

@@ -66,7 +66,8 @@ def test_checkout_restores_a_versions_params_lock_and_outputs(two_versions):
     before = snapshot(project)
     refused = checkout(project, f"models:/{MODEL}/2")
     assert refused.returncode == 1
-    assert error_line(refused).startswith("error: dvc.lock, params.yaml changed since the last")
+    assert error_line(refused).startswith("error: dvc.lock, params.yaml, reports/evaluate/")
+    assert "changed since the last commit: commit or stash them" in error_line(refused)
     assert snapshot(project) == before
 
     forced = checkout(project, "--force", f"models:/{MODEL}/latest")
@@ -117,3 +118,42 @@ def test_outputs_in_neither_cache_nor_remote_leave_the_workspace_as_it_was(two_v
     assert error_line(result).startswith("error: cannot restore the outputs dvc.lock names:")
     assert snapshot(project) == before and up_to_date(project)
     assert yaml.safe_load((project / "dvc.lock").read_text()) == lock
+
+
+def set_tag(project, version: str, key: str, value: str) -> None:
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
+    mlflow.MlflowClient().set_model_version_tag(MODEL, version, key, value)
+
+
+@pytest.mark.parametrize(
+    "where", ["runs:/0123456789abcdef/pipeline", "file:///etc", "https://evil.example/x"]
+)
+def test_a_state_tag_pointing_anywhere_but_the_versions_run_is_refused(two_versions, where):
+    project = two_versions
+    set_tag(project, "1", "pipeline_state", where)
+    before = snapshot(project)
+    result = checkout(project, f"models:/{MODEL}/1")
+    assert result.returncode == 1
+    assert error_line(result).startswith(f"error: {MODEL} v1: its pipeline_state tag is ")
+    assert snapshot(project) == before
+
+
+def test_a_model_that_does_not_match_the_version_rolls_everything_back(two_versions):
+    project = two_versions
+    set_tag(project, "1", "model_md5", "0" * 32)
+    before = snapshot(project)
+    result = checkout(project, f"models:/{MODEL}/1")
+    assert result.returncode == 1
+    assert error_line(result).startswith("error: models/model.keras has md5 ")
+    assert snapshot(project) == before and up_to_date(project)
+
+
+def test_checkout_outside_the_repository_root_changes_nothing(two_versions):
+    project = two_versions
+    before = snapshot(project)
+    result = checkout(project / "src", f"models:/{MODEL}/1")
+    assert result.returncode == 1
+    assert error_line(result) == (
+        "error: no dvc.yaml here: run checkout in the repository's root folder"
+    )
+    assert snapshot(project) == before and not (project / "src" / "params.yaml").exists()

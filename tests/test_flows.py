@@ -232,3 +232,17 @@ def test_unreachable_server_fails_before_anything_runs(flow_project, variable):
     last = error_line(result)
     assert last.startswith("error: ") and f"{url} is unreachable" in last, result.stderr
     assert not (flow_project / "data").exists()
+
+
+def test_the_reset_after_a_run_leaves_work_outside_the_pipeline_alone(reproduced_flow_project):
+    project = reproduced_flow_project
+    readme = (project / "README.md").read_text()
+    (project / "README.md").write_text(readme + "\nsomeone's edit during the run\n")
+    params = (project / "params.yaml").read_text()
+    (project / "params.yaml").write_text(params.replace("epochs: 1", "epochs: 3"))
+    git(project, "add", "params.yaml")  # DVC's autostage does this to dvc.lock
+    assert flow_module.foreign_changes() == ["README.md"]  # so the run records nothing
+    flow_module.reset_workspace()
+    assert (project / "params.yaml").read_text() == params
+    assert (project / "README.md").read_text().endswith("someone's edit during the run\n")
+    assert git(project, "status", "--porcelain", "--untracked-files=no") == " M README.md\n"

@@ -91,6 +91,7 @@ def native(tmp_path):
 
 
 @pytest.mark.long(seconds=160)
+@pytest.mark.extended
 def test_stack_retrains_through_mlflow_and_prefect_on_postgres(native, pipeline, tmp_path):
     processes = []
     try:

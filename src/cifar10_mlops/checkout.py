@@ -27,9 +27,15 @@ import tempfile
 from pathlib import Path
 
 from cifar10_mlops import tracking
-from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.config import params_from_dict
+from cifar10_mlops.errors import ConfigError, PipelineError
 from cifar10_mlops.files import file_digest, replacing
-from cifar10_mlops.register import DVC_YAML, PIPELINE_TAG, uncached_outputs
+from cifar10_mlops.register import (
+    DVC_YAML,
+    PIPELINE_ARTIFACTS,
+    PIPELINE_TAG,
+    uncached_outputs,
+)
 
 PARAMS, LOCK = Path("params.yaml"), Path("dvc.lock")
 
@@ -65,6 +71,11 @@ def fetch_state(version, dest: Path) -> Path:
             f"{label} has no {PIPELINE_TAG} tag: it was registered before versions kept their "
             "params.yaml and dvc.lock, or not by the register stage"
         )
+    # Only ever the version's own run: a tag pointing elsewhere (another host, file:///, a
+    # foreign run) would send the client's MLflow credentials there or restore a foreign state.
+    own = f"runs:/{version.run_id}/{PIPELINE_ARTIFACTS}"
+    if where != own:
+        raise PipelineError(f"{label}: its {PIPELINE_TAG} tag is {where!r}, expected {own!r}")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=where, dst_path=str(dest)))
@@ -77,6 +88,28 @@ def fetch_state(version, dest: Path) -> Path:
     if missing:
         raise PipelineError(f"{label}: {where} lacks {', '.join(missing)}")
     return local
+
+
+def check_state(state: Path, label: str) -> None:
+    """The downloaded params.yaml must be valid params and dvc.lock must name only dvc.yaml's
+    stages, before either replaces the workspace's."""
+    import yaml
+
+    try:
+        params = yaml.safe_load((state / PARAMS.name).read_text())
+        if not isinstance(params, dict):
+            raise ConfigError("params.yaml is not a mapping")
+        params_from_dict(params)
+        lock = yaml.safe_load((state / LOCK.name).read_text()) or {}
+    except (ConfigError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise PipelineError(f"{label}: its pipeline state is not valid ({reason})") from None
+    stages = set((yaml.safe_load(DVC_YAML.read_text()) or {}).get("stages", {}))
+    unknown = set(lock.get("stages", {}) if isinstance(lock, dict) else ["?"]) - stages
+    if unknown:
+        raise PipelineError(
+            f"{label}: its dvc.lock names stages dvc.yaml lacks: {', '.join(sorted(unknown))}"
+        )
 
 
 def restorable(state: Path) -> dict[Path, Path]:
@@ -99,12 +132,13 @@ def dvc(*args: str) -> subprocess.CompletedProcess:
 
 
 def uncommitted(paths: list[Path]) -> list[str]:
-    """Which of `paths` differ from git's HEAD (none outside git)."""
+    """Which of `paths` differ from git's HEAD; outside git, each that exists (nothing tells
+    whether it holds work of its own)."""
     result = subprocess.run(
         ["git", "status", "--porcelain", "--", *map(str, paths)], capture_output=True, text=True
     )
     if result.returncode != 0:
-        return []
+        return [str(p) for p in paths if p.exists()]
     return [line[3:] for line in result.stdout.splitlines() if not line.startswith("??")]
 
 
@@ -122,17 +156,21 @@ def restore_outputs(remote: str | None) -> None:
 
 def checkout(uri: str, *, force: bool = False, remote: str | None = None) -> dict:
     """Restore the pipeline state of the version `uri` names; returns what was restored."""
+    if not DVC_YAML.is_file():
+        raise PipelineError(f"no {DVC_YAML} here: run checkout in the repository's root folder")
     tracking.connect()
     version = resolve(uri)
     label = f"{version.name} v{version.version}"
-    changed = [] if force else uncommitted([PARAMS, LOCK])
-    if changed:
-        raise PipelineError(
-            f"{', '.join(changed)} changed since the last commit: commit or stash them, or "
-            "pass --force to overwrite them"
-        )
     with tempfile.TemporaryDirectory(prefix="cifar10-checkout-") as tmp:
-        files = restorable(fetch_state(version, Path(tmp) / "state"))
+        state = fetch_state(version, Path(tmp) / "state")
+        check_state(state, label)
+        files = restorable(state)
+        changed = [] if force else uncommitted(list(files))
+        if changed:
+            raise PipelineError(
+                f"{', '.join(changed)} changed since the last commit: commit or stash them, or "
+                "pass --force to overwrite them"
+            )
         backup = Path(tmp) / "backup"
         backup.mkdir()
         kept = {}
@@ -151,21 +189,43 @@ def checkout(uri: str, *, force: bool = False, remote: str | None = None) -> dic
             committed = dvc("commit", "--force", "--quiet", "register")
             if committed.returncode != 0:
                 raise PipelineError(f"dvc commit register: {committed.stderr.strip()}")
-        except BaseException:
-            for path in files:
-                if path in kept:
-                    with replacing(path) as new:
-                        shutil.copyfile(kept[path], new)
-                else:
-                    path.unlink(missing_ok=True)
-            dvc("checkout", "--quiet")
+            md5 = check_model(version, label)
+        except BaseException as exc:
+            problems = roll_back(files, kept)
+            if problems and isinstance(exc, PipelineError):
+                raise PipelineError(
+                    f"{exc}; and the workspace may be inconsistent: {'; '.join(problems)}"
+                ) from None
             raise
+    return {"version": version, "label": label, "model_md5": md5}
+
+
+def check_model(version, label: str) -> str | None:
+    """models/model.keras's md5, which must be the version's `model_md5`."""
     model = Path("models/model.keras")
     md5 = file_digest(model, "md5") if model.is_file() else None
     want = version.tags.get("model_md5")
     if want and md5 != want:
         raise PipelineError(f"{model} has md5 {md5} after the checkout, {label} has {want}")
-    return {"version": version, "label": label, "model_md5": md5}
+    return md5
+
+
+def roll_back(files: dict[Path, Path], kept: dict[Path, Path]) -> list[str]:
+    """Put back each file as it was and the outputs its dvc.lock names; returns what failed."""
+    problems = []
+    for path in files:
+        try:
+            if path in kept:
+                with replacing(path) as new:
+                    shutil.copyfile(kept[path], new)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            problems.append(f"{path}: {exc.strerror or exc}")
+    checked = dvc("checkout", "--quiet")
+    if checked.returncode != 0:
+        problems.append(f"dvc checkout: {(checked.stderr or checked.stdout).strip()[:200]}")
+    return problems
 
 
 def main(argv: list[str] | None = None) -> None:
