@@ -272,9 +272,12 @@ def local_mlflow(project, tmp_path, monkeypatch):
     directory; yields (project, its URL); stopped by the script afterwards."""
     port = free_port()
     env = env_with_bin(MLFLOW_PORT=str(port))
+    # unset here and after the test: MLflow exports the URI it is given, and the client reads
+    # the login from the environment (set-then-delete makes the teardown remove both)
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "unset")
+        monkeypatch.delenv(name)
 
     def script(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
