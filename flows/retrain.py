@@ -44,6 +44,7 @@ from cifar10_mlops import health, tracking
 from cifar10_mlops.config import params_from_dict
 from cifar10_mlops.errors import ConfigError, PipelineError
 from cifar10_mlops.files import replacing
+from cifar10_mlops.repo import changed_files, dvc, dvc_env, git, has_commit
 from cifar10_mlops.register import uncached_outputs
 
 PARAMS, DVC_YAML = Path("params.yaml"), Path("dvc.yaml")
@@ -70,7 +71,7 @@ def repro(stage: str, force: bool = False) -> bool:
     """`dvc repro --single-item <stage>`, its output into the run's log; True when it ran."""
     logger = get_run_logger()
     # dvc.yaml's commands call `python`: the interpreter (virtual environment) running this flow.
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env = dvc_env()
     if flow_run.id:  # the stages tag their MLflow runs with it (tracking.orchestration_tags)
         env["PREFECT__FLOW_RUN_ID"] = str(flow_run.id)
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage, *(["--force"] * force)]
@@ -100,29 +101,14 @@ def mlflow_ui(tracking_uri: str) -> str:
     return f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '').strip() or 5000}"
 
 
-def git(*args: str, check: bool = True) -> str:
-    result = subprocess.run(["git", *args], capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise PipelineError(f"git {' '.join(args)}: {result.stderr.strip() or result.stdout}")
-    return result.stdout
-
-
-def dvc(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(
-        [sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=env
-    )
-
-
 def check_workspace() -> bool:
     """Whether the run can be recorded as a DVC experiment: a git repository with a commit
     (False: the registered version's `pipeline/` artifacts are the only record). A run ends by
     putting the workspace back as that commit left it: refuse to start where that would throw
     away someone's uncommitted changes."""
-    if subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+    if not has_commit():
         return False
-    changed = git("status", "--porcelain", "--untracked-files=no").split("\n")
-    changed = [line[3:] for line in changed if line.strip()]
+    changed = changed_files()
     if changed:
         raise PipelineError(
             f"uncommitted changes to {', '.join(changed[:5])}: commit or stash them first (a "
@@ -135,12 +121,6 @@ def pipeline_paths() -> set[str]:
     """What a run may change among git's files: params.yaml, dvc.lock, dvc.yaml's `cache:
     false` outputs (and the .gitignore files DVC keeps beside outputs)."""
     return {str(PARAMS), "dvc.lock", *(str(p) for p in uncached_outputs(DVC_YAML))}
-
-
-def changed_files() -> list[str]:
-    """Tracked files that differ from HEAD, in the worktree or the index."""
-    lines = git("status", "--porcelain", "--untracked-files=no").splitlines()
-    return [line[3:] for line in lines if line.strip()]
 
 
 def foreign_changes() -> list[str]:
@@ -238,9 +218,7 @@ def report(ran: dict[str, bool], recorded: dict) -> str:
     ui = mlflow_ui(run["tracking_uri"])
     run_link = f"{ui}/#/experiments/{run['experiment_id']}/runs/{run['run_id']}"
     version_link = f"{ui}/#/models/{registry['model_name']}/versions/{registry['version']}"
-    status = subprocess.run(
-        [sys.executable, "-m", "dvc", "status", "--quiet"], capture_output=True, text=True
-    )
+    status = dvc("status", "--quiet")
     if recorded["name"]:
         where = f"pushed to `{recorded['pushed']}`" if recorded["pushed"] else recorded["note"]
         experiment = (

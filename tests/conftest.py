@@ -272,10 +272,23 @@ def copy_project(dest: Path, store: Path) -> Path:
     return dest
 
 
+def git(folder: Path, *args: str) -> str:
+    """`git <args>` in `folder` as a test user; its output. Fails the test on an error."""
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
+        cwd=folder, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+
 def git_commit_all(folder: Path, message: str) -> None:
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
-    subprocess.run([*git, "add", "-A"], cwd=folder, check=True)
-    subprocess.run([*git, "commit", "-qm", message], cwd=folder, check=True)
+    git(folder, "add", "-A")
+    git(folder, "commit", "-qm", message)
+
+
+def ran(result: subprocess.CompletedProcess | str) -> list[str]:
+    """The stages `dvc repro` or `dvc exp run` ran, from its output."""
+    output = result if isinstance(result, str) else result.stdout
+    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 def run_dvc(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import error_line, git_commit_all, run_dvc
+from conftest import error_line, git, git_commit_all, run_dvc
 from flows import retrain as flow_module
 
 pytestmark = pytest.mark.integration
@@ -134,13 +134,6 @@ def test_flow_runs_each_stage_as_a_task_records_an_experiment_and_leaves_dvc_cle
     markdown = report_markdown()
     assert "v2" in markdown and f"`{name}`" in markdown and "pushed to `origin`" in markdown
     assert f"http://127.0.0.1:5123/#/experiments/{run.info.experiment_id}/runs/" in markdown
-
-
-def git(folder: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
-        cwd=folder, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
 
 
 def experiments(project: Path) -> list[dict]:

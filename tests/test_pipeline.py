@@ -17,14 +17,10 @@ import pytest
 import yaml
 
 from cifar10_mlops.register import lock_digest, uncached_outputs
+from conftest import ran
 from conftest import run_dvc as dvc
 
 pytestmark = pytest.mark.integration
-
-
-def ran(result: subprocess.CompletedProcess | str) -> list[str]:
-    output = result if isinstance(result, str) else result.stdout
-    return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
 def test_dvc_repro_end_to_end(reproduced, reproduced_once):

@@ -9,19 +9,12 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import run_dvc
+from conftest import git, ran, run_dvc
 from servers import BIN, s3_keys, s3_server
 
 pytestmark = pytest.mark.integration
 
 BUCKET = "cifar10-mlops"  # .dvc/config: s3://cifar10-mlops/dvc
-
-
-def git(folder, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args],
-        cwd=folder, capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
 
 
 def dvc_fails(project, *args: str, env: dict) -> subprocess.CompletedProcess:
@@ -30,10 +23,6 @@ def dvc_fails(project, *args: str, env: dict) -> subprocess.CompletedProcess:
     )
     assert result.returncode != 0, result.stdout
     return result
-
-
-def ran(result: subprocess.CompletedProcess) -> list[str]:
-    return [x.split("'")[1] for x in result.stdout.splitlines() if x.startswith("Running stage")]
 
 
 def outputs(lock_path) -> dict[str, str]:

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -30,6 +28,7 @@ from cifar10_mlops import tracking
 from cifar10_mlops.config import params_from_dict
 from cifar10_mlops.errors import ConfigError, PipelineError
 from cifar10_mlops.files import file_digest, replacing
+from cifar10_mlops.repo import changed_files, dvc, error_line, has_commit
 from cifar10_mlops.register import (
     DVC_YAML,
     PIPELINE_ARTIFACTS,
@@ -123,23 +122,12 @@ def restorable(state: Path) -> dict[Path, Path]:
     return files
 
 
-def dvc(*args: str) -> subprocess.CompletedProcess:
-    """`dvc <args>` with this interpreter's environment first on PATH (stages call `python`)."""
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(
-        [sys.executable, "-m", "dvc", *args], capture_output=True, text=True, env=env
-    )
-
-
 def uncommitted(paths: list[Path]) -> list[str]:
     """Which of `paths` differ from git's HEAD; outside git, each that exists (nothing tells
     whether it holds work of its own)."""
-    result = subprocess.run(
-        ["git", "status", "--porcelain", "--", *map(str, paths)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
+    if not has_commit():
         return [str(p) for p in paths if p.exists()]
-    return [line[3:] for line in result.stdout.splitlines() if not line.startswith("??")]
+    return changed_files(*paths)
 
 
 def restore_outputs(remote: str | None) -> None:
@@ -149,9 +137,8 @@ def restore_outputs(remote: str | None) -> None:
         return
     pulled = dvc("pull", "--quiet", *(["--remote", remote] if remote else []))
     if pulled.returncode != 0:
-        lines = [x for x in (pulled.stderr + pulled.stdout).splitlines() if x.strip()]
-        errors = [x for x in lines if x.startswith("ERROR")] or lines[-1:] or ["no output"]
-        raise PipelineError(f"cannot restore the outputs dvc.lock names: {errors[0]}")
+        reason = error_line(pulled.stderr + pulled.stdout)
+        raise PipelineError(f"cannot restore the outputs dvc.lock names: {reason}")
 
 
 def checkout(uri: str, *, force: bool = False, remote: str | None = None) -> dict:
