@@ -26,7 +26,9 @@ import pytest
 import yaml
 
 from compose import example_env, project_copy, resolved
-from conftest import REPO, error_line, write_image_archive
+from cifar10_mlops import tracking
+from cifar10_mlops.errors import PipelineError
+from conftest import REPO, encode, error_line, make_images, write_image_archive
 from servers import env_with_bin, free_port, postgres_bin, postgres_server, start, stop
 from servers import tail, wait_for
 
@@ -347,3 +349,30 @@ def test_local_mlflow_needs_a_login_and_a_reader_cannot_move_the_champion(
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password_file.read_text().strip())
     assert len(client.search_model_versions("name = 'cifar10-cnn'")) == 1
+
+    # a client with no login, a wrong one, or a password in the URI stops with one line
+    image = project / "cat.png"
+    image.write_bytes(encode(make_images(1, seed=0)[0][0], "PNG"))
+    predict = [sys.executable, "-m", "cifar10_mlops.cli", "predict", str(image)]
+    for login, expected in (
+        ({}, f"error: MLflow tracking server {url} requires a login: set "
+             "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+        ({"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "wrong"},
+         f"error: MLflow tracking server {url} refused the login of user 'admin': check "
+         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+    ):  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING_")}
+        refused = subprocess.run(
+            predict, cwd=project, capture_output=True, text=True, timeout=120,
+            env={**env, "MLFLOW_TRACKING_URI": url, **login},
+        )  # fmt: skip
+        assert refused.returncode == 1 and error_line(refused) == expected, refused.stderr
+        assert "Traceback" not in refused.stderr
+    with_password = url.replace("http://", "http://admin:secret@")
+    with pytest.raises(PipelineError, match="^MLFLOW_TRACKING_URI carries a password: set "):
+        tracking.check_reachable(with_password)
+
+    # the reader's login passes the check, and loads the champion through predict's loader
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reader")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "reader-pass-0001")
+    tracking.check_reachable(url)

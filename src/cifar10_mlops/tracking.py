@@ -7,9 +7,14 @@ MLFLOW_TRACKING_URI points every stage at a server instead.
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -137,6 +142,29 @@ def start_run(**kwargs) -> Iterator:
             raise
 
 
+def log_metrics(run_id: str, metrics: dict[str, float], step: int = 0, attempts: int = 3) -> None:
+    """Log `metrics` at `step` in one request that is safe to repeat.
+
+    MLflow's client retries a request the server never answered, but not one whose answer was
+    cut off (a server killed mid-reply: "Connection broken: IncompleteRead"), although the
+    server may have stored the metrics. The batch carries one timestamp, so a repeat after
+    such an error stores nothing twice: the server skips rows it already holds.
+    """
+    import mlflow
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [Metric(key, value, now, step) for key, value in metrics.items()]
+    client = mlflow.MlflowClient()
+    for attempt in range(1, attempts + 1):
+        try:
+            client.log_batch(run_id, metrics=batch)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            if attempt == attempts or "Connection broken" not in str(exc):
+                raise
+
+
 def orchestration_tags() -> dict[str, str]:
     """What ran this stage, beyond the process: the Prefect flow run (flows/retrain.py passes
     its id down through `dvc repro`; a Prefect worker sets it for a deployment's run) and the
@@ -200,10 +228,53 @@ def check_reachable(uri: str | None = None, timeout: float = 5.0) -> None:
     starts work that would be lost. An embedded (sqlite or file) store needs no check.
     """
     uri = uri or tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        health.require(
-            uri,
-            "MLflow tracking server",
-            "start it, or unset MLFLOW_TRACKING_URI to log to the embedded store",
-            timeout,
+    if not uri.startswith(("http://", "https://")):
+        return
+    if urllib.parse.urlsplit(uri).password is not None:
+        raise PipelineError(
+            "MLFLOW_TRACKING_URI carries a password: set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD instead (the URI is recorded in run.json and MLflow)"
         )
+    health.require(
+        uri,
+        "MLflow tracking server",
+        "start it, or unset MLFLOW_TRACKING_URI to log to the embedded store",
+        timeout,
+    )
+    check_login(uri, timeout)
+
+
+def check_login(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming the server and the variables, when a server with logins (MLflow's
+    basic-auth app) refuses the credentials in MLFLOW_TRACKING_USERNAME/PASSWORD, or was given
+    none, instead of a stage failing on its first write after minutes of work."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN", "")
+    headers = {}
+    if user and password:
+        login = base64.b64encode(f"{user}:{password}".encode()).decode()
+        headers["Authorization"] = f"Basic {login}"
+    elif token:
+        headers["Authorization"] = f"Bearer {token}"
+    probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        with urllib.request.urlopen(
+            urllib.request.Request(probe, headers=headers), timeout=timeout
+        ):
+            return
+    except urllib.error.HTTPError as exc:
+        if exc.code != 401:
+            return  # answered: whatever else is wrong, the stage's own call will say
+    except (urllib.error.URLError, OSError) as exc:
+        raise PipelineError(f"MLflow tracking server {uri} is unreachable ({exc})") from None
+    if not headers:
+        raise PipelineError(
+            f"MLflow tracking server {uri} requires a login: set MLFLOW_TRACKING_USERNAME "
+            "and MLFLOW_TRACKING_PASSWORD"
+        )
+    who = f"user {user!r}" if user and password else "MLFLOW_TRACKING_TOKEN"
+    raise PipelineError(
+        f"MLflow tracking server {uri} refused the login of {who}: check "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    )

@@ -62,7 +62,8 @@ class MlflowEpochLogger(keras.callbacks.Callback):
 
         metrics = {k: float(v) for k, v in (logs or {}).items() if k in HISTORY_KEYS}
         metrics["learning_rate"] = current_learning_rate(self.model)
-        mlflow.log_metrics(lineage.rounded(metrics), step=epoch)
+        run_id = mlflow.active_run().info.run_id
+        tracking.log_metrics(run_id, lineage.rounded(metrics), step=epoch)
 
 
 def train(

@@ -70,6 +70,7 @@ class SearchLog:
                 "trial_id": trial.trial_id,
                 "tuner_id": tuner_id,
                 **tracking.process_tags(),
+                **tracking.orchestration_tags(),
                 **{k: str(values[k]) for k in TUNER_KEYS if k in values},
             },
         )
@@ -96,9 +97,7 @@ class SearchLog:
         metrics = lineage.rounded(
             {k: v for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")}
         )
-        run_id = self.run_ids[trial.trial_id]
-        for key, value in metrics.items():
-            self.client.log_metric(run_id, key, value, step=epoch)
+        tracking.log_metrics(self.run_ids[trial.trial_id], metrics, step=epoch)
         if self.objective in metrics:
             value, best = metrics[self.objective], self.scores.get(trial.trial_id)
             if best is None or (value > best if self.maximize else value < best):
