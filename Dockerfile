@@ -32,12 +32,16 @@ COPY --chown=app:app . .
 # The folders named volumes mount over are created here, owned by `app`, so that the volumes
 # start out writable by it.
 RUN pip install --no-deps --no-build-isolation -e . \
- && mkdir -p data models/tuner mlartifacts .dvc/cache \
+ && mkdir -p data models/tuner .dvc/cache \
  && chown -R app:app /app
 USER app
 # git (hence DVC) refuses a repository owned by another user: the image may be run under
-# another uid (`user:` in compose) than the one that owns /app.
-RUN git config --global --add safe.directory /app
+# another uid (`user:` in compose) than the one that owns /app. The image has no git remote:
+# it holds no credentials to push experiments, so a retrain in it keeps its experiment in the
+# container and pushes its outputs to the DVC remote (`dvc push`); the registered version's
+# `pipeline/` artifacts and the remote restore it anywhere (`cifar10-mlops checkout --remote`).
+RUN git config --global --add safe.directory /app \
+ && for remote in $(git remote); do git remote remove "$remote"; done
 
 ENTRYPOINT ["tini", "--"]
 CMD ["make", "help"]

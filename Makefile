@@ -12,8 +12,8 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv repro smoke study tune-study test test-extended test-slow remote-local push pull lock mlflow-ui flow services \
-  services-stop services-status mlflow-server prefect-server deployment serve-model \
-  tune-worker compose-check bench airbench plots
+  services-stop services-status mlflow-server prefect-server deployment deploy-pool worker serve-model \
+  tune-worker stack-env compose-check bench airbench plots publish-data notify-webhook
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -184,6 +184,28 @@ deployment: $(STAMP)  ## serve the scheduled retraining deployment (needs the Pr
 	@$(ENSURE_REMOTE)
 	scripts/services.sh start deployment
 
+# Prefect's production path: the deployment on a process work pool, run by workers, each in
+# its own checkout (README "Workers on other machines").
+POOL ?= cpu
+deploy-pool: $(STAMP)  ## deploy the scheduled retraining to the Prefect work pool POOL (cpu)
+	$(BIN)/python -m flows.deploy --pool $(POOL)
+
+worker: $(STAMP)  ## a Prefect worker of POOL (cpu) that runs retrains in this checkout
+	$(BIN)/python -m flows.worker --pool $(POOL)
+
+# A new version of the dataset: verified, tracked and pushed with DVC, committed, and announced
+# to the Prefect server, whose deployment trigger retrains on it (README "New data").
+ARCHIVE ?=
+publish-data: $(STAMP)  ## publish ARCHIVE as the dataset and announce it (retrains on it)
+	@[ -n "$(ARCHIVE)" ] || { echo "usage: make publish-data ARCHIVE=path/to/cifar10.tar.gz" >&2; exit 2; }
+	@$(ENSURE_REMOTE)
+	$(BIN)/cifar10-mlops publish-data "$(ARCHIVE)"
+
+WEBHOOK_URL ?=
+notify-webhook: $(STAMP)  ## save the webhook that retrain failures and new champions go to (WEBHOOK_URL)
+	@[ -n "$(WEBHOOK_URL)" ] || { echo "usage: make notify-webhook WEBHOOK_URL=https://..." >&2; exit 2; }
+	$(BIN)/python -m cifar10_mlops.notify --url "$(WEBHOOK_URL)"
+
 # The model name has one home, params.yaml `register.model_name`.
 MODEL_URI ?= $$($(BIN)/python -c 'from cifar10_mlops import config, tracking; \
   print(tracking.champion_uri(config.load_params().register.model_name))')
@@ -199,6 +221,9 @@ serve-model: $(STAMP)  ## serve MODEL_URI (default: the champion) at http://127.
 tune-worker: $(STAMP)  ## a worker for a distributed search (KERASTUNER_* set, see README)
 	KERASTUNER_TUNER_ID=$${KERASTUNER_TUNER_ID:-worker-$$(hostname)-$$$$} \
 	  $(BIN)/python -m cifar10_mlops.tune --worker --data data/prepared --state models/tuner
+
+stack-env:  ## write .env for docker compose from .env.example, with random passwords
+	$(PYTHON) scripts/stack_env.py
 
 compose-check:  ## validate docker-compose.yml and .env with Docker Compose (no engine needed)
 	@if docker compose version >/dev/null 2>&1; then docker compose config --quiet; \

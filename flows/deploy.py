@@ -1,48 +1,135 @@
-"""Serve the `retrain` flow as a scheduled deployment on the Prefect server at PREFECT_API_URL.
+"""Deploy the scheduled `retrain` flow on the Prefect server at PREFECT_API_URL.
 
-The schedule and the deployment's parameters come from params.yaml `retrain`. At most one run
-of it runs at a time (DVC's repository lock would fail the second): the deployment's
-concurrency limit is 1, and a run due while another runs waits in the queue.
+The schedule and the deployment's parameters come from params.yaml `retrain`. A second trigger
+starts a run when a new dataset is published: `cifar10-mlops publish-data` emits the event
+`cifar10.dataset.published`, and the run fast-forwards to the commit it names (`rev`) and
+retrains on it. At most one run of it runs at a time (DVC's repository lock would fail the
+second, and two workers would register against one champion): the deployment's concurrency
+limit is 1, and a run due while another runs waits in the queue.
 
-  PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.deploy   # `make deployment`
+Two ways to run it:
+- served by this process, in this checkout (`make deployment`, part of `make services`):
+    PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.deploy
+- on a Prefect work pool (Prefect's production path): the deployment goes to the process
+  pool NAME, created if missing, and any worker of that pool runs it in its own checkout
+  (cifar10_mlops.pool; `make worker POOL=NAME` on each machine):
+    PREFECT_API_URL=... python -m flows.deploy --pool cpu          # `make deploy-pool`
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL
 
+from cifar10_mlops import publish
+from cifar10_mlops.checks import check_name
 from cifar10_mlops.config import load_params
-from cifar10_mlops.errors import PipelineError
-from flows.retrain import PARAMS, check_prefect, retrain
+from cifar10_mlops.errors import ConfigError, PipelineError
+from cifar10_mlops.prefect_server import check_prefect
+from flows.retrain import PARAMS, retrain
+
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
-def main() -> None:
+def on_new_data() -> DeploymentEventTrigger:
+    """A run for each dataset `publish-data` announces, at the commit that records it."""
+    return DeploymentEventTrigger(
+        name="retrain on a published dataset",
+        expect={publish.EVENT},
+        match={"prefect.resource.id": "cifar10.dataset.*"},
+        parameters={"rev": "{{ event.payload.rev }}", "force": True},
+    )
+
+
+def deployment_settings() -> dict:
+    """What both ways share: name, schedule, trigger, parameters, description and tags."""
+    cfg = load_params(PARAMS).retrain
+    return {
+        "name": cfg.deployment,
+        "schedules": [Cron(cfg.cron, timezone=cfg.timezone)],
+        "triggers": [on_new_data()],
+        "parameters": {"force": cfg.force},
+        "description": (
+            f"Retrain on {cfg.cron!r} ({cfg.timezone}), params.yaml `retrain`, and on each "
+            f"dataset published ({publish.EVENT})"
+        ),
+        "tags": ["cifar10", "retrain"],
+    }
+
+
+def ensure_pool(name: str) -> None:
+    """Create the process work pool `name` unless the server has it; refuse one of another
+    type (its workers would not run the flow in a checkout)."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            pool = client.read_work_pool(name)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            print(f"created process work pool {name!r}")
+            return
+    if pool.type != "process":
+        raise PipelineError(
+            f"work pool {name!r} is of type {pool.type!r}: the retrain deployment needs a "
+            "`process` pool (its workers run the flow in their checkout)"
+        )
+
+
+def deploy_to_pool(pool: str) -> None:
+    from cifar10_mlops.pool import ENTRYPOINT, WorkerCheckout
+
+    ensure_pool(pool)
+    checkout = WorkerCheckout(str(Path.cwd()))
+    deployment_id = retrain.from_source(checkout, ENTRYPOINT).deploy(
+        work_pool_name=pool, concurrency_limit=ONE_AT_A_TIME, ignore_warnings=True,
+        print_next_steps=False, **deployment_settings(),
+    )  # fmt: skip
+    print(
+        f"deployment retrain/{deployment_settings()['name']} ({deployment_id}) on work pool "
+        f"{pool!r}: start a worker in each checkout that should run it (make worker POOL={pool})"
+    )
+
+
+def serve() -> None:
+    retrain.serve(
+        global_limit=ONE_AT_A_TIME,
+        limit=1,  # this process also starts at most one run at a time
+        **deployment_settings(),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--pool", help="deploy to this process work pool (created if missing) instead of serving"
+    )
+    args = parser.parse_args(argv)
     try:
-        cfg = load_params(PARAMS).retrain
+        if args.pool is not None:
+            check_name("", "--pool", args.pool)
+        deployment_settings()  # params.yaml's `retrain` is valid
         if not PREFECT_API_URL.value():
             raise PipelineError(
                 "PREFECT_API_URL is not set: a schedule needs a running Prefect server "
                 "(make prefect-server, then PREFECT_API_URL=http://127.0.0.1:4200/api)"
             )
         check_prefect()
-    except PipelineError as exc:
+        if args.pool is not None:
+            deploy_to_pool(args.pool)
+            return
+    except (PipelineError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    retrain.serve(
-        name=cfg.deployment,
-        schedules=[Cron(cfg.cron, timezone=cfg.timezone)],
-        parameters={"force": cfg.force},
-        global_limit=ConcurrencyLimitConfig(
-            limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
-        ),
-        limit=1,  # this process also starts at most one run at a time
-        description=f"Retrain on {cfg.cron!r} ({cfg.timezone}), params.yaml `retrain`",
-        tags=["cifar10", "retrain"],
-    )
+    serve()
 
 
 if __name__ == "__main__":

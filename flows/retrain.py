@@ -6,12 +6,15 @@ command (the stage code in src/cifar10_mlops), skips it when nothing it depends 
 records it in dvc.lock. What a run changed (params.yaml, dvc.lock, metrics, plot data) is then
 saved as the DVC experiment `retrain-<date>-<flow run name>` (`dvc exp save`), pushed with
 `dvc exp push` when the repository has a git remote (the outputs go to the DVC remote,
-DVC_REMOTE or .dvc/config's default), and the workspace is put back as the last commit left
+DVC_REMOTE or .dvc/config's default; without a git remote, `dvc push` sends them), and the
+workspace is put back as the last commit left
 it: nothing uncommitted or staged stays behind, `dvc status` is clean, and the registered
 version's tags name the experiment (`dvc exp apply <name>` brings it into the workspace).
 
 The flow adds what DVC does not do: a check that the MLflow and Prefect servers answer and the
-workspace has no uncommitted changes before anything runs, retries of the download, the
+workspace has no uncommitted changes before anything runs, a `dvc pull` of what dvc.lock names
+from the DVC remote (when one is set: a worker in a new checkout recomputes only what changed),
+retries of the download, the
 stages' output in Prefect's logs, the flow run's id on every MLflow run it makes, and a
 markdown artifact with the test metrics, the registry's promotion decision, the experiment and
 links to the MLflow run and model version (at MLFLOW_UI_URL, else the tracking server, else
@@ -23,12 +26,10 @@ http://127.0.0.1:$MLFLOW_PORT, `make mlflow-ui`'s).
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -40,11 +41,13 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from cifar10_mlops import health, tracking
-from cifar10_mlops.config import params_from_dict
-from cifar10_mlops.errors import ConfigError, PipelineError
-from cifar10_mlops.files import replacing
-from cifar10_mlops.repo import changed_files, dvc, dvc_env, git, has_commit
+from cifar10_mlops import notify, tracking
+from cifar10_mlops.prefect_server import check_prefect
+from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.overrides import apply_params
+from cifar10_mlops.repo import (
+    changed_files, dvc, dvc_env, dvc_remote_set, error_line, git, has_commit, remote_args,
+)  # fmt: skip
 from cifar10_mlops.register import uncached_outputs
 
 PARAMS, DVC_YAML = Path("params.yaml"), Path("dvc.yaml")
@@ -84,8 +87,9 @@ def repro(stage: str, force: bool = False) -> bool:
         if line.strip():  # progress bars redraw with blank lines
             lines.append(line.rstrip())
             logger.info("%s", lines[-1])
-    if proc.wait() != 0:
-        errors = [x for x in lines if x.startswith(("error:", "ERROR"))] or lines[-1:]
+    if proc.wait() != 0:  # the stage's own line (error: ...) says more than DVC's (ERROR: ...)
+        errors = [x for x in lines if x.startswith("error:")]
+        errors = errors or [x for x in lines if x.startswith("ERROR")] or lines[-1:]
         raise RuntimeError(f"stage {stage} failed (exit {proc.returncode}): {errors[-1]}")
     return not any(f"Stage '{stage}' didn't change" in x for x in lines)
 
@@ -145,6 +149,52 @@ def reset_workspace() -> None:
         get_run_logger().warning("dvc checkout after the run: %s", checked.stderr.strip())
 
 
+def is_ancestor(commit: str, of: str) -> bool:
+    merge_base = ["git", "merge-base", "--is-ancestor", commit, of]
+    return subprocess.run(merge_base, capture_output=True).returncode == 0
+
+
+@task(task_run_name="advance")
+def advance(rev: str) -> str:
+    """Fast-forward the checkout to `rev`, fetched from its git remotes: the commit a dataset
+    was published as. Refused unless it is a commit that HEAD leads to (or already has)."""
+    if not re.fullmatch(r"[0-9a-f]{7,40}", rev):
+        raise PipelineError(f"rev {rev!r}: expected a commit id (7 to 40 hex digits)")
+    if git("remote").split():
+        git("fetch", "--all", "--quiet")
+    found = git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False).strip()
+    if not found:
+        raise PipelineError(f"rev {rev}: no such commit here or in the git remotes")
+    if is_ancestor(found, "HEAD"):
+        return f"HEAD already contains {found[:12]}"
+    if not is_ancestor("HEAD", found):
+        raise PipelineError(
+            f"rev {rev}: not ahead of this checkout's HEAD (it diverged): update the checkout"
+        )
+    git("merge", "--ff-only", "--quiet", found)
+    get_run_logger().info("checkout fast-forwarded to %s", found[:12])
+    return f"fast-forwarded to {found[:12]}"
+
+
+@task(task_run_name="pull")
+def pull() -> str:
+    """Bring the outputs the checkout's dvc.lock names from the DVC remote (DVC_REMOTE, else
+    the default), so that a worker on a new machine does not recompute the stages whose inputs
+    did not change; what the remote lacks is recomputed. A remote that fails stops the run:
+    what it makes could not be pushed either."""
+    logger = get_run_logger()
+    if not dvc_remote_set():
+        logger.info("no DVC remote: the stages use this checkout's cache only")
+        return "no DVC remote"
+    pulled = dvc("pull", "--allow-missing", *remote_args())
+    if pulled.returncode != 0:
+        reason = redact(error_line(pulled.stderr or pulled.stdout))
+        raise PipelineError(f"dvc pull from the DVC remote failed: {reason}")
+    summary = (pulled.stdout.strip().splitlines() or ["nothing to pull"])[-1]
+    logger.info("dvc pull: %s", summary)
+    return summary
+
+
 def redact(text: str) -> str:
     """A git or DVC message without the credentials a remote's URL may carry."""
     return re.sub(r"://[^/@\s]+@", "://***@", text)
@@ -177,8 +227,7 @@ def record(registered: bool) -> dict:
     remotes = git("remote").split()
     if remotes:
         remote = "origin" if "origin" in remotes else remotes[0]
-        dvc_remote = os.environ.get("DVC_REMOTE", "").strip()
-        pushed = dvc("exp", "push", *(["--remote", dvc_remote] if dvc_remote else []), remote, name)
+        pushed = dvc("exp", "push", *remote_args(), remote, name)
         if pushed.returncode == 0:
             result["pushed"] = remote
         else:
@@ -188,6 +237,13 @@ def record(registered: bool) -> dict:
             logger.error("%s", result["note"])
     else:
         result["note"] = "kept in this repository (no git remote to push it to)"
+        if dvc_remote_set():  # its outputs still reach the remote: `checkout --remote` finds them
+            pushed = dvc("push", *remote_args())
+            if pushed.returncode != 0:
+                raise PipelineError(
+                    f"dvc push: {redact(error_line(pushed.stderr or pushed.stdout))}"
+                )
+            result["note"] += "; its outputs pushed to the DVC remote"
     if registered:
         tag_version(result)
     logger.info("recorded as DVC experiment %s (%s) %s", name, rev[:7], result["note"])
@@ -259,63 +315,14 @@ def report(ran: dict[str, bool], recorded: dict) -> str:
     )
     if status.returncode != 0:
         get_run_logger().warning("dvc status after the run:\n%s", status.stdout)
+    new_champion = registry["champion"] == registry["version"] != registry.get("champion_before")
+    if ran.get("register") and new_champion:
+        notify.send(
+            f"new champion: {registry['model_name']} v{registry['version']}",
+            f"test accuracy {metrics['accuracy']:.4f}, weighted F1 {metrics['f1_weighted']:.4f} "
+            f"({registry['reason']}); was v{registry.get('champion_before')}. {version_link}",
+        )
     return markdown
-
-
-def apply_params(overrides: list[str]) -> None:
-    """Write `key=value` overrides into params.yaml as `dvc exp run -S` does (same grammar),
-    so that dvc.lock records them. Each must set a key params.yaml has, to a value of the type
-    and range the config expects, else params.yaml is not touched; the new file replaces it in
-    one step, so a stage reading it meanwhile never sees a half-written one."""
-    from dvc.utils.hydra import apply_overrides
-
-    check_overrides(overrides, yaml.safe_load(PARAMS.read_text()))
-    bad = f"bad parameter override {' '.join(overrides)}"
-    with replacing(PARAMS) as new:
-        shutil.copy(PARAMS, new)  # its mode too
-        try:
-            apply_overrides(str(new), overrides)
-            params_from_dict(yaml.safe_load(new.read_text()))
-        except ConfigError as exc:
-            raise PipelineError(f"{bad}: {PARAMS}: {str(exc).splitlines()[0]}") from None
-        except Exception as exc:
-            cause = str(exc.__cause__ or exc).splitlines()[0]  # DVC wraps Hydra's reason
-            raise PipelineError(f"{bad}: {cause}") from None
-
-
-def check_overrides(overrides: list[str], params: dict) -> None:
-    """Refuse an override that adds (`+key=`, `++key=`) or deletes (`~key`) a key, names one
-    that params.yaml does not have, or sweeps values: a flow parameter, which anyone allowed
-    to start a run can set, changes values only."""
-    from dvc.utils.hydra import to_hydra_overrides
-    from hydra.core.override_parser.types import OverrideType
-    from hydra.errors import OverrideParseException
-
-    try:
-        parsed = to_hydra_overrides(overrides)
-    except OverrideParseException as exc:
-        reason = str(exc).splitlines()[0]
-        raise PipelineError(f"bad parameter override {' '.join(overrides)}: {reason}") from None
-    for override in parsed:
-        bad = f"bad parameter override {override.input_line}"
-        if override.type is not OverrideType.CHANGE:
-            raise PipelineError(
-                f"{bad}: params.yaml's keys can be set (KEY=VALUE), not added (+KEY=, ++KEY=) "
-                "or deleted (~KEY)"
-            )
-        if override.is_sweep_override():
-            raise PipelineError(f"{bad}: one value per key")
-        if "${" in override.input_line:  # ${oc.env:...} would copy the environment into params
-            raise PipelineError(f"{bad}: interpolations (${{...}}) are not allowed, only values")
-        key = override.key_or_group + (f"@{override.package}" if override.package else "")
-        node, at = params, None
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                known = ", ".join(node) if isinstance(node, dict) else "a value, no keys"
-                raise PipelineError(
-                    f"{bad}: params.yaml has no {key} ({at or 'top level'}: {known})"
-                )
-            node, at = node[part], part if at is None else f"{at}.{part}"
 
 
 def check_services() -> None:
@@ -324,39 +331,21 @@ def check_services() -> None:
     check_prefect()
 
 
-def check_prefect(timeout: float = 5.0) -> None:
-    """The Prefect API named by PREFECT_API_URL answers and takes PREFECT_API_AUTH_STRING
-    (nothing to check when unset: Prefect then starts a temporary local server itself)."""
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    if url:
-        health.require(
-            url, "Prefect server", "start it (make services), or unset PREFECT_API_URL", timeout
-        )
-        auth = PREFECT_API_AUTH_STRING.value()  # sent as Prefect's own client sends it
-        token = base64.b64encode(auth.encode()).decode() if auth else None
-        headers = {"Authorization": f"Basic {token}"} if token else {}
-        reason = health.problem(f"{url.rstrip('/')}/hello", timeout, headers)
-        if reason is not None:
-            raise PipelineError(
-                f"Prefect server {url} refused the request ({reason}): set "
-                "PREFECT_API_AUTH_STRING to its auth string (`make services` keeps it in "
-                ".services/prefect.auth)"
-            )
-
-
 NO_GIT = (
     "not a git repository with a commit: this run is recorded only in the registered "
     "version's pipeline/ artifacts (cifar10-mlops checkout), not as a DVC experiment"
 )
 
 
-def run_stages(force: bool, epochs: int | None, set_params: list[str] | None) -> dict[str, bool]:
-    """The overrides, then each stage as a task; returns which stages ran."""
+def override(epochs: int | None, set_params: list[str] | None) -> None:
+    """Write the flow's parameter overrides into params.yaml, or refuse them all."""
     overrides = [*(set_params or []), *([f"train.epochs={epochs}"] if epochs is not None else [])]
     if overrides:
         apply_params(overrides)
+
+
+def run_stages(force: bool) -> dict[str, bool]:
+    """Each stage as a task; returns which stages ran."""
     names = stage_names()
     forced = set(names[names.index(FORCED_FROM) :]) if force else set()
     ran = {}
@@ -369,21 +358,35 @@ def run_stages(force: bool, epochs: int | None, set_params: list[str] | None) ->
     return ran
 
 
-@flow(name="retrain", log_prints=True)
+@flow(
+    name="retrain", log_prints=True,
+    on_failure=[notify.on_failure], on_crashed=[notify.on_failure],
+)  # fmt: skip
 def retrain(
-    force: bool = False, epochs: int | None = None, set_params: list[str] | None = None
+    force: bool = False,
+    epochs: int | None = None,
+    set_params: list[str] | None = None,
+    rev: str | None = None,
 ) -> dict[str, bool]:
     """Run the pipeline's stages in order. `force` retrains even when nothing changed;
     `epochs` (train.epochs) and `set_params` (["train.dropout=0.2", ...]) change params.yaml
-    first, like `dvc exp run -S`. None keeps params.yaml's values."""
+    first, like `dvc exp run -S`. None keeps params.yaml's values. `rev` (a commit, as
+    `publish-data`'s event gives it) first fast-forwards the checkout to it."""
     check_services()
     if not check_workspace():
+        if rev:
+            raise PipelineError(f"rev {rev}: not a git checkout with a commit to move")
         get_run_logger().warning("%s", NO_GIT)
-        ran = run_stages(force, epochs, set_params)
+        override(epochs, set_params)
+        ran = run_stages(force)
         report(ran, {"name": None, "note": NO_GIT})
         return ran
+    if rev:
+        advance(rev)
     try:
-        ran = run_stages(force, epochs, set_params)
+        override(epochs, set_params)  # refused before anything is pulled or run
+        pull()
+        ran = run_stages(force)
         recorded = record(registered=ran["register"])
         report(ran, recorded)
     finally:
@@ -404,6 +407,7 @@ def main(argv: list[str] | None = None) -> None:
         "--set", dest="set_params", action="append", metavar="KEY=VALUE", default=[],
         help="change a params.yaml value first (as dvc exp run -S); repeatable",
     )  # fmt: skip
+    parser.add_argument("--rev", help="fast-forward the checkout to this commit first")
     args = parser.parse_args(argv)
     try:
         check_services()  # before Prefect itself tries the server, and retries for minutes
@@ -412,8 +416,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
     state = retrain(
-        force=args.force, epochs=args.epochs, set_params=args.set_params or None, return_state=True
-    )
+        force=args.force, epochs=args.epochs, set_params=args.set_params or None, rev=args.rev,
+        return_state=True,
+    )  # fmt: skip
     sys.exit(0 if state.is_completed() else 1)
 
 

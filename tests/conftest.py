@@ -134,10 +134,15 @@ def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def write_python_archive(path: Path, train_per_class: int = 10, test_per_class: int = 4) -> Path:
-    """The official layout: cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}."""
+def write_python_archive(
+    path: Path, train_per_class: int = 10, test_per_class: int = 4, drop_test_class: int = -1
+) -> Path:
+    """The official layout: cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta};
+    without the test images of class `drop_test_class`, when one is named."""
     x_train, y_train = make_images(train_per_class, seed=1)
     x_test, y_test = make_images(test_per_class, seed=2)
+    kept = y_test != drop_test_class
+    x_test, y_test = x_test[kept], y_test[kept]
     order = np.random.default_rng(0).permutation(len(y_train))
     x_train, y_train = x_train[order], y_train[order]
 
@@ -505,3 +510,31 @@ def candidate(in_project, params_file):
 
     make.params = params
     return make
+
+
+@pytest.fixture
+def prefect_server(tmp_path):
+    """A Prefect server on a free port of 127.0.0.1; yields the environment that uses it. A
+    run waiting for a concurrency slot tries again after 5 s instead of 30."""
+    from servers import BIN, answers, free_port, start, stop, wait_for
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_DEPLOYMENT_CONCURRENCY_SLOT_WAIT_SECONDS": "5",
+    }
+    log = tmp_path / "prefect-server.log"
+    server = start(
+        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        log, env, tmp_path,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: answers(f"{api}/health"), "Prefect server", server, log)
+        yield env
+    finally:
+        stop(server)

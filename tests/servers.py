@@ -180,3 +180,31 @@ def s3_keys(env: dict, bucket: str) -> list[str]:
     )
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+@contextmanager
+def webhook_receiver():
+    """An HTTP server on a free port of 127.0.0.1 that keeps each POSTed JSON body; yields (its
+    URL, the list of bodies received)."""
+    import http.server
+    import json
+    import threading
+
+    received: list = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            received.append(json.loads(body))
+            self.send_response(204)
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hook", received
+    finally:
+        server.shutdown()

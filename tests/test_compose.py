@@ -7,7 +7,13 @@ from conftest import REPO
 
 pytestmark = pytest.mark.integration
 
-SERVERS = ("postgres", "mlflow", "prefect", "retrainer", "retrainer-gpu")
+SERVERS = ("postgres", "minio", "mlflow", "prefect", "retrainer", "retrainer-gpu")
+SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MLFLOW_ADMIN_PASSWORD",
+           "MLFLOW_FLASK_SECRET", "PREFECT_AUTH_STRING")  # fmt: skip
+
+
+def secrets(**overrides: str) -> dict[str, str]:
+    return {**{name: f"not-a-real-{name.lower()}" for name in SECRETS}, **overrides}
 
 
 @pytest.fixture
@@ -17,7 +23,9 @@ def folder(tmp_path):
 
 @pytest.fixture
 def stack(folder):
-    return resolved(folder, example_env(POSTGRES_PASSWORD="not-a-real-secret"))["services"]
+    return resolved(folder, example_env(**secrets(POSTGRES_PASSWORD="not-a-real-secret")))[
+        "services"
+    ]
 
 
 def published(port) -> tuple[str, str]:
@@ -29,21 +37,38 @@ def published(port) -> tuple[str, str]:
 
 
 def test_the_stack_resolves_with_the_example_env(stack):
-    assert set(stack) == {*SERVERS, "tune-worker"}
-    assert stack["mlflow"]["command"][:4] == [
-        "mlflow", "server", "--backend-store-uri",
+    assert set(stack) == {*SERVERS, "buckets", "tune-worker"}
+    assert stack["mlflow"]["command"][:3] == [
+        "docker/mlflow-server.sh", "--backend-store-uri",
         "postgresql+psycopg://cifar10:not-a-real-secret@postgres:5432/mlflow",
     ]  # fmt: skip
-    prefect_db = stack["prefect"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
-    assert prefect_db == "postgresql+asyncpg://cifar10:not-a-real-secret@postgres:5432/prefect"
-    assert stack["retrainer"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-    assert stack["retrainer"]["environment"]["PREFECT_API_URL"] == "http://prefect:4200/api"
+    mlflow = stack["mlflow"]["environment"]
+    assert mlflow["MLFLOW_AUTH_DATABASE_URI"].endswith("@postgres:5432/mlflow_auth")
+    assert mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"] == "not-a-real-mlflow_admin_password"
+    artifacts = stack["mlflow"]["command"].index("--artifacts-destination") + 1
+    assert stack["mlflow"]["command"][artifacts] == "s3://cifar10-mlops/mlflow"
+    prefect = stack["prefect"]["environment"]
+    assert prefect["PREFECT_API_DATABASE_CONNECTION_URL"] == (
+        "postgresql+asyncpg://cifar10:not-a-real-secret@postgres:5432/prefect"
+    )
+    assert prefect["PREFECT_SERVER_API_AUTH_STRING"] == "not-a-real-prefect_auth_string"
+    for client in ("retrainer", "retrainer-gpu", "tune-worker", "buckets"):
+        env = stack[client]["environment"]
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", client
+        assert env["MLFLOW_TRACKING_PASSWORD"] == mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"], client
+        assert env["PREFECT_API_URL"] == "http://prefect:4200/api", client
+        assert env["PREFECT_API_AUTH_STRING"] == prefect["PREFECT_SERVER_API_AUTH_STRING"]
+        assert env["DVC_REMOTE"] == "s3" and env["AWS_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["AWS_SECRET_ACCESS_KEY"] == "not-a-real-minio_root_password", client
+    assert stack["retrainer"]["environment"]["RETRAIN_POOL"] == "cpu"
+    assert stack["retrainer-gpu"]["environment"]["RETRAIN_POOL"] == "gpu"
 
 
 def test_every_published_port_is_bound_to_localhost(stack):
     ports = {name: [published(p) for p in svc.get("ports", [])] for name, svc in stack.items()}
     assert ports["mlflow"] == [("127.0.0.1", "5000")]
     assert ports["prefect"] == [("127.0.0.1", "4200")]
+    assert ports["minio"] == [("127.0.0.1", "9000")]
     assert all(host == "127.0.0.1" for bound in ports.values() for host, _ in bound)
 
 
@@ -52,9 +77,14 @@ def test_servers_have_health_checks_and_wait_for_healthy_dependencies(stack):
         assert stack[name]["healthcheck"]["test"], name
         assert stack[name]["restart"] == "unless-stopped", name
         for dependency, how in stack[name].get("depends_on", {}).items():
-            assert how["condition"] == "service_healthy", (name, dependency)
-    assert set(stack["retrainer"]["depends_on"]) == {"mlflow", "prefect"}
-    assert set(stack["mlflow"]["depends_on"]) == {"postgres"}
+            expected = (
+                "service_completed_successfully" if dependency == "buckets" else ("service_healthy")
+            )
+            assert how["condition"] == expected, (name, dependency)
+    assert set(stack["retrainer"]["depends_on"]) == {"mlflow", "prefect", "buckets"}
+    assert set(stack["mlflow"]["depends_on"]) == {"postgres", "buckets"}
+    assert stack["buckets"]["depends_on"] == {"minio": {"condition": "service_healthy"}}
+    assert stack["buckets"]["restart"] == "no"
 
 
 def test_gpu_profile_reserves_nvidia_devices_and_builds_the_cuda_image(stack):
@@ -76,16 +106,55 @@ def test_tune_workers_reach_the_chief_and_share_its_state(stack):
     assert any(shared in str(v) for v in chief["volumes"])
 
 
-@pytest.mark.parametrize("env", [None, {}, {"POSTGRES_PASSWORD": ""}])
-def test_a_missing_password_is_refused_naming_the_variable(folder, env):
+@pytest.mark.parametrize("missing", SECRETS)
+@pytest.mark.parametrize("how", ["absent", "empty"])
+def test_a_missing_password_is_refused_naming_the_variable(folder, missing, how):
+    env = secrets()
+    env.pop(missing) if how == "absent" else env.update({missing: ""})
     result = compose(folder, env, "config")
     assert result.returncode != 0
-    assert "POSTGRES_PASSWORD is not set; copy .env.example to .env and set it" in result.stderr
+    assert f"{missing} is not set; copy .env.example to .env and set it" in result.stderr
+
+
+def test_no_env_file_at_all_is_refused(folder):
+    result = compose(folder, None, "config")
+    assert result.returncode != 0 and "is not set; copy .env.example to .env" in result.stderr
 
 
 def test_no_secret_is_committed_and_the_image_runs_as_a_user():
-    assert example_env()["POSTGRES_PASSWORD"] == ""
+    assert all(example_env()[name] == "" for name in SECRETS)
     assert "/.env" in (REPO / ".gitignore").read_text().splitlines()
     assert ".env" in (REPO / ".dockerignore").read_text().splitlines()
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "\nUSER app\n" in dockerfile and "ARG PYTHON_IMAGE=python:3.11.11-slim" in dockerfile
+
+
+def test_stack_env_fills_every_secret_once_and_never_overwrites(tmp_path):
+    import stat
+    import subprocess
+    import sys
+
+    def write() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, REPO / "scripts" / "stack_env.py", "--example",
+             REPO / ".env.example"], cwd=tmp_path, capture_output=True, text=True,
+        )  # fmt: skip
+
+    made = write()
+    assert made.returncode == 0, made.stderr
+    env_file = tmp_path / ".env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines()
+                  if line and not line.startswith("#"))  # fmt: skip
+    assert all(len(values[name]) == 32 for name in SECRETS)
+    assert len({values[name] for name in SECRETS}) == len(SECRETS)
+    assert values["POSTGRES_USER"] == "cifar10" and values["CIFAR10_SOURCE"] == ""
+    before = env_file.read_text()
+    again = write()
+    assert again.returncode == 1 and "error: .env exists" in again.stderr
+    assert env_file.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == [".env"]  # no temporary file left
+    # compose takes it as it is
+    folder = project_copy(tmp_path / "stack")
+    result = compose(folder, values, "config", "--quiet")
+    assert result.returncode == 0, result.stderr

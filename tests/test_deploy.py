@@ -2,7 +2,9 @@
 
 Starts `prefect server start` with its own database, serves the deployment from a copy of
 the reproduced tiny pipeline, checks the schedule and the concurrency limit, then triggers two
-runs at once: both complete, one after the other.
+runs at once: both complete, one after the other. Then the event trigger: `publish-data` in a
+fresh checkout emits the dataset event, the deployment's trigger retrains on the published
+commit, and the new champion is announced through the webhook block to a local receiver.
 """
 
 import os
@@ -14,36 +16,12 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import run_dvc, tiny_params
-from servers import BIN, answers, free_port, start, stop, wait_for
+from conftest import git, git_commit_all, run_dvc, tiny_params, write_image_archive
+from servers import start, stop, wait_for, webhook_receiver
 
 pytestmark = pytest.mark.integration
 
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-@pytest.fixture
-def prefect_server(tmp_path):
-    """A Prefect server on a free port of 127.0.0.1; yields the environment that uses it."""
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    log = tmp_path / "prefect-server.log"
-    server = start(
-        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        log, env, tmp_path,
-    )  # fmt: skip
-    try:
-        wait_for(lambda: answers(f"{api}/health"), "Prefect server", server, log)
-        yield env
-    finally:
-        stop(server)
 
 
 def test_served_deployment_is_scheduled_limited_to_one_and_runs(
@@ -100,3 +78,69 @@ def test_served_deployment_is_scheduled_limited_to_one_and_runs(
                             cwd=project, capture_output=True, text=True, check=True)  # fmt: skip
     assert status.stdout == ""
     assert "Data and pipelines are up to date" in run_dvc(project, "status").stdout
+
+
+@pytest.mark.long(seconds=150)
+@pytest.mark.extended
+def test_a_published_dataset_triggers_a_retrain_that_announces_its_champion(
+    prefect_server, pipeline, tmp_path
+):
+    from prefect import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    project = pipeline  # nothing run yet: the first version registered becomes the champion
+    run_dvc(project, "remote", "add", "--local", "--default", "local", str(tmp_path / "remote"))
+    git_commit_all(project, "tiny params")
+    env = {**prefect_server, "CIFAR10_SOURCE": os.environ["CIFAR10_SOURCE"]}  # not the one used
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with webhook_receiver() as (hook, received):
+        saved = subprocess.run(
+            [sys.executable, "-m", "cifar10_mlops.notify", "--url", hook, "--allow-private-url"],
+            cwd=project, env=env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert saved.returncode == 0, saved.stderr
+
+        log = tmp_path / "deployment.log"
+        served = start([sys.executable, "-m", "flows.deploy"], log, env, project)
+        try:
+            wait_for(lambda: "is being served" in log.read_text(), "deployment", served, log)
+            archive = write_image_archive(tmp_path / "cifar10-v2.tar.gz", fmt="PNG")
+            published = subprocess.run(
+                [sys.executable, "-m", "cifar10_mlops.cli", "publish-data", str(archive)],
+                cwd=project, env=env, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert published.returncode == 0, published.stderr
+            assert "event cifar10.dataset.published" in published.stdout
+            commit = git(project, "rev-parse", "HEAD").strip()
+
+            name = tiny_params()["retrain"]["deployment"]
+            deployments = DeploymentFilter(name=DeploymentFilterName(any_=[name]))
+            with (
+                temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}),
+                get_client(sync_client=True) as client,
+            ):
+                deadline = time.monotonic() + 420
+                while True:
+                    found = client.read_flow_runs(deployment_filter=deployments)
+                    runs = [r for r in found if "rev" in r.parameters]  # not the schedule's
+                    if runs and all(r.state.type.value in TERMINAL for r in runs):
+                        break
+                    assert served.poll() is None, log.read_text()[-3000:]
+                    assert time.monotonic() < deadline, [r.state for r in runs]
+                    time.sleep(2)
+        finally:
+            stop(served)
+
+    [run] = runs  # the trigger's, at the published commit
+    assert run.state.type.value == "COMPLETED", log.read_text()[-3000:]
+    assert run.parameters == {"rev": commit, "force": True}
+    # trained on the published archive, not on CIFAR10_SOURCE's
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("cifar10-cnn", "champion")
+    assert str(version.version) == "1"
+    assert client.get_run(version.run_id).data.params["download.source"] == "cifar10-v2.tar.gz"
+    [message] = received
+    assert message["subject"] == "new champion: cifar10-cnn v1"
+    assert message["body"].startswith("test accuracy ")

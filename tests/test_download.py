@@ -516,8 +516,8 @@ def test_a_source_larger_than_any_cifar10_archive_fills_no_disk(tmp_path, monkey
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_port}/cifar.tar.gz"
     written = []
-    real = module._check_size
-    monkeypatch.setattr(module, "_check_size", lambda s, n: (written.append(n), real(s, n)))
+    real = module.check_size
+    monkeypatch.setattr(module, "check_size", lambda s, n: (written.append(n), real(s, n)))
     try:
         with pytest.raises(PipelineError, match=r"over the limit of 4,194,304 for an archive"):
             download(url, None, tmp_path / "raw", retries=3, timeout=5, deadline=30)

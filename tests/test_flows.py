@@ -13,6 +13,7 @@ import yaml
 from prefect.testing.utilities import prefect_test_harness
 
 from conftest import error_line, git, git_commit_all, run_dvc
+from servers import webhook_receiver
 from flows import retrain as flow_module
 
 pytestmark = pytest.mark.integration
@@ -82,7 +83,7 @@ def test_flow_runs_each_stage_as_a_task_records_an_experiment_and_leaves_dvc_cle
     ran = state.result()
     assert list(ran) == ["download", "prepare", "tune", "train", "evaluate", "register"]
     assert not any(ran.values())
-    assert task_names(state.state_details.flow_run_id) == [*ran, "record", "report"]
+    assert task_names(state.state_details.flow_run_id) == ["pull", *ran, "record", "report"]
     assert "Data and pipelines are up to date" in dvc_status(flow_project)
 
     registry = json.loads(Path("reports/registry.json").read_text())
@@ -200,6 +201,24 @@ def test_flow_run_with_a_refused_override_fails_and_leaves_params(harness, flow_
     assert Path("params.yaml").read_bytes() == before
     assert Path("params.yaml").stat().st_mtime_ns == written
     assert task_names(state.state_details.flow_run_id) == []  # no stage ran
+
+
+def test_a_failed_run_is_announced_through_the_webhook_block(harness, flow_project):
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    from cifar10_mlops import notify
+
+    with webhook_receiver() as (hook, received):
+        notify.save(hook, allow_private=True)
+        try:
+            state = flow_module.retrain(set_params=["train.epochs=0"], return_state=True)
+        finally:
+            CustomWebhookNotificationBlock.delete(notify.block_name())
+    assert state.is_failed()
+    [message] = received
+    assert message["subject"].startswith("retrain ") and message["subject"].endswith(" failed")
+    assert "train.epochs: must be >= 1, got 0" in message["body"]
+    assert str(state.state_details.flow_run_id) in message["body"]
 
 
 @pytest.mark.parametrize("variable", ["MLFLOW_TRACKING_URI", "PREFECT_API_URL"])

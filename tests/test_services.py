@@ -28,13 +28,18 @@ import yaml
 from compose import example_env, project_copy, resolved
 from cifar10_mlops import tracking
 from cifar10_mlops.errors import PipelineError
-from conftest import REPO, encode, error_line, make_images, write_image_archive
-from servers import env_with_bin, free_port, postgres_bin, postgres_server, start, stop
-from servers import tail, wait_for
+from conftest import REPO, encode, error_line, git_commit_all, make_images, write_image_archive
+from servers import env_with_bin, free_port, postgres_bin, postgres_server, s3_keys, s3_server
+from servers import start, stop, tail, wait_for
 
 pytestmark = pytest.mark.integration
 
 PASSWORD = "native-test-secret"
+SECRETS = {
+    "POSTGRES_PASSWORD": PASSWORD, "MINIO_ROOT_PASSWORD": "native-minio-secret",
+    "MLFLOW_ADMIN_PASSWORD": "native-mlflow-admin", "MLFLOW_FLASK_SECRET": "native-flask-secret",
+    "PREFECT_AUTH_STRING": "native-prefect-auth",
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -46,22 +51,26 @@ def native(tmp_path):
     ports = {"mlflow": free_port(), "prefect": free_port(), "runner": free_port()}
     archive = write_image_archive(tmp_path / "cifar10-jpg.tar.gz", fmt="JPEG")
     env = example_env(
-        POSTGRES_PASSWORD=PASSWORD,
+        **SECRETS,
         MLFLOW_PORT=str(ports["mlflow"]),
         PREFECT_PORT=str(ports["prefect"]),
         CIFAR10_SOURCE=str(archive),
     )
     services = resolved(project_copy(tmp_path / "stack"), env)["services"]
-    with postgres_server(env["POSTGRES_USER"], PASSWORD, REPO / "docker" / "postgres-init.sql") as (
-        pg_port,
-        query,
+    with (
+        postgres_server(env["POSTGRES_USER"], PASSWORD, REPO / "docker" / "postgres-init.sql") as (
+            pg_port,
+            query,
+        ),
+        s3_server(tmp_path) as s3,  # in place of MinIO, which has no Debian package
     ):
         here = {
             "postgres:5432": f"127.0.0.1:{pg_port}",
             "http://mlflow:5000": f"http://127.0.0.1:{ports['mlflow']}",
             "http://prefect:4200": f"http://127.0.0.1:{ports['prefect']}",
-            "/app/mlartifacts": str(tmp_path / "mlartifacts"),
+            "http://minio:9000": s3["AWS_ENDPOINT_URL"],
             "0.0.0.0": "127.0.0.1",
+            "$$": "$",  # compose's escape, left in by `config`
             # the health checks, which run inside each container
             "127.0.0.1:5000": f"127.0.0.1:{ports['mlflow']}",
             "127.0.0.1:4200": f"127.0.0.1:{ports['prefect']}",
@@ -81,46 +90,67 @@ def native(tmp_path):
 
         def environment(name: str, **extra) -> dict:
             values = {k: mapped(str(v)) for k, v in services[name]["environment"].items()}
-            return env_with_bin(**values, **extra)
+            return env_with_bin(**{**values, **extra})
 
         def healthy(name: str) -> bool:
             check = [mapped(str(a)) for a in services[name]["healthcheck"]["test"][1:]]
             return subprocess.run(check, capture_output=True, env=env_with_bin()).returncode == 0
 
         native.command, native.environment, native.healthy = command, environment, healthy
-        native.query, native.ports, native.services = query, ports, services
+        native.query, native.ports, native.services, native.s3 = query, ports, services, s3
         yield native
 
 
-@pytest.mark.long(seconds=160)
+@pytest.mark.long(seconds=200)
 @pytest.mark.extended
-def test_stack_retrains_through_mlflow_and_prefect_on_postgres(native, pipeline, tmp_path):
+def test_stack_retrains_through_its_worker_with_logins_on_postgres_and_s3(
+    native, pipeline, tmp_path
+):
+    git_commit_all(pipeline, "the stack's checkout")  # as the image's /app
     processes = []
+
+    def run(name: str, log_name: str | None = None, **extra) -> subprocess.Popen:
+        log = tmp_path / f"{log_name or name}.log"
+        process = start(native.command(name), log, native.environment(name, **extra), pipeline)
+        processes.append(process)
+        return process, log
+
     try:
+        buckets = subprocess.run(
+            native.command("buckets"), cwd=pipeline, env=native.environment("buckets"),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert buckets.returncode == 0 and "bucket cifar10-mlops: created" in buckets.stdout
         for name in ("mlflow", "prefect"):
-            log = tmp_path / f"{name}.log"
             home = {"PREFECT_HOME": str(tmp_path / "prefect-home")} if name == "prefect" else {}
-            processes.append(
-                start(native.command(name), log, native.environment(name, **home), tmp_path)
-            )
-            wait_for(lambda n=name: native.healthy(n), f"healthy {name}", processes[-1], log)
+            process, log = run(name, **home)
+            wait_for(lambda n=name: native.healthy(n), f"healthy {name}", process, log)
 
         mlflow_url = f"http://127.0.0.1:{native.ports['mlflow']}"
+        prefect_api = f"http://127.0.0.1:{native.ports['prefect']}/api"
         # Services reach MLflow as mlflow:5000, browsers through the published port: both
         # Host headers are allowed, others refused (MLflow's DNS-rebinding protection).
         for host in ("mlflow:5000", f"127.0.0.1:{native.ports['mlflow']}", "localhost:5000"):
-            assert host_header_status(mlflow_url, host) == 200, host
+            assert host_header_status(mlflow_url, host) == 401, host  # allowed, asks a login
         assert host_header_status(mlflow_url, "evil.example.com") == 403
+        # both servers want their login from .env; health checks need none
+        search = f"{mlflow_url}/api/2.0/mlflow/experiments/search?max_results=1"
+        admin = base64.b64encode(f"admin:{SECRETS['MLFLOW_ADMIN_PASSWORD']}".encode()).decode()
+        assert call(search)[0] == 401 and call(search, Authorization=f"Basic {admin}")[0] == 200
+        prefect_auth = base64.b64encode(SECRETS["PREFECT_AUTH_STRING"].encode()).decode()
+        assert call(f"{prefect_api}/flows/filter", "POST", {})[0] == 401
+        assert call(f"{prefect_api}/flows/filter", "POST", {},
+                    Authorization=f"Basic {prefect_auth}")[0] == 200  # fmt: skip
 
-        log = tmp_path / "retrainer.log"
-        retrainer_env = native.environment(
+        retrainer, log = run(
             "retrainer",
             PREFECT_HOME=str(tmp_path / "retrainer-home"),
-            PREFECT_RUNNER_SERVER_PORT=str(native.ports["runner"]),
+            PREFECT_WORKER_WEBSERVER_PORT=str(native.ports["runner"]),
+            PREFECT_WORKER_WEBSERVER_HOST="127.0.0.1",
+            PREFECT_WORKER_QUERY_SECONDS="2",
         )
+        retrainer_env = native.environment("retrainer", PREFECT_HOME=str(tmp_path / "cli-home"))
         assert retrainer_env["KERASTUNER_ORACLE_IP"] == ""  # no workers: in-process search
-        retrainer = start(native.command("retrainer"), log, retrainer_env, pipeline)
-        processes.append(retrainer)
         wait_for(lambda: native.healthy("retrainer"), "healthy retrainer", retrainer, log, 180)
 
         params = yaml.safe_load((pipeline / "params.yaml").read_text())
@@ -132,7 +162,8 @@ def test_stack_retrains_through_mlflow_and_prefect_on_postgres(native, pipeline,
         )  # fmt: skip
         assert triggered.returncode == 0, triggered.stdout[-2000:] + tail(log)
         assert "Flow run finished successfully in 'Completed'" in triggered.stdout
-        # the flow ran every stage of the fresh checkout, each as a task, in dvc.yaml's order
+        # the worker of pool cpu ran every stage of the checkout, each as a task, in order
+        assert "worker" in log.read_text() and "pool 'cpu'" in log.read_text()
         ran = [line.split("Running stage '")[1].split("'")[0]
                for line in log.read_text().splitlines() if "Running stage '" in line]  # fmt: skip
         assert ran == ["download", "prepare", "tune", "train", "evaluate", "register"]
@@ -140,19 +171,25 @@ def test_stack_retrains_through_mlflow_and_prefect_on_postgres(native, pipeline,
         for process in reversed(processes):
             stop(process)
 
-    # MLflow's runs and registry are in PostgreSQL, its artifacts in the artifacts folder.
+    # MLflow's runs, registry and users are in PostgreSQL, its artifacts in the S3 store.
     assert native.query("mlflow", "SELECT count(*) FROM runs WHERE status = 'FINISHED'")[0] >= "2"
     assert native.query("mlflow", "SELECT alias FROM registered_model_aliases ORDER BY alias") == [
         "challenger",
         "champion",
     ]
-    assert list((tmp_path / "mlartifacts").rglob("model.keras"))
+    assert native.query("mlflow_auth", "SELECT username FROM users") == ["admin"]
+    stored = s3_keys(native.s3, "cifar10-mlops")
+    assert any(k.startswith("mlflow/") and k.endswith("/model.keras") for k in stored)
+    # the run's outputs went to the DVC remote (the checkout has no git remote: `dvc push`)
+    assert any(k.startswith("dvc/files/md5/") for k in stored)
     # Prefect's flow and task runs are in PostgreSQL too.
-    states = native.query("prefect", "SELECT state_type FROM flow_run")
-    assert states == ["COMPLETED"]
+    states = native.query(
+        "prefect", "SELECT state_type FROM flow_run WHERE state_type != 'SCHEDULED'"
+    )
+    assert states == ["COMPLETED"]  # and the schedule's next runs
     tasks = native.query("prefect", "SELECT name FROM task_run ORDER BY start_time")
-    assert [t.split("-")[0] for t in tasks][:6] == [
-        "download", "prepare", "tune", "train", "evaluate", "register",
+    assert [t.split("-")[0] for t in tasks][:7] == [
+        "pull", "download", "prepare", "tune", "train", "evaluate", "register",
     ]  # fmt: skip
 
 

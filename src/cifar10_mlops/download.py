@@ -1,7 +1,9 @@
 """Stage `download`: fetch the CIFAR-10 archive, verify it, check that it extracts safely.
 
 Reads  params.yaml `download` (source, checksum, retries, timeout, deadline); the variable
-       CIFAR10_SOURCE (a path or URL) overrides `source`, with CIFAR10_CHECKSUM for its digest.
+       CIFAR10_SOURCE (a path or URL) overrides `source`, with CIFAR10_CHECKSUM for its digest,
+       except a published dataset's (`publish-data`: a source under data/published/, which
+       DVC tracks): an offline machine's copy of the official archive never replaces it.
 Writes data/raw/: the archive itself and manifest.json (source, file name, format, checksums,
        image counts per split and class). The same archive gives the same manifest on every
        machine: the source is recorded by file name or credential-free URL, never its path.
@@ -31,6 +33,8 @@ from cifar10_mlops.stage import run_stage, stage_parser
 
 SOURCE_ENV = "CIFAR10_SOURCE"
 CHECKSUM_ENV = "CIFAR10_CHECKSUM"
+# Where `cifar10-mlops publish-data` keeps the published archive (cifar10_mlops.publish).
+PUBLISHED = PurePosixPath("data/published")
 _CHUNK = 1 << 20
 # The archive itself: the official one is 163 MB, an image-folder copy less. A source over
 # this is refused before it is copied, or as soon as a download passes it (no disk fills).
@@ -50,10 +54,18 @@ def describe_source(source: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
+def is_published(source: str) -> bool:
+    """Whether `source` is the archive `publish-data` placed under data/published/."""
+    return "://" not in source and PurePosixPath(source).parent == PUBLISHED
+
+
 def resolve_source(source: str, checksum: str | None) -> tuple[str, str | None]:
-    """The source to use and its known checksum, honouring the environment override."""
+    """The source to use and its known checksum, honouring the environment override (which
+    a published dataset's source does not take)."""
     override = os.environ.get(SOURCE_ENV, "").strip()
-    if override:
+    if override and is_published(source):
+        print(f"{SOURCE_ENV} ignored: params.yaml names the published dataset {source}")
+    elif override:
         checksum = os.environ.get(CHECKSUM_ENV, "").strip() or None
         if checksum:
             check_checksum(checksum, CHECKSUM_ENV)
@@ -72,7 +84,7 @@ def fetch(source: str, dest_dir: Path, *, retries: int, timeout: float, deadline
         path = Path(source.removeprefix("file://")).expanduser()
         if not path.is_file():
             raise PipelineError(f"source not found: {path}")
-        _check_size(source, path.stat().st_size)
+        check_size(source, path.stat().st_size)
         return path
     dest = dest_dir / (PurePosixPath(source.split("?")[0]).name or "archive")
     end = time.monotonic() + deadline
@@ -101,7 +113,7 @@ def fetch(source: str, dest_dir: Path, *, retries: int, timeout: float, deadline
     raise PipelineError(f"cannot download {source}: {reason} (after {retries} attempts)")
 
 
-def _check_size(source: str, size: int) -> None:
+def check_size(source: str, size: int) -> None:
     if size > MAX_ARCHIVE_BYTES:
         raise PipelineError(
             f"{source}: {size:,} bytes or more, over the limit of {MAX_ARCHIVE_BYTES:,} for an "
@@ -120,14 +132,14 @@ def _download(url: str, dest: Path, timeout: float, end: float) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "cifar10-mlops"})
     with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
         total = int(response.headers.get("Content-Length") or 0) or None
-        _check_size(url, total or 0)
+        check_size(url, total or 0)
         with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
             # read1: what has arrived, at most one wait of `timeout`; read() would wait for a
             # whole chunk, so a server dripping a byte at a time could hold it forever.
             while chunk := response.read1(_CHUNK):
                 out.write(chunk)
                 bar.update(len(chunk))
-                _check_size(url, out.tell())
+                check_size(url, out.tell())
                 if time.monotonic() > end:
                     raise TimeoutError(f"{out.tell()} bytes received when the deadline passed")
         if total is not None and out.tell() != total:

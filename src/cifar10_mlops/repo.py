@@ -50,3 +50,14 @@ def error_line(output: str) -> str:
     lines = [x for x in output.splitlines() if x.strip()]
     errors = [x for x in lines if x.startswith(("ERROR", "error:"))]
     return (errors or lines[-1:] or ["no output"])[0]
+
+
+def remote_args() -> list[str]:
+    """`--remote DVC_REMOTE` when it is set; nothing (DVC's default remote) otherwise."""
+    remote = os.environ.get("DVC_REMOTE", "").strip()
+    return ["--remote", remote] if remote else []
+
+
+def dvc_remote_set() -> bool:
+    """Whether DVC has a remote to use: DVC_REMOTE, or the repository's default."""
+    return bool(remote_args()) or dvc("remote", "default").returncode == 0

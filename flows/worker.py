@@ -1,0 +1,88 @@
+"""Start a Prefect worker that runs the retrain deployment in this checkout.
+
+`make worker POOL=cpu` on each machine that should retrain: a checkout of this project, the
+credentials in the environment and a DVC remote are all it needs. It checks first, naming
+what is missing, that the Prefect server (PREFECT_API_URL, PREFECT_API_AUTH_STRING) and the
+team's MLflow server (MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME/PASSWORD) answer and take
+the credentials, that a DVC remote is set (DVC_REMOTE, or this checkout's default) and that the
+checkout has no uncommitted changes; then it becomes `prefect worker start` on the process
+pool (created if missing), taking one flow run at a time, with CIFAR10_MLOPS_CHECKOUT set to
+this checkout for the deployment's pull step (cifar10_mlops.pool).
+
+  python -m flows.worker --pool cpu [--name NAME] [--healthcheck]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+
+from prefect.settings import PREFECT_API_URL
+
+from cifar10_mlops import tracking
+from cifar10_mlops.checks import check_name
+from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.pool import CHECKOUT_VAR, enter_checkout
+from flows.deploy import ensure_pool
+from cifar10_mlops.repo import dvc_remote_set
+from flows.retrain import check_services, check_workspace
+
+
+def check_worker(pool: str, name: str) -> None:
+    check_name("", "--pool", pool)
+    check_name("", "--name", name)
+    enter_checkout()  # this folder is a checkout (CIFAR10_MLOPS_CHECKOUT is set by the caller)
+    if not PREFECT_API_URL.value():
+        raise PipelineError(
+            "PREFECT_API_URL is not set: a worker takes its runs from the team's Prefect server"
+        )
+    if not tracking.tracking_uri().startswith(("http://", "https://")):
+        raise PipelineError(
+            "MLFLOW_TRACKING_URI is not an MLflow server: a worker's runs and models must land "
+            "where the team sees them (set it, with MLFLOW_TRACKING_USERNAME and _PASSWORD)"
+        )
+    check_services()
+    if not dvc_remote_set():
+        raise PipelineError(
+            "no DVC remote: set DVC_REMOTE (e.g. s3, with the AWS_* variables) or this "
+            "checkout's default (`dvc remote default --local NAME`); a worker pulls its inputs "
+            "from it and pushes what it made"
+        )
+    if not check_workspace():
+        raise PipelineError(
+            "not a git checkout with a commit: a worker records each run as a DVC experiment"
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pool", default="cpu", help="the process work pool (default cpu)")
+    parser.add_argument("--name", help="the worker's name (default: host-checkout folder)")
+    parser.add_argument(
+        "--healthcheck", action="store_true",
+        help="serve /health on PREFECT_WORKER_WEBSERVER_PORT (8080), for a container's check",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    checkout = Path.cwd().resolve()
+    name = args.name or f"{socket.gethostname()}-{checkout.name}"
+    os.environ[CHECKOUT_VAR] = str(checkout)
+    try:
+        check_worker(args.pool, name)
+        ensure_pool(args.pool)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    prefect = Path(sys.executable).parent / "prefect"
+    print(f"worker {name!r} on pool {args.pool!r}, running flows in {checkout}", flush=True)
+    command = [str(prefect), "worker", "start", "--pool", args.pool, "--type", "process",
+               "--name", name, "--limit", "1"]  # fmt: skip
+    if args.healthcheck:
+        command.append("--with-healthcheck")
+    os.execv(prefect, command)
+
+
+if __name__ == "__main__":
+    main()
