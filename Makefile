@@ -198,7 +198,6 @@ worker: $(STAMP)  ## a Prefect worker of POOL (cpu) that runs retrains in this c
 ARCHIVE ?=
 publish-data: $(STAMP)  ## publish ARCHIVE as the dataset and announce it (retrains on it)
 	@[ -n "$(ARCHIVE)" ] || { echo "usage: make publish-data ARCHIVE=path/to/cifar10.tar.gz" >&2; exit 2; }
-	@$(ENSURE_REMOTE)
 	$(BIN)/cifar10-mlops publish-data "$(ARCHIVE)"
 
 WEBHOOK_URL ?=

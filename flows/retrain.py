@@ -157,14 +157,23 @@ def is_ancestor(commit: str, of: str) -> bool:
 @task(task_run_name="advance")
 def advance(rev: str) -> str:
     """Fast-forward the checkout to `rev`, fetched from its git remotes: the commit a dataset
-    was published as. Refused unless it is a commit that HEAD leads to (or already has)."""
+    was published as. Refused unless HEAD leads to it (or already has it) and, where the
+    checkout follows an upstream branch, that branch has it: an event cannot move a worker
+    onto an unreviewed branch."""
     if not re.fullmatch(r"[0-9a-f]{7,40}", rev):
         raise PipelineError(f"rev {rev!r}: expected a commit id (7 to 40 hex digits)")
     if git("remote").split():
+        os.environ["GIT_TERMINAL_PROMPT"] = "0"  # a fetch that needs a login fails, not waits
         git("fetch", "--all", "--quiet")
     found = git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False).strip()
     if not found:
         raise PipelineError(f"rev {rev}: no such commit here or in the git remotes")
+    upstream = git("rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{u}", check=False)
+    if upstream.strip() and not is_ancestor(found, upstream.strip()):
+        raise PipelineError(
+            f"rev {rev}: not on {upstream.strip()}, which this checkout follows: only published "
+            "commits of that branch are retrained"
+        )
     if is_ancestor(found, "HEAD"):
         return f"HEAD already contains {found[:12]}"
     if not is_ancestor("HEAD", found):

@@ -157,7 +157,7 @@ def test_a_workspace_with_uncommitted_changes_is_refused_before_anything_runs(fl
     assert result.returncode == 1
     assert error_line(result).startswith("error: uncommitted changes to params.yaml: commit")
     assert "min_delta: 0.01" in Path("params.yaml").read_text()
-    assert not (flow_project / "data").exists()
+    assert not (flow_project / "data" / "raw").exists()  # download never ran
 
 
 def test_bad_override_leaves_params_unchanged(flow_project):
@@ -243,7 +243,7 @@ def test_unreachable_server_fails_before_anything_runs(flow_project, variable):
     assert time.monotonic() - start < 60
     last = error_line(result)
     assert last.startswith("error: ") and f"{url} is unreachable" in last, result.stderr
-    assert not (flow_project / "data").exists()
+    assert not (flow_project / "data" / "raw").exists()  # download never ran
 
 
 def test_the_reset_after_a_run_leaves_work_outside_the_pipeline_alone(reproduced_flow_project):

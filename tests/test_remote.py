@@ -116,5 +116,5 @@ def test_a_remote_that_refuses_the_keys_fails_and_a_pull_changes_nothing(team, t
         assert "InvalidAccessKeyId" in result.stderr or "403" in result.stderr, result.stderr
         result = dvc_fails(a, "push", "--remote", "s3", env=env)
         assert "ERROR" in result.stderr
-    assert not (b / "models").exists() and not (b / "data").exists()
+    assert not (b / "models").exists() and not (b / "data" / "raw").exists()
     assert git(b, "status", "--porcelain") == tracked

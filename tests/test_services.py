@@ -302,7 +302,7 @@ def test_local_prefect_takes_only_its_auth_string_and_its_own_ui_origin(local_se
         "PREFECT_API_AUTH_STRING to its auth string (`make services` keeps it in "
         ".services/prefect.auth)"
     )
-    assert not (project / "data").exists()
+    assert not (project / "data" / "raw").exists()
 
 
 @pytest.fixture

@@ -63,7 +63,7 @@ def test_two_workers_in_two_checkouts_retrain_one_at_a_time(
     run_dvc(origin, "push")
     a = clone(origin, tmp_path / "checkout-a", remote)
     b = clone(origin, tmp_path / "checkout-b", remote)
-    assert not (a / "data").exists() and not (b / ".dvc" / "cache").exists()
+    assert not (a / "data" / "raw").exists() and not (b / ".dvc" / "cache").exists()
 
     backend = f"sqlite:///{place_store(migrated_store, tmp_path / 'mlflow.db')}"
     with mlflow_server(backend, tmp_path) as (url, _, _):

@@ -40,6 +40,9 @@ def send(subject: str, body: str) -> bool:
         block = CustomWebhookNotificationBlock.load(block_name())
     except ValueError:  # no such block: notifications are not set up
         return False
+    except Exception as exc:  # the server's errors: logged, the run goes on
+        logger.error("notification %r not sent: block %s: %s", subject, block_name(), exc)
+        return False
     try:
         block.notify(body=body, subject=subject)
     except Exception as exc:  # the webhook's own errors (HTTP, DNS, refused private URL)

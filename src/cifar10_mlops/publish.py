@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import re
 import shutil
 from pathlib import Path
@@ -42,8 +43,8 @@ EVENT = "cifar10.dataset.published"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def verify(archive: Path, checksum: str | None) -> dict:
-    """The archive's digests, format and image counts, once it passes every check."""
+def check_file(archive: Path, checksum: str | None) -> None:
+    """What can be checked before copying the archive: it exists, its name, its size."""
     if not archive.is_file():
         raise PipelineError(f"{archive}: no such file")
     if not _NAME.fullmatch(archive.name):
@@ -53,6 +54,11 @@ def verify(archive: Path, checksum: str | None) -> dict:
         )
     if checksum:
         check_checksum(checksum, "--checksum")
+    download.check_size(str(archive), archive.stat().st_size)
+
+
+def verify(archive: Path, checksum: str | None) -> dict:
+    """The archive's digests, format and image counts, once it passes every check."""
     download.check_size(str(archive), archive.stat().st_size)
     found = download.verify(archive, checksum)
     with scratch(PUBLISHED.parent, ".publish") as tmp:
@@ -105,13 +111,10 @@ def check_ready() -> None:
     check_prefect()  # when PREFECT_API_URL is set: the event will reach it
 
 
-def record(archive: Path, found: dict) -> str:
-    """Place, track, name and push the archive, then commit; returns the commit. A failure
-    before the commit restores what it changed."""
-    staged = PUBLISHED.parent / f".{PUBLISHED.name}-new"
-    shutil.rmtree(staged, ignore_errors=True)
-    staged.mkdir(parents=True)
-    shutil.copyfile(archive, staged / archive.name)
+def record(staged: Path, archive: Path, found: dict) -> str:
+    """Place `staged` (a folder holding only the verified copy `archive`) as data/published,
+    track, name and push it, then commit; returns the commit. A failure before the commit
+    restores what it changed."""
     try:
         shutil.rmtree(PUBLISHED, ignore_errors=True)
         staged.rename(PUBLISHED)
@@ -129,8 +132,6 @@ def record(archive: Path, found: dict) -> str:
     except BaseException:
         _restore()
         raise
-    finally:
-        shutil.rmtree(staged, ignore_errors=True)
     return git("rev-parse", "HEAD").strip()
 
 
@@ -152,22 +153,24 @@ def _restore() -> None:
         else:
             path.unlink(missing_ok=True)
     shutil.rmtree(PUBLISHED, ignore_errors=True)
-    if DVC_FILE.is_file():
-        dvc("checkout", "--quiet", str(DVC_FILE))
+    if DVC_FILE.is_file() and dvc("checkout", "--quiet", str(DVC_FILE)).returncode != 0:
+        print(f"warning: {PUBLISHED} not restored from the DVC cache: `dvc pull {DVC_FILE}`")
 
 
 def share(commit: str) -> str:
     """`git push` when the current branch tracks an upstream; what happened, in words."""
-    upstream = git("rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{u}", check=False)
-    if not upstream.strip():
+    upstream = git("rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{u}", check=False).strip()
+    if not upstream:
         return "no upstream branch: the commit stays here (git push it for remote workers)"
+    remote = git("config", f"branch.{git('branch', '--show-current').strip()}.remote").strip()
+    branch = upstream.removeprefix(f"{remote}/")
     try:
-        git("push", "--quiet")
+        git("push", "--quiet", remote, f"HEAD:{branch}")
     except PipelineError as exc:
         raise PipelineError(
             f"published as commit {commit[:12]} here, but {exc}: push it, and retrain there"
         ) from None
-    return f"pushed to {upstream.strip()}"
+    return f"pushed to {upstream}"
 
 
 def announce(archive: str, found: dict, commit: str) -> str | None:
@@ -217,17 +220,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--checksum", help="its digest as the provider gives it (sha256:HEX or md5:HEX)"
     )
+    parser.add_argument(
+        "--announce", action="store_true",
+        help="when it is already published: push and announce it again (after a failed try)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     check_ready()
-    found = verify(args.archive, args.checksum)
-    if found["sha256"] == current_sha256():
-        print(f"{args.archive.name} (sha256 {found['sha256'][:12]}) is already published")
-        return
-    commit = record(args.archive, found)
-    images = ", ".join(f"{s} {sum(c.values())}" for s, c in found["counts"].items())
-    print(f"published {args.archive.name} ({found['format']}, {images} images) as {commit[:12]}")
+    check_file(args.archive, args.checksum)
+    staged = PUBLISHED.parent / f".{PUBLISHED.name}-{os.getpid()}"  # data/.gitignore: /.*-*
+    staged.mkdir(parents=True)
+    try:
+        copy = staged / args.archive.name  # what is verified is what is committed
+        shutil.copyfile(args.archive, copy)
+        found = verify(copy, args.checksum)
+        if found["sha256"] == current_sha256():
+            commit = git("log", "-1", "--format=%H", "--", str(DVC_FILE)).strip()
+            print(f"{copy.name} (sha256 {found['sha256'][:12]}) is already published: {commit}")
+            if not args.announce:
+                return
+        else:
+            commit = record(staged, copy, found)
+            images = ", ".join(f"{s} {sum(c.values())}" for s, c in found["counts"].items())
+            print(f"published {copy.name} ({found['format']}, {images} images) as {commit[:12]}")
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
     print(share(commit))
-    event = announce(args.archive.name, found, commit)
+    event = announce(copy.name, found, commit)
     if event is None:
         print("PREFECT_API_URL is not set: no event emitted (a scheduled retrain will use it)")
     else:
