@@ -90,7 +90,8 @@ def test_dvc_repro_end_to_end(reproduced, reproduced_once):
         assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == context
         assert f"cifar10-jpg.tar.gz#sha256={run.data.tags['data_sha256']}" in dataset.dataset.source
     assert run.data.params["download.source"] == archive.name  # what CIFAR10_SOURCE supplied
-    assert run.info.run_name.startswith("train-baseline-8.8-1ep-")
+    filters = f"{run.data.params['train.conv_1_filters']}.{run.data.params['train.conv_2_filters']}"
+    assert run.info.run_name.startswith(f"train-baseline-{filters}-1ep-")  # the tuned filters
     assert run.info.run_name != "train"
     assert run.data.tags["mlflow.note.content"].startswith("baseline-8.8-1ep, adam lr")
     assert "system/cpu_utilization_percentage" in run.data.metrics
