@@ -35,7 +35,7 @@ die() { echo "error: $*" >&2; exit 1; }
 
 for tool in podman debootstrap; do
   command -v "$tool" >/dev/null ||
-    die "$tool is not installed (apt-get install podman runc uidmap netavark aardvark-dns debootstrap)"
+    die "$tool is not installed (apt-get install podman runc uidmap netavark aardvark-dns iptables debootstrap)"
 done
 mkdir -p "$WORK"
 cat >"$WORK/containers.conf" <<'EOF'
@@ -45,6 +45,8 @@ default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 runtime = "runc"
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+[network]
+network_backend = "netavark"
 EOF
 export CONTAINERS_CONF=$WORK/containers.conf
 if [[ ! -x $WORK/tools/bin/podman-compose ]]; then
@@ -61,10 +63,13 @@ if [[ ${STACK_CHECK_IMAGES:-standin} == standin ]]; then
     tar -C "$WORK/rootfs" -c . | podman import - "$STANDIN/debian:bookworm" >/dev/null
     rm -rf "$WORK/rootfs"
   fi
+  # the build context: the stand-ins' files and this machine's own certificate authorities
+  rm -rf "$WORK/context" && cp -r docker/stand-ins "$WORK/context" && mkdir "$WORK/context/local-ca"
+  cp /usr/local/share/ca-certificates/*.crt "$WORK/context/local-ca/" 2>/dev/null || true
   for name in python postgres; do
     log "build $STANDIN/$name:bookworm"
     podman build -q --network host -t "$STANDIN/$name:bookworm" \
-      -f "docker/stand-ins/$name.Containerfile" docker/stand-ins >/dev/null
+      -f "$WORK/context/$name.Containerfile" "$WORK/context" >/dev/null
   done
   BASE=(--build-arg "PYTHON_IMAGE=$STANDIN/python:bookworm")
   OVERRIDE=(-f docker/stand-ins/compose.override.yml)

@@ -120,6 +120,25 @@ def test_unsafe_tar_members_are_refused(tmp_path, member, message):
     )
 
 
+def test_without_tarfiles_data_filter_the_same_rules_hold(tmp_path, monkeypatch):
+    """Python before 3.11.4 (Debian 12's 3.11.2, the compose stand-in's) has no 'data'
+    filter: unsafe members are still refused, and modes and owners are made safe."""
+    monkeypatch.delattr(tarfile, "data_filter")
+    monkeypatch.delattr(tarfile, "FilterError")
+    with pytest.raises(PipelineError, match="unsafe archive member .*path leaves the target"):
+        extract(evil_tar(tmp_path / "evil.tar.gz", file_member("../escaped.txt")), tmp_path / "e")
+    archive = tmp_path / "modes.tar"
+    with tarfile.open(archive, "w") as tar:
+        for name, mode in (("cifar10/run.sh", 0o4777), ("cifar10/data.bin", 0o666)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.uname = 1, mode, 4242, "someone"
+            tar.addfile(info, io.BytesIO(b"x"))
+    extract(archive, tmp_path / "x")
+    assert (tmp_path / "x/cifar10/run.sh").stat().st_mode & 0o7777 == 0o755
+    assert (tmp_path / "x/cifar10/data.bin").stat().st_mode & 0o7777 == 0o644
+    assert (tmp_path / "x/cifar10/run.sh").stat().st_uid == os.getuid()
+
+
 def test_link_inside_the_archive_is_allowed(tmp_path):
     archive = evil_tar(
         tmp_path / "ok.tar.gz", link_member("cifar10/train/cat/0001.png", "0000.png")

@@ -128,7 +128,7 @@ def extract(archive: Path, target: Path) -> None:
             _extract_tar(archive, target, limits)
     except (tarfile.ReadError, zipfile.BadZipFile):
         raise PipelineError(f"{archive.name}: not a tar or zip archive") from None
-    except tarfile.FilterError as exc:
+    except getattr(tarfile, "FilterError", ()) as exc:  # Python 3.11.4 and later
         raise PipelineError(f"unsafe archive member: {exc}") from None
     except (EOFError, tarfile.TarError, zipfile.LargeZipFile, lzma.LZMAError, OSError) as exc:
         raise PipelineError(f"{archive.name}: truncated or corrupt archive ({exc})") from None
@@ -150,9 +150,25 @@ def _extract_tar(archive: Path, target: Path, limits: Limits) -> None:
                     limits.add(m.name, m.size if m.isreg() else 0)
                     yield m
 
-            # The 'data' filter enforces the same rules again inside tarfile itself.
             bar = tqdm(checked(), desc="extract", unit="file", disable=None)  # no bar off a tty
-            tf.extractall(target, members=bar, filter="data")
+            if hasattr(tarfile, "data_filter"):
+                # The 'data' filter enforces the same rules again inside tarfile itself.
+                tf.extractall(target, members=bar, filter="data")
+            else:  # Python before 3.11.4 (Debian 12's 3.11.2): its owner and mode rules here
+                tf.extractall(target, members=(_as_data(m) for m in bar))
+
+
+def _as_data(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """What the 'data' filter does besides the checks above, for Pythons without it: the
+    files belong to whoever extracts them (as root, tarfile would give them the archive's
+    owners), without setuid, setgid or sticky bits or write access for others."""
+    member.uid = member.gid = None
+    member.uname = member.gname = None
+    if member.isdir():
+        member.mode = 0o755
+    elif member.isreg() or member.islnk():
+        member.mode = 0o644 | (0o111 if member.mode & 0o100 else 0)
+    return member
 
 
 def _extract_zip(archive: Path, target: Path, limits: Limits) -> None:
