@@ -40,7 +40,11 @@ USER app
 # it holds no credentials to push experiments, so a retrain in it keeps its experiment in the
 # container and pushes its outputs to the DVC remote (`dvc push`); the registered version's
 # `pipeline/` artifacts and the remote restore it anywhere (`cifar10-mlops checkout --remote`).
+# A retrain records a DVC experiment, a git commit: under this name unless the environment
+# gives another (GIT_AUTHOR_NAME, GIT_COMMITTER_EMAIL, ...).
 RUN git config --global --add safe.directory /app \
+ && git config --global user.name "cifar10-mlops retrainer" \
+ && git config --global user.email "retrainer@cifar10-mlops.invalid" \
  && for remote in $(git remote); do git remote remove "$remote"; done
 
 ENTRYPOINT ["tini", "--"]

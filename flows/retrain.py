@@ -112,6 +112,11 @@ def check_workspace() -> bool:
     away someone's uncommitted changes."""
     if not has_commit():
         return False
+    if git("var", "GIT_COMMITTER_IDENT", check=False) == "":
+        raise PipelineError(
+            "git has no user.name and user.email here: a retrain commits its DVC experiment "
+            "(git config --global user.name ...; git config --global user.email ...)"
+        )
     changed = changed_files()
     if changed:
         raise PipelineError(

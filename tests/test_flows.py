@@ -160,6 +160,18 @@ def test_a_workspace_with_uncommitted_changes_is_refused_before_anything_runs(fl
     assert not (flow_project / "data" / "raw").exists()  # download never ran
 
 
+def test_a_checkout_without_a_git_identity_is_refused_before_anything_runs(flow_project):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", EMAIL="")
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.retrain"], capture_output=True, text=True, timeout=120,
+        env=env,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert error_line(result).startswith("error: git has no user.name and user.email here")
+    assert not (flow_project / "data" / "raw").exists()
+
+
 def test_bad_override_leaves_params_unchanged(flow_project):
     before, written = Path("params.yaml").read_bytes(), Path("params.yaml").stat().st_mtime_ns
     with pytest.raises(flow_module.PipelineError, match=r"train.epochs: must be >= 1, got 0"):
