@@ -170,7 +170,8 @@ def status(url, auth=None, body=None):
     headers = {"Content-Type": "application/json"}
     if auth:
         headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
-    request = urllib.request.Request(url, json.dumps(body).encode() if body else None, headers)
+    data = None if body is None else json.dumps(body).encode()  # {} is a POST too
+    request = urllib.request.Request(url, data, headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status, json.loads(response.read() or b"null")
@@ -189,6 +190,7 @@ version = found["model_version"]
 print(f"MLflow: cifar10-cnn v{version['version']} is champion (run {version['run_id']}); 401 without login")
 assert status(f"{prefect}/flows/filter", body={})[0] == 401, "Prefect answered without its auth"
 code, runs = status(f"{prefect}/flow_runs/filter", os.environ["PREFECT_AUTH_STRING"], {})
+assert code == 200, code
 states = sorted(r["state_type"] for r in runs if r["state_type"] != "SCHEDULED")
 assert states == ["COMPLETED"], states
 print(f"Prefect: flow runs {states}; 401 without the auth string")
