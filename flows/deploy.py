@@ -84,10 +84,61 @@ def ensure_pool(name: str) -> None:
         )
 
 
+CRASH_AUTOMATION = "cifar10-mlops: crash retrains that stopped beating"
+ENDED = ("Completed", "Failed", "Cancelled", "Crashed")
+
+
+def ensure_crash_detection() -> None:
+    """The automation that marks a retrain CRASHED when its heartbeats stop (a worker or its
+    machine killed mid-run), which also frees the deployment's one slot for the next run:
+    three heartbeats missed (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, 180 s by default). Made once
+    per server, or updated when the frequency changed."""
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.settings import get_current_settings
+
+    within = timedelta(seconds=3 * get_current_settings().flows.heartbeat_frequency)
+    wanted = Automation(
+        name=CRASH_AUTOMATION,
+        description="Marks a retrain CRASHED after three missed heartbeats (flows/deploy.py)",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in ENDED)},
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": "retrain"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=within,
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {within.total_seconds():.0f} s: its worker stopped",
+            )
+        ],
+    )
+    try:
+        found = Automation.read(name=CRASH_AUTOMATION)
+    except ValueError:
+        found = None
+    if found is None:
+        wanted.create()
+    elif found.trigger.within != within:
+        found.trigger = wanted.trigger
+        found.actions = wanted.actions
+        found.update()
+
+
 def deploy_to_pool(pool: str) -> None:
     from cifar10_mlops.pool import ENTRYPOINT, WorkerCheckout
 
     ensure_pool(pool)
+    ensure_crash_detection()
     checkout = WorkerCheckout(str(Path.cwd()))
     deployment_id = retrain.from_source(checkout, ENTRYPOINT).deploy(
         work_pool_name=pool, concurrency_limit=ONE_AT_A_TIME, ignore_warnings=True,
@@ -100,6 +151,7 @@ def deploy_to_pool(pool: str) -> None:
 
 
 def serve() -> None:
+    ensure_crash_detection()
     retrain.serve(
         global_limit=ONE_AT_A_TIME,
         limit=1,  # this process also starts at most one run at a time

@@ -93,7 +93,9 @@ def test_dvc_repro_end_to_end(reproduced, reproduced_once):
     filters = f"{run.data.params['train.conv_1_filters']}.{run.data.params['train.conv_2_filters']}"
     assert run.info.run_name.startswith(f"train-baseline-{filters}-1ep-")  # the tuned filters
     assert run.info.run_name != "train"
-    assert run.data.tags["mlflow.note.content"].startswith("baseline-8.8-1ep, adam lr")
+    description = run.data.tags["mlflow.note.content"]
+    optimizer = run.data.params["train.optimizer"]
+    assert description.startswith(f"baseline-{filters}-1ep, {optimizer} lr")
     assert "system/cpu_utilization_percentage" in run.data.metrics
     # float32 values as the decimals they stand for: at most 7 significant digits
     for key in ("val_accuracy", "loss", "test_accuracy", "best_val_accuracy"):

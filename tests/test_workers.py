@@ -139,3 +139,82 @@ def test_two_workers_in_two_checkouts_retrain_one_at_a_time(
         assert flow_runs == {str(run1.id), str(run2.id)}
         versions = client.search_model_versions("name = 'cifar10-cnn'")
         assert sorted(v.version for v in versions) == ["1", "2"]
+
+
+def kill_tree(process) -> None:
+    """SIGKILL a process and every process below it, as a machine that dies takes them."""
+    import psutil
+
+    root = psutil.Process(process.pid)
+    for child in root.children(recursive=True):
+        child.kill()
+    root.kill()
+    process.wait()
+
+
+@pytest.mark.long(seconds=300)
+@pytest.mark.extended
+def test_a_worker_killed_mid_run_leaves_a_crashed_run_and_the_next_one_runs(
+    prefect_server, reproduced, tmp_path, migrated_store
+):
+    origin, remote = reproduced, tmp_path / "dvc-remote"
+    run_dvc(origin, "remote", "add", "--local", "--default", "shared", str(remote))
+    run_dvc(origin, "push")
+    pushed_before = sorted(p.relative_to(remote) for p in remote.rglob("*"))
+    a = clone(origin, tmp_path / "checkout-a", remote)
+    b = clone(origin, tmp_path / "checkout-b", remote)
+    backend = f"sqlite:///{place_store(migrated_store, tmp_path / 'mlflow.db')}"
+    with mlflow_server(backend, tmp_path) as (url, _, _):
+        env = {**prefect_server, **IDENTITY, "MLFLOW_TRACKING_URI": url}
+        env["PREFECT_WORKER_QUERY_SECONDS"] = "2"
+        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = "30"  # crashed after 90 s without one
+        for name in ("CIFAR10_SOURCE", "DVC_REMOTE", "MLFLOW_TRACKING_USERNAME"):
+            env.pop(name, None)
+        deployed = subprocess.run(
+            [sys.executable, "-m", "flows.deploy", "--pool", "cpu"], cwd=a, env=env,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        logs = {}
+        with prefect_client(env) as client:
+            deployment = client.read_deployment_by_name("retrain/retrain-weekly")
+
+            def worker(name: str, checkout: Path):
+                logs[name] = tmp_path / f"worker-{name}.log"
+                cmd = [sys.executable, "-m", "flows.worker", "--pool", "cpu", "--name", name]
+                process = start(cmd, logs[name], env, checkout)
+                wait_for(lambda: name in online_workers(client, "cpu"), f"worker {name}",
+                         process, logs[name], seconds=120)  # fmt: skip
+                return process
+
+            killed = worker("a", a)
+            first = client.create_flow_run_from_deployment(deployment.id)
+            wait_for(
+                lambda: "Running stage 'train'" in logs["a"].read_text(),
+                "run 1 training", killed, logs["a"], seconds=180,
+            )  # fmt: skip
+            second = client.create_flow_run_from_deployment(deployment.id)
+            kill_tree(killed)  # the worker and its flow run, mid-training
+            crashed_at = time.monotonic()
+            while client.read_flow_run(first.id).state.type.value != "CRASHED":
+                assert time.monotonic() - crashed_at < 240, client.read_flow_run(first.id).state
+                time.sleep(2)
+            waited = time.monotonic() - crashed_at
+            survivor = worker("b", b)
+            try:
+                deadline = time.monotonic() + 300
+                while client.read_flow_run(second.id).state.type.value not in TERMINAL:
+                    assert time.monotonic() < deadline, client.read_flow_run(second.id).state
+                    time.sleep(3)
+            finally:
+                stop(survivor)
+            run1, run2 = client.read_flow_run(first.id), client.read_flow_run(second.id)
+    assert run1.state.type.value == "CRASHED" and "no heartbeat" in run1.state.message
+    assert 60 < waited < 240, waited
+    assert run2.state.type.value == "COMPLETED", tail(logs["b"], 4000)
+    # the killed run pushed nothing: the remote holds what the origin pushed, and run 2's
+    # experiment; nothing of run 1 (it died before recording)
+    assert not list(remote.rglob("*.tmp")) and not list(remote.rglob("tmp*"))
+    [name] = run_dvc(b, "exp", "list", "--name-only").stdout.split()
+    assert name.endswith(run2.name) and not run_dvc(a, "exp", "list", "--name-only").stdout.split()
+    assert set(pushed_before) <= {p.relative_to(remote) for p in remote.rglob("*")}
