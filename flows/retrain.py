@@ -46,7 +46,8 @@ from cifar10_mlops.prefect_server import check_prefect
 from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.overrides import apply_params
 from cifar10_mlops.repo import (
-    changed_files, dvc, dvc_env, dvc_remote_set, error_line, git, has_commit, remote_args,
+    changed_files, dvc, dvc_checked, dvc_env, dvc_remote_set, git, has_commit, redact,
+    remote_args,
 )  # fmt: skip
 from cifar10_mlops.register import uncached_outputs
 
@@ -200,18 +201,10 @@ def pull() -> str:
     if not dvc_remote_set():
         logger.info("no DVC remote: the stages use this checkout's cache only")
         return "no DVC remote"
-    pulled = dvc("pull", "--allow-missing", *remote_args())
-    if pulled.returncode != 0:
-        reason = redact(error_line(pulled.stderr or pulled.stdout))
-        raise PipelineError(f"dvc pull from the DVC remote failed: {reason}")
+    pulled = dvc_checked("pull", "--allow-missing", *remote_args())
     summary = (pulled.stdout.strip().splitlines() or ["nothing to pull"])[-1]
     logger.info("dvc pull: %s", summary)
     return summary
-
-
-def redact(text: str) -> str:
-    """A git or DVC message without the credentials a remote's URL may carry."""
-    return re.sub(r"://[^/@\s]+@", "://***@", text)
 
 
 @task(task_run_name="record")
@@ -252,11 +245,7 @@ def record(registered: bool) -> dict:
     else:
         result["note"] = "kept in this repository (no git remote to push it to)"
         if dvc_remote_set():  # its outputs still reach the remote: `checkout --remote` finds them
-            pushed = dvc("push", *remote_args())
-            if pushed.returncode != 0:
-                raise PipelineError(
-                    f"dvc push: {redact(error_line(pushed.stderr or pushed.stdout))}"
-                )
+            dvc_checked("push", *remote_args())
             result["note"] += "; its outputs pushed to the DVC remote"
     if registered:
         tag_version(result)

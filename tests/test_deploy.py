@@ -24,6 +24,19 @@ pytestmark = pytest.mark.integration
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
+def until_ended(read, served, log, seconds: float = 420) -> list:
+    """The flow runs `read()` returns, once there are some and each has ended; the serving
+    process must stay up meanwhile."""
+    deadline = time.monotonic() + seconds
+    while True:
+        runs = read()
+        if runs and all(r.state.type.value in TERMINAL for r in runs):
+            return runs
+        assert served.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, [r.state for r in runs]
+        time.sleep(2)
+
+
 def test_served_deployment_is_scheduled_limited_to_one_and_runs(
     prefect_server, reproduced, tmp_path
 ):
@@ -50,15 +63,8 @@ def test_served_deployment_is_scheduled_limited_to_one_and_runs(
             assert deployment.global_concurrency_limit.limit == 1
             assert deployment.parameters == {"force": cfg["force"]}
 
-            runs = [client.create_flow_run_from_deployment(deployment.id) for _ in range(2)]
-            deadline = time.monotonic() + 420
-            while True:
-                runs = [client.read_flow_run(r.id) for r in runs]
-                if all(r.state.type.value in TERMINAL for r in runs):
-                    break
-                assert served.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, [r.state for r in runs]
-                time.sleep(2)
+            created = [client.create_flow_run_from_deployment(deployment.id) for _ in range(2)]
+            runs = until_ended(lambda: [client.read_flow_run(r.id) for r in created], served, log)
     finally:
         stop(served)
 
@@ -120,15 +126,11 @@ def test_a_published_dataset_triggers_a_retrain_that_announces_its_champion(
                 temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}),
                 get_client(sync_client=True) as client,
             ):
-                deadline = time.monotonic() + 420
-                while True:
-                    found = client.read_flow_runs(deployment_filter=deployments)
-                    runs = [r for r in found if "rev" in r.parameters]  # not the schedule's
-                    if runs and all(r.state.type.value in TERMINAL for r in runs):
-                        break
-                    assert served.poll() is None, log.read_text()[-3000:]
-                    assert time.monotonic() < deadline, [r.state for r in runs]
-                    time.sleep(2)
+                runs = until_ended(
+                    lambda: [r for r in client.read_flow_runs(deployment_filter=deployments)
+                             if "rev" in r.parameters],  # not the schedule's
+                    served, log,
+                )  # fmt: skip
         finally:
             stop(served)
 

@@ -12,6 +12,7 @@ the one MLflow server and records a DVC experiment in its own checkout.
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -36,6 +37,40 @@ def clone(origin: Path, dest: Path, remote: Path) -> Path:
     return dest
 
 
+@contextmanager
+def deployed_pool(prefect_server, origin, tmp_path, migrated_store, **extra):
+    """The origin pushed to a DVC remote folder, two clean clones of it (`a`, `b`), an MLflow
+    server, and the deployment on the pool `cpu` made from `a`; yields (a, b, remote, url,
+    the workers' environment)."""
+    remote = tmp_path / "dvc-remote"
+    run_dvc(origin, "remote", "add", "--local", "--default", "shared", str(remote))
+    run_dvc(origin, "push")
+    a = clone(origin, tmp_path / "checkout-a", remote)
+    b = clone(origin, tmp_path / "checkout-b", remote)
+    backend = f"sqlite:///{place_store(migrated_store, tmp_path / 'mlflow.db')}"
+    with mlflow_server(backend, tmp_path) as (url, _, _):
+        env = {**prefect_server, **IDENTITY, "MLFLOW_TRACKING_URI": url, **extra}
+        env["PREFECT_WORKER_QUERY_SECONDS"] = "2"  # workers poll every 2 s, not 10
+        for name in ("CIFAR10_SOURCE", "DVC_REMOTE", "MLFLOW_TRACKING_USERNAME"):
+            env.pop(name, None)
+        deployed = subprocess.run(
+            [sys.executable, "-m", "flows.deploy", "--pool", "cpu"], cwd=a, env=env,
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        assert "created process work pool 'cpu'" in deployed.stdout
+        yield a, b, remote, url, env
+
+
+def start_worker(client, env: dict, name: str, checkout: Path, log: Path):
+    """`python -m flows.worker --pool cpu --name NAME` in `checkout`, once the server sees it
+    online."""
+    cmd = [sys.executable, "-m", "flows.worker", "--pool", "cpu", "--name", name]
+    process = start(cmd, log, env, checkout)
+    wait_for(lambda: name in online_workers(client, "cpu"), f"worker {name}", process, log, 120)
+    return process
+
+
 def prefect_client(env: dict):
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -58,27 +93,9 @@ def online_workers(client, pool: str) -> list[str]:
 def test_two_workers_in_two_checkouts_retrain_one_at_a_time(
     prefect_server, reproduced, tmp_path, migrated_store
 ):
-    origin, remote = reproduced, tmp_path / "dvc-remote"
-    run_dvc(origin, "remote", "add", "--local", "--default", "shared", str(remote))
-    run_dvc(origin, "push")
-    a = clone(origin, tmp_path / "checkout-a", remote)
-    b = clone(origin, tmp_path / "checkout-b", remote)
-    assert not (a / "data" / "raw").exists() and not (b / ".dvc" / "cache").exists()
-
-    backend = f"sqlite:///{place_store(migrated_store, tmp_path / 'mlflow.db')}"
-    with mlflow_server(backend, tmp_path) as (url, _, _):
-        env = {**prefect_server, **IDENTITY, "MLFLOW_TRACKING_URI": url}
-        env["PREFECT_WORKER_QUERY_SECONDS"] = "2"  # workers poll every 2 s, not 10
-        for name in ("CIFAR10_SOURCE", "DVC_REMOTE", "MLFLOW_TRACKING_USERNAME"):
-            env.pop(name, None)
-
-        deployed = subprocess.run(
-            [sys.executable, "-m", "flows.deploy", "--pool", "cpu"], cwd=a, env=env,
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        assert "created process work pool 'cpu'" in deployed.stdout
-
+    origin = reproduced
+    with deployed_pool(prefect_server, origin, tmp_path, migrated_store) as (a, b, _, url, env):
+        assert not (a / "data" / "raw").exists() and not (b / ".dvc" / "cache").exists()
         workers = {}
         try:
             with prefect_client(env) as client:
@@ -91,12 +108,7 @@ def test_two_workers_in_two_checkouts_retrain_one_at_a_time(
 
                 def worker(name: str, checkout: Path):
                     log = tmp_path / f"worker-{name}.log"
-                    cmd = [sys.executable, "-m", "flows.worker", "--pool", "cpu", "--name", name]
-                    workers[name] = (start(cmd, log, env, checkout), log)
-                    wait_for(
-                        lambda: name in online_workers(client, "cpu"), f"worker {name}",
-                        *workers[name], seconds=120,
-                    )  # fmt: skip
+                    workers[name] = (start_worker(client, env, name, checkout, log), log)
 
                 worker("a", a)
                 first = client.create_flow_run_from_deployment(deployment.id)
@@ -157,35 +169,18 @@ def kill_tree(process) -> None:
 def test_a_worker_killed_mid_run_leaves_a_crashed_run_and_the_next_one_runs(
     prefect_server, reproduced, tmp_path, migrated_store
 ):
-    origin, remote = reproduced, tmp_path / "dvc-remote"
-    run_dvc(origin, "remote", "add", "--local", "--default", "shared", str(remote))
-    run_dvc(origin, "push")
-    pushed_before = sorted(p.relative_to(remote) for p in remote.rglob("*"))
-    a = clone(origin, tmp_path / "checkout-a", remote)
-    b = clone(origin, tmp_path / "checkout-b", remote)
-    backend = f"sqlite:///{place_store(migrated_store, tmp_path / 'mlflow.db')}"
-    with mlflow_server(backend, tmp_path) as (url, _, _):
-        env = {**prefect_server, **IDENTITY, "MLFLOW_TRACKING_URI": url}
-        env["PREFECT_WORKER_QUERY_SECONDS"] = "2"
-        env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = "30"  # crashed after 90 s without one
-        for name in ("CIFAR10_SOURCE", "DVC_REMOTE", "MLFLOW_TRACKING_USERNAME"):
-            env.pop(name, None)
-        deployed = subprocess.run(
-            [sys.executable, "-m", "flows.deploy", "--pool", "cpu"], cwd=a, env=env,
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    heartbeat = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}  # crashed after 90 s without one
+    with deployed_pool(prefect_server, reproduced, tmp_path, migrated_store, **heartbeat) as (
+        a, b, remote, _, env,
+    ):  # fmt: skip
+        pushed_before = sorted(p.relative_to(remote) for p in remote.rglob("*"))
         logs = {}
         with prefect_client(env) as client:
             deployment = client.read_deployment_by_name("retrain/retrain-weekly")
 
             def worker(name: str, checkout: Path):
                 logs[name] = tmp_path / f"worker-{name}.log"
-                cmd = [sys.executable, "-m", "flows.worker", "--pool", "cpu", "--name", name]
-                process = start(cmd, logs[name], env, checkout)
-                wait_for(lambda: name in online_workers(client, "cpu"), f"worker {name}",
-                         process, logs[name], seconds=120)  # fmt: skip
-                return process
+                return start_worker(client, env, name, checkout, logs[name])
 
             killed = worker("a", a)
             first = client.create_flow_run_from_deployment(deployment.id)

@@ -32,7 +32,7 @@ from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.files import scratch
 from cifar10_mlops.overrides import apply_params
 from cifar10_mlops.prefect_server import check_prefect
-from cifar10_mlops.repo import changed_files, dvc, dvc_remote_set, error_line, git, has_commit
+from cifar10_mlops.repo import changed_files, dvc, dvc_checked, dvc_remote_set, git, has_commit
 from cifar10_mlops.repo import remote_args
 
 PUBLISHED = Path(download.PUBLISHED)
@@ -118,13 +118,13 @@ def record(staged: Path, archive: Path, found: dict) -> str:
     try:
         shutil.rmtree(PUBLISHED, ignore_errors=True)
         staged.rename(PUBLISHED)
-        _run_dvc("add", str(PUBLISHED))
+        dvc_checked("add", str(PUBLISHED))
         apply_params(
             [f"download.source='{PUBLISHED.as_posix()}/{archive.name}'",
              f"download.checksum='sha256:{found['sha256']}'"],
             PARAMS,
         )  # fmt: skip
-        _run_dvc("push", *remote_args(), str(DVC_FILE))
+        dvc_checked("push", *remote_args(), str(DVC_FILE))
         paths = [str(path) for path in RECORDED if path.exists()]  # DVC's .gitignore, if made
         git("add", "--", *paths)
         message = f"Publish dataset {archive.name} (sha256 {found['sha256'][:12]})"
@@ -133,13 +133,6 @@ def record(staged: Path, archive: Path, found: dict) -> str:
         _restore()
         raise
     return git("rev-parse", "HEAD").strip()
-
-
-def _run_dvc(*args: str) -> None:
-    result = dvc(*args)
-    if result.returncode != 0:
-        reason = error_line(result.stderr or result.stdout)
-        raise PipelineError(f"dvc {args[0]}: {reason}")
 
 
 def _restore() -> None:

@@ -4,6 +4,7 @@ in the repository: one way to call them, to read git's changed files and DVC's e
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,18 @@ def remote_args() -> list[str]:
 def dvc_remote_set() -> bool:
     """Whether DVC has a remote to use: DVC_REMOTE, or the repository's default."""
     return bool(remote_args()) or dvc("remote", "default").returncode == 0
+
+
+def redact(text: str) -> str:
+    """A git or DVC message without the credentials a remote's URL may carry."""
+    return re.sub(r"://[^/@\s]+@", "://***@", text)
+
+
+def dvc_checked(*args: str) -> subprocess.CompletedProcess:
+    """`dvc <args>`; a failure is a PipelineError `dvc <command>: <DVC's error line>`, without
+    credentials."""
+    result = dvc(*args)
+    if result.returncode != 0:
+        reason = redact(error_line(result.stderr or result.stdout))
+        raise PipelineError(f"dvc {args[0]}: {reason}")
+    return result
