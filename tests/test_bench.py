@@ -50,3 +50,22 @@ def test_benchmark_refuses_a_bad_train_value_in_one_line(tmp_path):
     assert result.returncode == 2
     assert error_line(result).endswith("error: --set: train.epochs: must be >= 1, got 0")
     assert not (tmp_path / "bench.json").exists()
+
+
+def test_airbench_reference_refuses_a_file_that_is_not_airbench94(tmp_path):
+    # The reference run adapts airbench's own legacy/airbench94.py; any other file (here the
+    # project's own training code) is named and refused before PyTorch or data are needed.
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    for split in ("train", "test"):
+        (prepared / f"{split}.npz").write_bytes(b"")
+    not_airbench = REPO / "src" / "cifar10_mlops" / "fit.py"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "airbench_reference.py"),
+         "--airbench", str(not_airbench), "--data", str(prepared)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    line = error_line(result)
+    assert line.startswith(f"error: {not_airbench}: not airbench's legacy/airbench94.py")
+    assert "expected exactly one 'import torchvision'" in line
