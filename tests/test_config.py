@@ -23,6 +23,22 @@ def test_repository_params_load_as_typed_config():
     assert params.train.architecture == "fast"
 
 
+def test_search_cost_cap_admits_the_default_network_and_nothing_dearer():
+    # tune.max_mflops is sized to train's default network: a filter search keeps train's
+    # time, and the default itself is never excluded from the search it is the first trial of.
+    from cifar10_mlops.model import build_model, forward_mflops
+
+    params = load_params(REPO / "params.yaml")
+    c1, c2, c3 = params.train.widths
+    default = forward_mflops(
+        build_model("fast", conv_1_filters=c1, conv_2_filters=c2, conv_3_filters=c3)
+    )
+    wider = forward_mflops(
+        build_model("fast", conv_1_filters=c1 + 16, conv_2_filters=c2, conv_3_filters=c3)
+    )
+    assert default <= params.tune.max_mflops < wider
+
+
 def test_flatten_gives_dotted_keys_for_mlflow():
     flat = flatten(load_params(REPO / "params.yaml"))
     assert flat["train.augment.crop"] == 2
