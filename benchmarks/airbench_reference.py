@@ -130,12 +130,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         widths = [int(w) for w in args.widths.split("/")]
         seeds = [int(s) for s in args.seeds.split(",")]
-        if len(widths) != 3 or min(widths) < 1 or args.epochs <= 0:
+        threads_ok = args.threads is None or args.threads >= 1
+        if len(widths) != 3 or min(widths) < 1 or args.epochs <= 0 or not threads_ok:
             raise ValueError
     except ValueError:
         sys.exit(
-            "error: --widths is three positive integers like 64/256/256, --epochs > 0 and "
-            "--seeds integers like 0,1,2"
+            "error: --widths is three positive integers like 64/256/256, --epochs > 0, "
+            "--seeds integers like 0,1,2 and --threads at least 1"
         )
     for split in ("train", "test"):
         if not (args.data / f"{split}.npz").is_file():
