@@ -65,11 +65,22 @@ AIRBENCH94 = {
     "learning_rate": 11.5, "momentum": 0.85, "weight_decay": 0.0153, "bias_lr_scale": 64.0,
     "lr_schedule": "triangle", "warmup_epochs": 2.3, "lr_start": 0.2, "lr_end": 0.07,
     "label_smoothing": 0.2, "dirac_init": True, "whiten_bias_epochs": 3, "lookahead": True,
-    "tta_level": 2, "dropout": 0.0, "early_stopping_patience": None,
+    "tta_level": 2, "head": "airbench94", "dropout": 0.0, "early_stopping_patience": None,
 }  # fmt: skip
-# One ingredient off at a time (airbench's ablations). The last row is the port this one
-# replaced: Keras' own Nesterov SGD at the same step size, its decoupled weight decay
-# (lr x wd per step) and one rate for all weights.
+# airbench94_muon.py's recipe (`make airbench-muon`); see the Makefile for the unit conversion.
+AIRBENCH94_MUON = {
+    "architecture": "fast", "conv_1_filters": 64, "conv_2_filters": 256,
+    "conv_3_filters": 256, "batch_size": 2000, "epochs": 8, "optimizer": "muon",
+    "learning_rate": 5260.0, "muon_learning_rate": 0.24, "muon_momentum": 0.6,
+    "momentum": 0.85, "weight_decay": 0.0157, "bias_lr_scale": 0.0791,
+    "lr_schedule": "triangle", "warmup_epochs": 0.0, "lr_start": 1.0, "lr_end": 0.0,
+    "label_smoothing": 0.2, "dirac_init": True, "whiten_bias_epochs": 3, "lookahead": False,
+    "tta_level": 2, "head": "airbench94_muon", "dropout": 0.0, "early_stopping_patience": None,
+}  # fmt: skip
+# One ingredient off at a time (airbench's ablations); `ablations` leaves out a row that would
+# not change the default and adds the swap to the other optimizer's recipe. The last row is
+# the port this one replaced: Keras' own Nesterov SGD at airbench94's step size, its decoupled
+# weight decay (lr x wd per step) and one rate for all weights.
 ABLATIONS = {
     "bias lr x1": {"bias_lr_scale": 1.0},
     "no dirac init": {"dirac_init": False},
@@ -80,6 +91,41 @@ ABLATIONS = {
     "mirror TTA only": {"tta_level": 1},
     "Keras SGD, decoupled decay": {"optimizer": "nesterov", "weight_decay": 5e-4},
 }
+# Where the two airbench recipes' optimizers differ (the batch and width stay the default's).
+OPTIMIZER_RECIPE = (
+    "optimizer", "learning_rate", "momentum", "weight_decay", "bias_lr_scale",
+    "muon_learning_rate", "muon_momentum", "lr_schedule", "warmup_epochs", "lr_start", "lr_end",
+    "lookahead", "head",
+)  # fmt: skip
+
+
+def ablations(train) -> dict[str, dict]:
+    """ABLATIONS as they apply to `train` (the default): rows that would change nothing are
+    left out; with a Muon default, the bias-rate row too (Muon has no one weights' rate) and
+    the SGD rows start from airbench94's SGD recipe; "Muon"/"SGD" rows swap the optimizer's
+    recipe for the other one's (airbench94's warm-up at its 23 % of the default's epochs)."""
+    from cifar10_mlops.fit import airbench_step_gain
+
+    sgd = {key: AIRBENCH94.get(key, getattr(train, key)) for key in OPTIMIZER_RECIPE}
+    sgd["warmup_epochs"] = round(0.23 * train.epochs, 2)
+    muon = {key: AIRBENCH94_MUON[key] for key in OPTIMIZER_RECIPE}
+    rows = {}
+    if train.optimizer == "muon":
+        rows["airbench94 SGD, not Muon"] = sgd
+    elif train.optimizer == "airbench":
+        rows["Muon, not airbench94 SGD"] = muon
+    base = sgd if train.optimizer == "muon" else {}
+    for name, values in ABLATIONS.items():
+        if train.optimizer == "muon" and name == "bias lr x1":
+            continue
+        if values.get("optimizer") == "nesterov":  # the same Keras step size as airbench's
+            rate = base.get("learning_rate", train.learning_rate)
+            gain = airbench_step_gain(train.batch_size, base.get("momentum", train.momentum))
+            values = {**base, **values, "learning_rate": rate * gain}
+        current = {**dataclasses.asdict(train), **dataclasses.asdict(train.augment)}
+        if any(current[key] != value for key, value in values.items()):
+            rows[name] = values
+    return rows
 
 
 def machine() -> dict:
@@ -300,11 +346,10 @@ def ablation(data, params, *, seeds: int) -> dict:
     """The default training, then each ABLATIONS entry, `seeds` seeds each: final test
     accuracy with the saved model's test-time augmentation; mean and sample spread. A row
     that changes only `tta_level` is inference only: the default's models, scored so."""
-    from cifar10_mlops.fit import airbench_step_gain
     from cifar10_mlops.stage import seed_everything
 
     rows, defaults = {}, []
-    for name, values in {"default": {}, **ABLATIONS}.items():
+    for name, values in {"default": {}, **ablations(params.train)}.items():
         if set(values) == {"tta_level"}:
             accuracies = [
                 run["final_test_accuracy_by_tta_level"][str(values["tta_level"])]
@@ -313,10 +358,6 @@ def ablation(data, params, *, seeds: int) -> dict:
             rows[name] = _row(values, accuracies)
             print(f"[ablation] {name}: {accuracies} (the default's models)", flush=True)
             continue
-        if values.get("optimizer") == "nesterov":  # the same Keras step size as airbench's
-            cfg = params.train
-            gain = airbench_step_gain(cfg.batch_size, cfg.momentum)
-            values = {**values, "learning_rate": cfg.learning_rate * gain}
         accuracies = []
         for seed in range(params.seed, params.seed + seeds):
             seed_everything(seed)

@@ -222,6 +222,7 @@ def tiny_params(**overrides) -> dict:
             "conv_3_filters": None,
             "dense_units": {"min": 16, "max": 32, "step": 16},
             "learning_rate": {"min": 0.0005, "max": 0.005, "sampling": "log"},
+            "muon_learning_rate": None,
             "weight_decay": None,
             "label_smoothing": None,
             "optimizer": {"values": ["adam", "sgd"]},

@@ -69,3 +69,44 @@ def test_airbench_reference_refuses_a_file_that_is_not_airbench94(tmp_path):
     line = error_line(result)
     assert line.startswith(f"error: {not_airbench}: not airbench's legacy/airbench94.py")
     assert "expected exactly one 'import torchvision'" in line
+
+
+def _bench_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_ablation_rows_follow_the_defaults_optimizer():
+    from dataclasses import replace
+
+    from cifar10_mlops.config import load_params
+    from cifar10_mlops.fit import airbench_step_gain
+
+    bench = _bench_module()
+    train = load_params(REPO / "params.yaml").train
+
+    def recipe(values):
+        return replace(train, **{k: v for k, v in values.items() if k in bench.OPTIMIZER_RECIPE})
+
+    sgd, muon = recipe(bench.AIRBENCH94), recipe(bench.AIRBENCH94_MUON)
+    # An SGD default: every ingredient's row, and the swap to Muon's recipe.
+    rows = bench.ablations(sgd)
+    assert set(bench.ABLATIONS) <= set(rows)
+    assert rows["Muon, not airbench94 SGD"]["optimizer"] == "muon"
+    # A Muon default: no row that changes nothing (it has no lookahead) or that Muon lacks
+    # (one weights' rate for the biases to match); the SGD rows start from airbench94's SGD.
+    rows = bench.ablations(muon)
+    assert "no lookahead" not in rows and "bias lr x1" not in rows
+    swap = rows["airbench94 SGD, not Muon"]
+    assert (swap["optimizer"], swap["learning_rate"]) == ("airbench", 11.5)
+    assert swap["head"] == "airbench94" and swap["lookahead"] is True
+    assert swap["warmup_epochs"] == pytest.approx(0.23 * muon.epochs, abs=0.01)
+    keras_sgd = rows["Keras SGD, decoupled decay"]
+    gain = airbench_step_gain(muon.batch_size, 0.85)
+    assert keras_sgd["optimizer"] == "nesterov"
+    assert keras_sgd["learning_rate"] == pytest.approx(11.5 * gain)
+    assert keras_sgd["head"] == "airbench94" and keras_sgd["lookahead"] is True

@@ -62,6 +62,9 @@ def test_flatten_gives_dotted_keys_for_mlflow():
         ({"train.lr_schedule": "linear"}, "train.lr_schedule: must be one of step, cosine"),
         ({"train.label_smoothing": 1.0}, "train.label_smoothing: must be in [0, 1), got 1.0"),
         ({"train.warmup_epochs": -1}, "train.warmup_epochs: must be >= 0, got -1"),
+        ({"train.muon_momentum": 1.0}, "train.muon_momentum: must be in [0, 1), got 1.0"),
+        ({"train.muon_learning_rate": 0}, "train.muon_learning_rate: must be > 0, got 0"),
+        ({"train.head": "vit"}, "train.head: must be one of airbench94, airbench94_muon"),
         ({"train.augment.crop": 20}, "train.augment.crop: must be in [0, 16] pixels, got 20"),
         (
             {"train.architecture": "fast"},

@@ -62,6 +62,20 @@ def test_fast_network_has_whitening_three_blocks_and_no_hidden_dense_layer():
     assert [c.filters for c in convs] == [24, 64, 64, 256, 256, 256, 256]
 
 
+@pytest.mark.parametrize(
+    ("head", "std", "scale"),
+    [("airbench94", 1 / (3 * 64) ** 0.5, 1 / 9), ("airbench94_muon", 1.0, 1 / 64)],
+)
+def test_fast_heads_start_at_their_recipes_scale(head, std, scale):
+    # airbench94: PyTorch's default Linear init (std 1/sqrt(3 fan_in)), logits x 1/9;
+    # airbench94_muon: the init rescaled to std 1, logits / the last block's width.
+    keras.utils.set_random_seed(0)
+    model = build_model("fast", conv_1_filters=16, conv_2_filters=32, conv_3_filters=64, head=head)
+    kernel = keras.ops.convert_to_numpy(model.get_layer("dense").kernel)
+    assert kernel.std() == pytest.approx(std, rel=0.1)
+    assert model.get_layer("logits").scale == pytest.approx(scale)
+
+
 def test_dirac_init_makes_a_fresh_block_the_identity_on_its_first_channels():
     model = build_model("fast", conv_1_filters=32, conv_2_filters=48, conv_3_filters=48)
     dirac_init(model)

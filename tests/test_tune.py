@@ -300,3 +300,21 @@ def test_make_airbench_is_airbench94_as_the_benchmark_runs_it(tmp_path):
     assert train.widths == (64, 256, 256) and train.batch_size == 1024
     assert (train.learning_rate, train.weight_decay, train.momentum) == (11.5, 0.0153, 0.85)
     assert train.bias_lr_scale == 64 and train.tta_level == 2 and train.augment.crop == 2
+
+
+def test_make_airbench_muon_is_airbench94_muon_in_this_projects_units(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tiny = {"tune.space.dense_units": None}
+    train = params_with_makefile_overrides("AIRBENCH_MUON", tmp_path, **tiny).train
+    assert {key: getattr(train, key) for key in bench.AIRBENCH94_MUON} == bench.AIRBENCH94_MUON
+    # airbench94_muon.py: head lr 0.67 and bias lr 0.053 per batch-summed loss, wd 2e-6 x batch.
+    # This project's rates are per 1024 examples and momentum-free: x 1024 (2 - m)/(1 - m).
+    per_unit = 1024 * (2 - train.momentum) / (1 - train.momentum)
+    assert train.learning_rate == pytest.approx(0.67 * per_unit, rel=1e-3)
+    assert train.learning_rate * train.bias_lr_scale == pytest.approx(0.053 * per_unit, rel=1e-3)
+    assert train.weight_decay == pytest.approx(2e-6 * per_unit, rel=1e-2)
+    assert (train.muon_learning_rate, train.muon_momentum, train.batch_size) == (0.24, 0.6, 2000)

@@ -39,7 +39,8 @@ PARAMS_FILE = Path("params.yaml")
 # The names the code dispatches on have one home each: these types. model.py builds the
 # architectures, fit.py the optimizers and schedules.
 Architecture = Literal["baseline", "deeper", "fast"]
-Optimizer = Literal["adam", "sgd", "nesterov", "airbench"]
+Optimizer = Literal["adam", "sgd", "nesterov", "airbench", "muon"]
+Head = Literal["airbench94", "airbench94_muon"]
 Schedule = Literal["step", "cosine", "triangle"]
 ARCHITECTURES: tuple[str, ...] = typing.get_args(Architecture)
 OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
@@ -140,6 +141,8 @@ class TrainConfig:
     momentum: float  # sgd, nesterov, airbench
     weight_decay: float
     bias_lr_scale: float  # airbench: BatchNorm biases' learning rate over the weights'
+    muon_learning_rate: float  # muon: the conv filters' step, relative to their norm
+    muon_momentum: float  # muon: the conv filters' Nesterov momentum
     label_smoothing: float
     early_stopping_patience: int | None
     augment: AugmentConfig
@@ -151,6 +154,7 @@ class TrainConfig:
     whiten_bias_epochs: int  # fast: epochs the whitening layer's bias trains before freezing
     lookahead: bool  # airbench's lookahead: weights pulled to their running average
     tta_level: int  # 0: none, 1: mirror averaging, 2: mirror x 3 translations (6 views)
+    head: Head  # fast: the classifier's init and logit scale
 
     @property
     def widths(self) -> tuple[int, int, int]:
@@ -161,8 +165,10 @@ class TrainConfig:
         at_least(key, "whiten_bias_epochs", self.whiten_bias_epochs, 0)
         if self.tta_level not in (0, 1, 2):
             raise ConfigError(f"{key}.tta_level: must be 0, 1 or 2, got {self.tta_level}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"{key}.momentum: must be in [0, 1), got {self.momentum}")
+        for name in ("momentum", "muon_momentum"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{key}.{name}: must be in [0, 1), got {getattr(self, name)}")
+        positive(key, "muon_learning_rate", self.muon_learning_rate)
         positive(key, "bias_lr_scale", self.bias_lr_scale)
         for name in ("lr_start", "lr_end"):
             if not 0 <= getattr(self, name) <= 1:
@@ -251,6 +257,7 @@ class SearchSpace:
     conv_3_filters: IntRange | None
     dense_units: IntRange | None
     learning_rate: FloatRange | None
+    muon_learning_rate: FloatRange | None
     weight_decay: FloatRange | None
     label_smoothing: FloatRange | None
     optimizer: OptimizerChoice | None

@@ -49,7 +49,7 @@ def triangle_schedule(cfg: TrainConfig, steps_per_epoch: int):
     """airbench's schedule, per step: linear from lr_start x learning_rate up to learning_rate
     at `warmup_epochs`, then linear down to lr_end x learning_rate at the last step."""
     total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = min(max(1, round(cfg.warmup_epochs * steps_per_epoch)), total - 1)
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total - 1)
     return Triangle(cfg.learning_rate, cfg.lr_start, cfg.lr_end, warmup, total)
 
 
@@ -213,6 +213,91 @@ class AirbenchSGD(keras.optimizers.SGD):
         return config
 
 
+# airbench94_muon's quintic Newton-Schulz coefficients (3 iterations).
+NEWTON_SCHULZ = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(matrix, steps: int = 3, eps: float = 1e-7):
+    """airbench94_muon's Newton-Schulz iteration: `matrix` (2-D) with the same singular
+    vectors and its singular values pushed toward 1 (after 3 steps roughly into [0.5, 1.5],
+    which trains as well as exact orthogonalisation)."""
+    a, b, c = NEWTON_SCHULZ
+    x = matrix / (ops.sqrt(ops.sum(ops.square(matrix))) + eps)
+    tall = matrix.shape[0] > matrix.shape[1]
+    if tall:  # iterate on the smaller Gram matrix
+        x = ops.transpose(x)
+    for _ in range(steps):
+        gram = ops.matmul(x, ops.transpose(x))
+        x = a * x + ops.matmul(b * gram + c * ops.matmul(gram, gram), x)
+    return ops.transpose(x) if tall else x
+
+
+class AirbenchMuon(AirbenchSGD):
+    """airbench94_muon's two optimizers (KellerJordan/cifar10-airbench, airbench94_muon.py)
+    as one Keras optimizer.
+
+    - Every trainable 4-D kernel (the 3x3 convolutions) steps with Muon: Nesterov momentum
+      `muon_momentum` on the raw gradient; the kernel is rescaled to norm sqrt(filters) and
+      moved by `muon_learning_rate` x the orthogonalised momentum (its (kh*kw*in, filters)
+      matrix with singular values near 1). No weight decay: the rescaling bounds the weights.
+      The rate follows the schedule as a fraction of its peak.
+    - Everything else steps as AirbenchSGD: the classifier at the schedule's rate, BatchNorm
+      biases and the whitening bias at `bias_lr_scale` x it, L2 decay through the momentum.
+      The whitening bias's rate also falls linearly to 0 over `whiten_bias_steps`.
+    """
+
+    def __init__(
+        self,
+        learning_rate,
+        *,
+        muon_learning_rate: float,
+        muon_momentum: float,
+        whiten_bias_steps: int = 0,
+        **kwargs,
+    ):
+        super().__init__(learning_rate, **kwargs)
+        self.muon_learning_rate = muon_learning_rate
+        self.muon_momentum = muon_momentum
+        self.whiten_bias_steps = whiten_bias_steps
+        self._filters: set[int] = set()
+        self._whiten_bias: set[int] = set()
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._filters = {i for i, v in enumerate(variables) if len(v.shape) == 4}
+        self._whiten_bias = {i for i, v in enumerate(variables) if v.path == "whiten/bias"}
+        self._biases |= self._whiten_bias
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = self._get_variable_index(variable)
+        if index not in self._filters:
+            if index in self._whiten_bias and self.whiten_bias_steps:
+                left = 1 - ops.cast(self.iterations, "float32") / self.whiten_bias_steps
+                learning_rate = learning_rate * ops.maximum(left, 0.0)
+            return super().update_step(gradient, variable, learning_rate)
+        gradient = ops.cast(gradient, variable.dtype)
+        momentum = self.momentums[index]
+        self.assign(momentum, self.muon_momentum * momentum + gradient)
+        nesterov = gradient + self.muon_momentum * momentum
+        filters = variable.shape[-1]
+        update = ops.reshape(orthogonalize(ops.reshape(nesterov, (-1, filters))), variable.shape)
+        norm = ops.sqrt(ops.sum(ops.square(variable)))
+        rate = self.muon_learning_rate * learning_rate / self.peak_learning_rate
+        step = ops.cast(rate, variable.dtype) * update
+        self.assign(variable, variable * (filters**0.5 / norm) - step)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            muon_learning_rate=self.muon_learning_rate,
+            muon_momentum=self.muon_momentum,
+            whiten_bias_steps=self.whiten_bias_steps,
+        )
+        return config
+
+
 class Lookahead(keras.callbacks.Callback):
     """airbench's lookahead: every `every` steps a running average of all the float weights
     (BatchNorm statistics included) moves toward them, `avg = decay*avg + (1-decay)*w`, and the
@@ -291,8 +376,11 @@ def training_callbacks(cfg: TrainConfig, total_steps: int | None) -> list[keras.
     return callbacks
 
 
-def make_optimizer(cfg: TrainConfig, learning_rate=None) -> keras.optimizers.Optimizer:
-    """`cfg`'s optimizer; `learning_rate` (a number or schedule) replaces the constant one."""
+def make_optimizer(
+    cfg: TrainConfig, learning_rate=None, *, whiten_bias_steps: int = 0
+) -> keras.optimizers.Optimizer:
+    """`cfg`'s optimizer; `learning_rate` (a number or schedule) replaces the constant one.
+    `whiten_bias_steps`: muon's whitening bias rate reaches 0 at this step (0: constant)."""
     rate = learning_rate or cfg.learning_rate
     decay = cfg.weight_decay or None
     if cfg.optimizer == "adam":
@@ -301,11 +389,17 @@ def make_optimizer(cfg: TrainConfig, learning_rate=None) -> keras.optimizers.Opt
         return keras.optimizers.SGD(
             rate, momentum=cfg.momentum, nesterov=cfg.optimizer == "nesterov", weight_decay=decay
         )
+    sgd = dict(
+        momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        peak_learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
+        bias_lr_scale=cfg.bias_lr_scale,
+    )  # fmt: skip
     if cfg.optimizer == "airbench":
-        return AirbenchSGD(
-            rate, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-            peak_learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
-            bias_lr_scale=cfg.bias_lr_scale,
+        return AirbenchSGD(rate, **sgd)
+    if cfg.optimizer == "muon":
+        return AirbenchMuon(
+            rate, muon_learning_rate=cfg.muon_learning_rate, muon_momentum=cfg.muon_momentum,
+            whiten_bias_steps=whiten_bias_steps, **sgd,
         )  # fmt: skip
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
@@ -323,6 +417,7 @@ def build_network(cfg: TrainConfig, images: np.ndarray | None = None, *, portabl
         dense_units=cfg.dense_units,
         dropout=cfg.dropout,
         fused_batch_norm=not portable,
+        head=cfg.head,
     )
     if cfg.architecture == "fast":
         if cfg.dirac_init:
@@ -338,8 +433,11 @@ def compile_model(
     """The network and optimizer `cfg` describes; the tuner's hypermodel builds through here.
     `learning_rate` (a number or schedule) replaces cfg's constant one."""
     model = build_network(cfg, images)
+    whiten_steps = 0
+    if images is not None:
+        whiten_steps = cfg.whiten_bias_epochs * steps_per_epoch(len(images), cfg.batch_size)
     model.compile(
-        optimizer=make_optimizer(cfg, learning_rate),
+        optimizer=make_optimizer(cfg, learning_rate, whiten_bias_steps=whiten_steps),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing),
         metrics=["accuracy"],
     )

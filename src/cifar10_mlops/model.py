@@ -67,6 +67,7 @@ def build_model(
     dropout: float = 0.0,
     num_classes: int = NUM_CLASSES,
     fused_batch_norm: bool = False,
+    head: str = "airbench94",
 ) -> keras.Model:
     """Build an uncompiled CNN that maps uint8 images to class probabilities.
 
@@ -84,7 +85,9 @@ def build_model(
       train.whiten_bias_epochs), three blocks of conv-pool-BN-GELU, conv-BN-GELU (c1, c2, c3
       filters), global max-pooling and a linear classifier with a temperature; PyTorch's
       default init (call `dirac_init` for airbench's identity init); no hidden dense layer,
-      so ``dense_units`` is unused.
+      so ``dense_units`` is unused. ``head`` "airbench94" starts the classifier at PyTorch's
+      default init and scales its logits by 1/9; "airbench94_muon" starts it at unit standard
+      deviation and divides the logits by the last block's width (airbench94_muon.py).
 
     ``conv_3_filters`` None means twice ``conv_2_filters``. ``fused_batch_norm`` trains with
     FusedBatchNormalization (faster; see `portable_copy`).
@@ -96,7 +99,7 @@ def build_model(
     x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
     widths = block_widths(conv_1_filters, conv_2_filters, conv_3_filters)
     if architecture == "fast":
-        return _fast(x, inputs, widths, dropout, num_classes, norm)
+        return _fast(x, inputs, widths, dropout, num_classes, norm, head)
     if architecture == "baseline":
         x = _conv_bn_relu(x, conv_1_filters, "valid", norm)
         x = layers.MaxPooling2D(2)(x)
@@ -128,7 +131,7 @@ def _conv_bn_relu(x, filters: int, padding: str, norm):
     return layers.Activation("relu")(x)
 
 
-def _fast(x, inputs, widths, dropout: float, num_classes: int, norm) -> keras.Model:
+def _fast(x, inputs, widths, dropout: float, num_classes: int, norm, head: str) -> keras.Model:
     # airbench's BatchNorm: no learned scale (GELU follows), fast-moving statistics
     # (PyTorch momentum 0.4 is Keras' 0.6). Its eps is 1e-12; TensorFlow's fused kernel
     # needs at least 1e-5, which changes nothing at these variances.
@@ -154,8 +157,14 @@ def _fast(x, inputs, widths, dropout: float, num_classes: int, norm) -> keras.Mo
     x = layers.GlobalMaxPooling2D()(x)
     if dropout > 0:
         x = layers.Dropout(dropout)(x)
-    x = layers.Dense(num_classes, use_bias=False, kernel_initializer=TORCH_INIT, name="dense")(x)
-    x = layers.Rescaling(LOGIT_SCALE, name="logits")(x)
+    if head == "airbench94":
+        init, scale = TORCH_INIT, LOGIT_SCALE
+    elif head == "airbench94_muon":
+        init, scale = keras.initializers.RandomUniform(-(3**0.5), 3**0.5), 1 / widths[-1]
+    else:
+        raise ValueError(f"unknown head {head!r}")
+    x = layers.Dense(num_classes, use_bias=False, kernel_initializer=init, name="dense")(x)
+    x = layers.Rescaling(scale, name="logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name="cifar10_fast")
 

@@ -28,7 +28,8 @@ from cifar10_mlops.model import build_model, forward_mflops
 TRAIN_KEYS = (
     "architecture", "dropout", "batch_size", "val_batch_size", "augment", "precision",
     "lr_schedule", "warmup_epochs", "lr_start", "lr_end", "lr_drop_every", "lr_drop_factor",
-    "lr_min", "momentum", "bias_lr_scale", "dirac_init", "whiten_bias_epochs",
+    "lr_min", "momentum", "bias_lr_scale", "muon_momentum", "head", "dirac_init",
+    "whiten_bias_epochs",
 )  # fmt: skip
 
 
