@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, error_line
+from conftest import REPO, bench_module, error_line
 
 pytestmark = pytest.mark.integration
 
@@ -71,22 +71,13 @@ def test_airbench_reference_refuses_a_file_that_is_not_airbench94(tmp_path):
     assert "expected exactly one 'import torchvision'" in line
 
 
-def _bench_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
 def test_ablation_rows_follow_the_defaults_optimizer():
     from dataclasses import replace
 
     from cifar10_mlops.config import load_params
     from cifar10_mlops.fit import airbench_step_gain
 
-    bench = _bench_module()
+    bench = bench_module()
     train = load_params(REPO / "params.yaml").train
 
     def recipe(values):

@@ -19,6 +19,7 @@ from cifar10_mlops.tune.oracle import BudgetedHyperbandOracle
 from cifar10_mlops.tune.space import mflops
 from conftest import (
     REPO,
+    bench_module,
     error_line,
     forget_tracking_uri,
     once,
@@ -286,16 +287,17 @@ def test_make_study_trains_the_first_phase_without_tuning(tmp_path):
     }  # fmt: skip
 
 
-def test_make_airbench_is_airbench94_as_the_benchmark_runs_it(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def preset_train(variable: str, values: dict, tmp_path):
+    """The `train` config a Makefile preset runs; it must hold exactly bench.py's `values`."""
     # The fast network has no dense layer to search (params.yaml searches none).
     tiny = {"tune.space.dense_units": None}
-    train = params_with_makefile_overrides("AIRBENCH", tmp_path, **tiny).train
-    assert {key: getattr(train, key) for key in bench.AIRBENCH94} == bench.AIRBENCH94
+    train = params_with_makefile_overrides(variable, tmp_path, **tiny).train
+    assert {key: getattr(train, key) for key in values} == values
+    return train
+
+
+def test_make_airbench_is_airbench94_as_the_benchmark_runs_it(tmp_path):
+    train = preset_train("AIRBENCH", bench_module().AIRBENCH94, tmp_path)
     # legacy/airbench94.py's hyp: widths, batch, lr and wd per 1024, momentum, bias scaler.
     assert train.widths == (64, 256, 256) and train.batch_size == 1024
     assert (train.learning_rate, train.weight_decay, train.momentum) == (11.5, 0.0153, 0.85)
@@ -303,14 +305,7 @@ def test_make_airbench_is_airbench94_as_the_benchmark_runs_it(tmp_path):
 
 
 def test_make_airbench_muon_is_airbench94_muon_in_this_projects_units(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    tiny = {"tune.space.dense_units": None}
-    train = params_with_makefile_overrides("AIRBENCH_MUON", tmp_path, **tiny).train
-    assert {key: getattr(train, key) for key in bench.AIRBENCH94_MUON} == bench.AIRBENCH94_MUON
+    train = preset_train("AIRBENCH_MUON", bench_module().AIRBENCH94_MUON, tmp_path)
     # airbench94_muon.py: head lr 0.67 and bias lr 0.053 per batch-summed loss, wd 2e-6 x batch.
     # This project's rates are per 1024 examples and momentum-free: x 1024 (2 - m)/(1 - m).
     per_unit = 1024 * (2 - train.momentum) / (1 - train.momentum)
