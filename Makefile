@@ -68,6 +68,7 @@ STUDY_TUNE := $(STUDY_TRAINING) -S tune.enabled=true -S tune.max_epochs=10 -S tu
   -S 'tune.space.learning_rate={min:0.0001,max:0.001,sampling:log}' \
   -S 'tune.space.optimizer={values:[adam,sgd]}' -S tune.space.conv_3_filters=null \
   -S tune.space.weight_decay=null -S tune.space.label_smoothing=null \
+  -S tune.space.muon_learning_rate=null \
   -S train.epochs=15 -S train.lr_drop_every=15 -S train.early_stopping_patience=3 \
   -S train.use_tuned=true
 

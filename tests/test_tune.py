@@ -230,18 +230,32 @@ def test_plan_counts_the_studys_search():
     assert oracle.plan() == (60, 240)
 
 
-def params_with_makefile_overrides(variable: str, tmp_path, **tiny) -> Params:
-    """Tiny params (with `tiny` overrides) and then the `-S` overrides a Makefile variable
-    passes to `dvc exp run`, applied by DVC's own code, as `dvc exp run -S` applies them."""
+def params_with_makefile_overrides(
+    variable: str, tmp_path, *, repository: bool = False, **tiny
+) -> Params:
+    """Tiny params (with `tiny` overrides; `repository`: params.yaml as committed) and then
+    the `-S` overrides a Makefile variable passes to `dvc exp run`, applied by DVC's own
+    code, as `dvc exp run -S` applies them."""
     from dvc.utils.hydra import apply_overrides
 
     text = (REPO / "Makefile").read_text().replace("\\\n", " ")
     variables = dict(re.findall(r"^(\w+) := (.*)$", text, re.M))
     line = re.sub(r"\$\((\w+)\)", lambda m: variables[m.group(1)], variables[variable])
     path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(tiny_params(**tiny)))
+    base = (REPO / "params.yaml").read_text() if repository else yaml.safe_dump(tiny_params(**tiny))
+    path.write_text(base)
     apply_overrides(path, [arg for arg in shlex.split(line) if arg != "-S"])
     return load_params(path)  # every override names a real key with a valid value
+
+
+@pytest.mark.parametrize("variable", ["STUDY", "STUDY_TUNE", "AIRBENCH", "AIRBENCH_MUON"])
+def test_every_preset_loads_over_the_committed_params(variable, tmp_path):
+    # What `make study` (etc.) runs in a clone: the preset's overrides on params.yaml as
+    # committed. A search entry the preset's optimizer does not use is refused, so each preset
+    # that searches must null the default's other entries.
+    params = params_with_makefile_overrides(variable, tmp_path, repository=True)
+    if params.tune.enabled and params.train.optimizer != "muon":
+        assert params.tune.space.muon_learning_rate is None
 
 
 def test_make_tune_study_is_the_studys_search(tmp_path):

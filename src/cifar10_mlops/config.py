@@ -138,9 +138,10 @@ class TrainConfig:
     lr_drop_every: int
     lr_drop_factor: float
     lr_min: float
-    momentum: float  # sgd, nesterov, airbench
+    momentum: float  # sgd, nesterov, airbench, muon (its SGD part: classifier and biases)
     weight_decay: float
-    bias_lr_scale: float  # airbench: BatchNorm biases' learning rate over the weights'
+    bias_lr_scale: float  # airbench, muon: BatchNorm (muon: and whitening) biases' rate over
+    # learning_rate
     muon_learning_rate: float  # muon: the conv filters' step, relative to their norm
     muon_momentum: float  # muon: the conv filters' Nesterov momentum
     label_smoothing: float
@@ -378,6 +379,13 @@ class Params:
             raise ConfigError(
                 "tune.space.dense_units: the fast architecture has no hidden dense layer; "
                 "set it to null"
+            )
+        space = self.tune.space
+        searched = space.optimizer.values if space.optimizer else [self.train.optimizer]
+        if self.tune.enabled and space.muon_learning_rate is not None and "muon" not in searched:
+            raise ConfigError(
+                "tune.space.muon_learning_rate: only the muon optimizer uses it, and the "
+                f"search trains with {', '.join(searched)}; set it to null"
             )
 
 

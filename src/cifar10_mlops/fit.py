@@ -17,7 +17,13 @@ from keras import ops
 from cifar10_mlops.augment import augment_batch, random_crop_flip
 from cifar10_mlops.config import AugmentConfig, TrainConfig
 from cifar10_mlops.errors import PipelineError
-from cifar10_mlops.model import NUM_CLASSES, build_model, dirac_init, fit_whitening
+from cifar10_mlops.model import (
+    NUM_CLASSES,
+    WHITEN_LAYER,
+    build_model,
+    dirac_init,
+    fit_whitening,
+)
 
 
 def step_schedule(cfg: TrainConfig):
@@ -267,7 +273,7 @@ class AirbenchMuon(AirbenchSGD):
             return
         super().build(variables)
         self._filters = {i for i, v in enumerate(variables) if len(v.shape) == 4}
-        self._whiten_bias = {i for i, v in enumerate(variables) if v.path == "whiten/bias"}
+        self._whiten_bias = {i for i, v in enumerate(variables) if v.path == f"{WHITEN_LAYER}/bias"}
         self._biases |= self._whiten_bias
 
     def update_step(self, gradient, variable, learning_rate):
@@ -338,7 +344,7 @@ class FreezeWhiteningBias(keras.callbacks.Callback):
         self.epochs = epochs
 
     def on_epoch_begin(self, epoch, logs=None):
-        bias = self.model.get_layer("whiten").bias
+        bias = self.model.get_layer(WHITEN_LAYER).bias
         if epoch >= self.epochs and bias.trainable:
             bias.trainable = False
             self.model.make_train_function(force=True)

@@ -29,6 +29,7 @@ BN_MOMENTUM = 0.9
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 WHITEN_PATCH, WHITEN_EPS, LOGIT_SCALE = 2, 5e-4, 1 / 9
+WHITEN_LAYER = "whiten"  # the `fast` network's whitening layer, found by name in training
 # PyTorch's default weight init (kaiming_uniform with a = sqrt(5)): uniform in +-1/sqrt(fan_in).
 TORCH_INIT = keras.initializers.VarianceScaling(1 / 3, mode="fan_in", distribution="uniform")
 
@@ -147,7 +148,7 @@ def _fast(x, inputs, widths, dropout: float, num_classes: int, norm, head: str) 
         mean=list(CIFAR_MEAN), variance=[s**2 for s in CIFAR_STD], name="standardise"
     )(x)
     channels = 2 * WHITEN_PATCH**2 * INPUT_SHAPE[-1]
-    whiten = layers.Conv2D(channels, WHITEN_PATCH, name="whiten")
+    whiten = layers.Conv2D(channels, WHITEN_PATCH, name=WHITEN_LAYER)
     x = layers.Activation("gelu")(whiten(x))
     whiten.kernel.trainable = False  # set by fit_whitening; the bias trains
     for filters in widths:
@@ -190,7 +191,7 @@ def fit_whitening(model: keras.Model, images: np.ndarray, *, sample: int = 5000)
     zero. The layer's outputs are decorrelated with unit variance on the training
     distribution. Takes the first `sample` images.
     """
-    layer = model.get_layer("whiten")
+    layer = model.get_layer(WHITEN_LAYER)
     pixels = (images[:sample].astype(np.float32) / 255 - CIFAR_MEAN) / CIFAR_STD
     windows = np.lib.stride_tricks.sliding_window_view(pixels, (2, 2), axis=(1, 2))
     # (n, 31, 31, channels, kh, kw) -> rows laid out like a Conv2D kernel: (kh, kw, channels)
