@@ -101,3 +101,20 @@ def test_ablation_rows_follow_the_defaults_optimizer():
     assert keras_sgd["optimizer"] == "nesterov"
     assert keras_sgd["learning_rate"] == pytest.approx(11.5 * gain)
     assert keras_sgd["head"] == "airbench94" and keras_sgd["lookahead"] is True
+
+
+def test_study_speed_is_airbench94_at_a_quarter_width_for_four_epochs():
+    # The recipe `make bench` times to the study's accuracy: a valid train config (checked as
+    # params.yaml is), airbench94's in all but widths, epochs and its warm-up's share of them.
+    from cifar10_mlops.config import load_params, replace_checked
+
+    bench = bench_module()
+    params = load_params(REPO / "params.yaml")
+    train = replace_checked(bench.with_train(params, **bench.STUDY_SPEED).train, "train")
+    changed = {k for k, v in bench.STUDY_SPEED.items() if bench.AIRBENCH94[k] != v}
+    assert changed == {"conv_1_filters", "conv_2_filters", "conv_3_filters", "epochs",
+                       "warmup_epochs"}  # fmt: skip
+    assert train.widths == (32, 64, 128) and train.epochs == 4
+    assert train.warmup_epochs / train.epochs == pytest.approx(
+        bench.AIRBENCH94["warmup_epochs"] / bench.AIRBENCH94["epochs"], abs=0.01
+    )
