@@ -478,9 +478,8 @@ def table(results: dict) -> str:
         t = results.get(section)
         if t is None or "skipped" in t:
             continue
-        label = {"time_to_accuracy": "train", "study_speed": "STUDY_SPEED (32/64/128 x 4)"}.get(
-            section, f"airbench94 on {t['device']}"
-        )
+        labels = {"time_to_accuracy": "train", "study_speed": "STUDY_SPEED (32/64/128 x 4)"}
+        label = labels[section] if section in labels else f"airbench94 on {t['device']}"
         for target, point in t["reached"].items():
             reached = "not reached" if point is None else (
                 f"{point['seconds'] / 60:.1f} min (epoch {point['epoch']})")  # fmt: skip
@@ -570,10 +569,10 @@ def main(argv: list[str] | None = None) -> None:
         "data": source,
         "results": results,
     }
-    print(table(results))
     out = args.out or ROOT / "benchmarks" / "results" / (
         f"{report['date'][:10]}-{socket.gethostname()}.json")  # fmt: skip
-    write_json(out, report)
+    write_json(out, report)  # first: the measurements outlast any error in printing them
+    print(table(results))
     print(f"-> {out}")
 
 

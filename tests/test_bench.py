@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -118,3 +119,23 @@ def test_study_speed_is_airbench94_at_a_quarter_width_for_four_epochs():
     assert train.warmup_epochs / train.epochs == pytest.approx(
         bench.AIRBENCH94["warmup_epochs"] / bench.AIRBENCH94["epochs"], abs=0.01
     )
+
+
+def test_table_names_each_timed_training():
+    def timed(final):
+        reached = {"0.8015": {"seconds": 120.0, "epoch": 3}, "0.9": None}
+        return {"reached": reached, "train_seconds": 131.0, "final_test_accuracy": final,
+                "final_val_accuracy": 0.82}  # fmt: skip
+
+    table = bench_module().table(
+        {
+            "time_to_accuracy": timed(0.8992),
+            "study_speed": timed(0.8214),
+            "gpu": {"device": "NVIDIA H100", **timed(0.94)},
+        }  # fmt: skip
+    )
+    rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in table.splitlines())
+    assert rows["train: time to test accuracy 0.8015"] == "2.0 min (epoch 3)"
+    study = "STUDY_SPEED (32/64/128 x 4): whole time / final test / validation accuracy"
+    assert rows[study] == "2.2 min / 0.8214 / 0.8200"
+    assert rows["airbench94 on NVIDIA H100: time to test accuracy 0.9"] == "not reached"
