@@ -1,6 +1,6 @@
 """Training speed of this project against the study's notebook, measured side by side.
 
-    .venv/bin/python benchmarks/bench.py            # all four measurements
+    .venv/bin/python benchmarks/bench.py            # the default sections (SECTIONS)
     .venv/bin/python benchmarks/bench.py --only throughput tracking
 
 1. throughput: images/s in steady state (warm-up steps excluded) of the study's pipeline
@@ -12,9 +12,9 @@
    included; scoring time excluded): wall time until the test accuracy first reaches the
    study's 0.8015, 0.90 and 0.93, and the final accuracy. Needs data/prepared.
 3. study_speed: the study's accuracy the way airbench times its runs, a whole training that
-   ends at or above it: STUDY_SPEED (airbench94's recipe at 32/64/128 for 4 epochs), its
-   training time and final test accuracy, scored as time_to_accuracy scores. Needs
-   data/prepared.
+   ends at or above it: STUDY_SPEED (airbench94's recipe at 32/64/128 for 4 epochs; the
+   rest, augmentation and seed, from params.yaml, not --set), its training time and final
+   test accuracy, scored as time_to_accuracy scores. Needs data/prepared.
 4. tracking: the same short training with and without MLflow logging (a run, its params,
    per-epoch metrics, into a throwaway sqlite store), alternated; the ratio of the medians.
 5. noop_repro: `dvc repro` with nothing to do, in this checkout (needs an up-to-date pipeline).
@@ -474,11 +474,11 @@ def table(results: dict) -> str:
             ("compute ceiling for this network (matmul rate)",
              f"{t['ceiling_images_per_s']:,} img/s"),
         ]  # fmt: skip
+    labels = {"time_to_accuracy": "train", "study_speed": "STUDY_SPEED (32/64/128 x 4)"}
     for section in ("time_to_accuracy", "study_speed", "gpu"):
         t = results.get(section)
         if t is None or "skipped" in t:
             continue
-        labels = {"time_to_accuracy": "train", "study_speed": "STUDY_SPEED (32/64/128 x 4)"}
         label = labels[section] if section in labels else f"airbench94 on {t['device']}"
         for target, point in t["reached"].items():
             reached = "not reached" if point is None else (
@@ -532,7 +532,7 @@ def main(argv: list[str] | None = None) -> None:
     from cifar10_mlops.config import load_params, replace_checked
     from cifar10_mlops.errors import ConfigError
 
-    params = load_params(args.params)
+    params = loaded = load_params(args.params)
     try:
         values = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
         # Checked as params.yaml's train section is: a wrong type or range is one line, not a
@@ -554,7 +554,7 @@ def main(argv: list[str] | None = None) -> None:
         elif name == "time_to_accuracy":
             results[name] = time_to_accuracy(data, params)
         elif name == "study_speed":
-            results[name] = time_to_accuracy(data, with_train(params, **STUDY_SPEED))
+            results[name] = time_to_accuracy(data, with_train(loaded, **STUDY_SPEED))
         elif name == "tracking":
             results[name] = tracking(data, params, images=args.images, repeats=args.repeats)
         elif name == "ablation":

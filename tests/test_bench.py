@@ -53,6 +53,20 @@ def test_benchmark_refuses_a_bad_train_value_in_one_line(tmp_path):
     assert not (tmp_path / "bench.json").exists()
 
 
+def test_benchmark_set_is_checked_against_train_only(tmp_path):
+    # Another optimizer is a valid train value even though params.yaml's search is Muon's:
+    # only `train` runs here, so the run gets past --set (and stops for want of data).
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "bench.py"), "--only", "time_to_accuracy",
+         "--set", "optimizer=airbench", "learning_rate=11.5", "--data", str(tmp_path / "absent"),
+         "--out", str(tmp_path / "bench.json")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert error_line(result).endswith("time_to_accuracy needs " + str(tmp_path / "absent")
+                                       + ": run `dvc repro prepare`")  # fmt: skip
+
+
 def test_airbench_reference_refuses_a_file_that_is_not_airbench94(tmp_path):
     # The reference run adapts airbench's own legacy/airbench94.py; any other file (here the
     # project's own training code) is named and refused before PyTorch or data are needed.

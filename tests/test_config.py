@@ -103,6 +103,19 @@ def test_missing_key_is_an_error_not_a_silent_default(tmp_path):
         load_params(write(tmp_path, params))
 
 
+@pytest.mark.parametrize(
+    "override",
+    [
+        {"tune.enabled": False},  # no search: the entry is unused, not wrong
+        {"tune.space.optimizer": {"values": ["adam", "muon"]}},  # some trials use it
+    ],
+)
+def test_a_muon_search_entry_is_allowed_where_muon_may_train(tmp_path, override):
+    rate = {"tune.space.muon_learning_rate": {"min": 0.1, "max": 0.3, "sampling": "log"}}
+    params = load_params(write(tmp_path, tiny_params(**rate, **override)))
+    assert params.tune.space.muon_learning_rate.max == 0.3
+
+
 def test_integer_is_accepted_where_a_float_is_expected(tmp_path):
     params = load_params(write(tmp_path, tiny_params(**{"train.learning_rate": 1})))
     assert params.train.learning_rate == 1.0 and isinstance(params.train.learning_rate, float)

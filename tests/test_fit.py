@@ -11,6 +11,7 @@ import tensorflow as tf
 from cifar10_mlops import fit
 from cifar10_mlops.config import AugmentConfig, load_params
 from cifar10_mlops.fit import AirbenchSGD, Lookahead, Triangle, make_dataset
+from cifar10_mlops.model import WHITEN_LAYER
 from conftest import REPO
 
 
@@ -180,7 +181,7 @@ def test_the_whitening_bias_trains_for_its_epochs_then_stays_frozen():
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (128, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 128)
     model = fit.compile_model(cfg, x)
-    bias = model.get_layer("whiten").bias
+    bias = model.get_layer(WHITEN_LAYER).bias
     seen = []
 
     class Record(keras.callbacks.Callback):
@@ -246,7 +247,7 @@ def test_muon_moves_a_conv_kernel_at_its_own_rate_along_the_orthogonalised_gradi
 
 
 def test_muon_winds_the_whitening_bias_rate_down_to_zero_over_its_steps():
-    whiten = keras.layers.Conv2D(2, 2, name="whiten")
+    whiten = keras.layers.Conv2D(2, 2, name=WHITEN_LAYER)
     whiten.build((None, 4, 4, 3))
     optimizer = _muon(momentum=0.0, whiten_bias_steps=2)
     moves = []

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from cifar10_mlops.model import (
+    WHITEN_LAYER,
     FusedBatchNormalization,
     build_model,
     dirac_init,
@@ -54,7 +55,7 @@ def test_fast_network_has_whitening_three_blocks_and_no_hidden_dense_layer():
     assert [c.filters for c in convs] == [24, 16, 16, 32, 32, 64, 64]
     # The whitening kernel is fixed; its bias trains (until train.whiten_bias_epochs).
     whiten = convs[0]
-    assert whiten.name == "whiten" and [w.name for w in whiten.trainable_weights] == ["bias"]
+    assert whiten.name == WHITEN_LAYER and [w.name for w in whiten.trainable_weights] == ["bias"]
     assert [d.units for d in model.layers if isinstance(d, keras.layers.Dense)] == [10]
     # airbench94's widths, which a third-block setting makes expressible.
     wide = build_model("fast", conv_1_filters=64, conv_2_filters=256, conv_3_filters=256)
@@ -79,7 +80,9 @@ def test_fast_heads_start_at_their_recipes_scale(head, std, scale):
 def test_dirac_init_makes_a_fresh_block_the_identity_on_its_first_channels():
     model = build_model("fast", conv_1_filters=32, conv_2_filters=48, conv_3_filters=48)
     dirac_init(model)
-    convs = [c for c in model.layers if isinstance(c, keras.layers.Conv2D) and c.name != "whiten"]
+    convs = [
+        c for c in model.layers if isinstance(c, keras.layers.Conv2D) and c.name != WHITEN_LAYER
+    ]
     x = np.random.default_rng(0).normal(size=(2, 8, 8, 32)).astype(np.float32)
     block2 = convs[2]  # 32 -> 48 channels: the identity on the first 32
     out = keras.ops.convert_to_numpy(block2(x))
@@ -96,8 +99,8 @@ def test_whitening_decorrelates_the_patches_it_was_fitted_on():
     images = np.clip(128 + 40 * np.repeat(np.repeat(base, 4, 1), 4, 2), 0, 255).astype(np.uint8)
     model = build_model("fast", conv_1_filters=8, conv_2_filters=8)
     fit_whitening(model, images)
-    assert not model.get_layer("whiten").bias.numpy().any()  # airbench: the bias starts at 0
-    features = keras.Model(model.inputs, model.get_layer("whiten").output)
+    assert not model.get_layer(WHITEN_LAYER).bias.numpy().any()  # airbench: the bias starts at 0
+    features = keras.Model(model.inputs, model.get_layer(WHITEN_LAYER).output)
     out = features.predict(images, verbose=0).reshape(-1, 24)[:, :12]  # the negatives repeat
     # As airbench: the standardised patches' second moment, largest directions first, so
     # unit energy along the well-conditioned directions and no correlation between them.
