@@ -73,7 +73,7 @@ def test_flatten_gives_dotted_keys_for_mlflow():
         (
             {"tune.space.muon_learning_rate": {"min": 0.1, "max": 0.3, "sampling": "log"}},
             "tune.space.muon_learning_rate: only the muon optimizer uses it, and the search "
-            "trains with adam, sgd; set it to null",
+            "trains with adam, sgd; set it to null (-S tune.space.muon_learning_rate=null)",
         ),
         (
             {
@@ -81,7 +81,7 @@ def test_flatten_gives_dotted_keys_for_mlflow():
                 "train.optimizer": "airbench",
                 "tune.space.muon_learning_rate": {"min": 0.1, "max": 0.3, "sampling": "log"},
             },
-            "search trains with airbench; set it to null",
+            "search trains with airbench; set it to null (-S tune.space.muon_learning_rate=null)",
         ),
         ({"prepare.val_fraction": 1.5}, "prepare.val_fraction: must be in (0, 1)"),
         ({"download.checksum": "md5:xyz"}, "download.checksum: expected 'md5:<32 hex>'"),

@@ -140,8 +140,7 @@ class TrainConfig:
     lr_min: float
     momentum: float  # sgd, nesterov, airbench, muon (its SGD part: classifier and biases)
     weight_decay: float
-    bias_lr_scale: float  # airbench, muon: BatchNorm (muon: and whitening) biases' rate over
-    # learning_rate
+    bias_lr_scale: float  # airbench, muon: (BatchNorm, whitening) biases' rate / learning_rate
     muon_learning_rate: float  # muon: the conv filters' step, relative to their norm
     muon_momentum: float  # muon: the conv filters' Nesterov momentum
     label_smoothing: float
@@ -381,11 +380,12 @@ class Params:
                 "set it to null"
             )
         space = self.tune.space
-        searched = space.optimizer.values if space.optimizer else [self.train.optimizer]
+        searched = space.optimizer.values if space.optimizer is not None else [self.train.optimizer]
         if self.tune.enabled and space.muon_learning_rate is not None and "muon" not in searched:
             raise ConfigError(
                 "tune.space.muon_learning_rate: only the muon optimizer uses it, and the "
-                f"search trains with {', '.join(searched)}; set it to null"
+                f"search trains with {', '.join(searched)}; set it to null "
+                "(-S tune.space.muon_learning_rate=null)"
             )
 
 
