@@ -95,6 +95,17 @@ def test_training_epochs_drop_the_last_partial_batch_and_reshuffle():
     assert not np.array_equal(np.concatenate(epochs[0]), np.concatenate(epochs[1]))
 
 
+def test_a_set_smaller_than_one_batch_trains_on_all_of_it_each_epoch():
+    # A search subset (tune.train_per_class) below the batch size: one partial batch per
+    # epoch, every image in it, reshuffled, rather than an epoch of no steps.
+    labels = np.arange(30) % 10  # 3 images of each class
+    dataset = make_dataset(_marked_images(30), labels, 50, seed=0, augment=AUGMENT)
+    epochs = [b[1].numpy().argmax(1) for b in dataset.take(2)]
+    assert fit.steps_per_epoch(30, 50) == 1
+    assert [np.bincount(e, minlength=10).tolist() for e in epochs] == [[3] * 10] * 2
+    assert not np.array_equal(epochs[0], epochs[1])
+
+
 def _one_step(optimizer, gradient, values):
     variables = {name: keras.Variable(value, name=name) for name, value in values.items()}
     before = {name: v.numpy().copy() for name, v in variables.items()}
