@@ -18,10 +18,16 @@
 4. tracking: the same short training with and without MLflow logging (a run, its params,
    per-epoch metrics, into a throwaway sqlite store), alternated; the ratio of the medians.
 5. noop_repro: `dvc repro` with nothing to do, in this checkout (needs an up-to-date pipeline).
-6. ablation (not in the default run): the default training with one airbench ingredient
+6. determinism: the `train` stage's training at params.yaml's settings with TensorFlow's op
+   determinism (params.yaml `deterministic: true`, the default) and without, each in a
+   fresh process (the switch is per process), alternated --repeats times on --images
+   training images: steady-state seconds per epoch of the whole training split (the first
+   10 steps excluded), the medians' ratio, and whether the runs of each mode ended on the
+   same weights (sha256).
+7. ablation (not in the default run): the default training with one airbench ingredient
    switched off at a time (ABLATIONS), --seeds seeds each: final test accuracy, mean and
    spread, as airbench's README reports them. Needs data/prepared; about 12 trainings.
-7. gpu (not in the default run): time_to_accuracy of the airbench94 preset (AIRBENCH94,
+8. gpu (not in the default run): time_to_accuracy of the airbench94 preset (AIRBENCH94,
    the same values as `make airbench`) on the first GPU, mixed precision: the issue's
    "0.94 in 30 s on one H100" check. Needs data/prepared and a GPU.
 
@@ -59,7 +65,9 @@ ROOT = Path(__file__).resolve().parents[1]
 STUDY_ACCURACY = 0.8015  # the study's test accuracy
 STUDY_BATCH = 64
 TARGETS = (STUDY_ACCURACY, 0.90, 0.93, 0.94)
-SECTIONS = ("throughput", "time_to_accuracy", "study_speed", "tracking", "noop_repro")
+SECTIONS = (
+    "throughput", "time_to_accuracy", "study_speed", "tracking", "noop_repro", "determinism",
+)  # fmt: skip
 EXTRA_SECTIONS = ("ablation", "gpu")
 # airbench94's recipe (legacy/airbench94.py) in params.yaml's terms; `make airbench` sets the
 # same values (tests/test_bench.py checks).
@@ -371,7 +379,7 @@ def ablation(data, params, *, seeds: int) -> dict:
             continue
         accuracies = []
         for seed in range(params.seed, params.seed + seeds):
-            seed_everything(seed)
+            seed_everything(seed, deterministic=params.deterministic)
             run = with_train(replace(params, seed=seed), **values)
             result = time_to_accuracy(data, run, probe=False)
             defaults += [result] if name == "default" else []
@@ -445,6 +453,54 @@ def tracking(data, params, *, images: int, repeats: int, epochs: int = 2) -> dic
     }
 
 
+def determinism(args, *, repeats: int, epochs: int = 2) -> dict:
+    """Seconds per epoch with and without op determinism, fresh processes alternated."""
+    runs: dict[str, list[dict]] = {"deterministic": [], "free": []}
+    for _ in range(repeats):
+        for mode in runs:
+            cmd = [
+                sys.executable, __file__, "--determinism-run", mode, "--epochs", str(epochs),
+                "--images", str(args.images), "--data", str(args.data),
+                "--params", str(args.params), *(["--set", *args.set] if args.set else []),
+            ]  # fmt: skip
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                raise RuntimeError(f"determinism run failed: {out.stderr[-1000:]}")
+            runs[mode].append(yaml.safe_load(out.stdout.strip().splitlines()[-1]))
+            print(f"[determinism] {mode}: {runs[mode][-1]}", flush=True)
+    seconds = {m: statistics.median(r["epoch_seconds"] for r in rs) for m, rs in runs.items()}
+    return {
+        "seconds_per_epoch": {m: round(v, 2) for m, v in seconds.items()},
+        "ratio": round(seconds["deterministic"] / seconds["free"], 4),
+        "same_weights": {m: len({r["weights_sha256"] for r in rs}) == 1 for m, rs in runs.items()},
+        "weights_sha256": {
+            m: sorted({r["weights_sha256"][:16] for r in rs}) for m, rs in runs.items()
+        },
+        "runs": repeats, "images": args.images, "epochs": epochs,
+    }  # fmt: skip
+
+
+def determinism_run(args, params, mode: str, epochs: int) -> None:
+    """One training of the determinism section, in this process; prints a JSON line."""
+    import json
+
+    from cifar10_mlops.stage import seed_everything
+    from cifar10_mlops.train import train
+    from cifar10_mlops.weights import weights_sha256
+
+    seed_everything(params.seed, deterministic=mode == "deterministic")
+    (x, y), val, _ = load_data(args.data, args.images)[0]
+    cfg = replace(params.train, epochs=epochs, early_stopping_patience=None)
+    timer = StepTimer(warmup=10)
+    model, _ = train(cfg, (x[: args.images], y[: args.images]), (val[0][:1000], val[1][:1000]),
+                     seed=params.seed, callbacks=[timer])  # fmt: skip
+    rate = timer.rate(cfg.batch_size)
+    print(json.dumps({
+        "epoch_seconds": round(45_000 / rate, 2), "images_per_s": round(rate, 1),
+        "weights_sha256": weights_sha256(model),
+    }))  # fmt: skip
+
+
 def noop_repro(repeats: int = 3) -> dict:
     """`dvc repro` with nothing to do; skipped unless the pipeline is up to date."""
     dvc = [sys.executable, "-m", "dvc"]
@@ -496,6 +552,13 @@ def table(results: dict) -> str:
         t = results["tracking"]
         rows.append(("MLflow tracking overhead", f"{t['overhead']:+.1%} ({t['seconds_with']}s vs "
                                                  f"{t['seconds_without']}s)"))  # fmt: skip
+    if "determinism" in results:
+        t = results["determinism"]
+        per = t["seconds_per_epoch"]
+        rows.append(("seconds per epoch, deterministic / free",
+                     f"{per['deterministic']} / {per['free']} s ({t['ratio']:.2f}x)"))
+        rows.append(("same weights in every run, deterministic / free",
+                     f"{t['same_weights']['deterministic']} / {t['same_weights']['free']}"))
     if "noop_repro" in results:
         t = results["noop_repro"]
         rows.append(("no-op `dvc repro`", t.get("skipped") or f"{t['seconds']} s"))
@@ -525,8 +588,13 @@ def main(argv: list[str] | None = None) -> None:
         "--images", type=int, default=12_800, help="training images per throughput/tracking run"
     )
     parser.add_argument(
-        "--repeats", type=int, default=5, help="alternated rounds of throughput and tracking"
+        "--repeats", type=int, default=5,
+        help="alternated rounds of throughput and tracking (determinism: at most 3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--determinism-run", choices=("deterministic", "free"), help=argparse.SUPPRESS
     )
+    parser.add_argument("--epochs", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     from cifar10_mlops.config import load_params, replace_checked
@@ -540,6 +608,9 @@ def main(argv: list[str] | None = None) -> None:
         params = replace(params, train=replace_checked(with_train(params, **values).train, "train"))
     except (ValueError, TypeError, ConfigError) as exc:
         parser.error(f"--set: {exc}")
+    if args.determinism_run:
+        determinism_run(args, params, args.determinism_run, args.epochs)
+        return
     sections = args.only + ["ablation"] * args.ablate + ["gpu"] * args.gpu
     data, source = load_data(args.data, args.images)
     needs_data = {"time_to_accuracy", "study_speed", "ablation", "gpu"}.intersection(sections)
@@ -561,6 +632,8 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = ablation(data, params, seeds=args.seeds)
         elif name == "gpu":
             results[name] = gpu(data, params)
+        elif name == "determinism":
+            results[name] = determinism(args, repeats=min(args.repeats, 3))
         else:
             results[name] = noop_repro()
     report = {

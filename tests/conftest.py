@@ -436,14 +436,15 @@ def prepared(tmp_path: Path) -> Path:
     return write_prepared(tmp_path / "data" / "prepared")
 
 
-def write_prepared(out: Path) -> Path:
-    """Write a prepared folder (as the prepare stage does) from 20 images per class."""
+def write_prepared(out: Path, test_seed: int = 2) -> Path:
+    """Write a prepared folder (as the prepare stage does) from 20 images per class, and a
+    test split of 4 per class drawn with `test_seed`."""
     from cifar10_mlops.prepare import split_data
     from cifar10_mlops.splits import write_splits
 
     splits = split_data(
         make_images(20, seed=1),
-        make_images(4, seed=2),
+        make_images(4, seed=test_seed),
         val_fraction=0.25,
         train_per_class=None,
         test_per_class=None,
@@ -481,26 +482,39 @@ def in_project(in_empty_project: Path, migrated_store: Path) -> Path:
 
 @pytest.fixture
 def candidate(in_project, params_file):
-    """A function that makes models/{model.keras,run.json} and reports/metrics.json as train
-    and evaluate do, for an untrained model with the test `accuracy` given, logging to the
-    embedded store of in_project; it returns the run id."""
+    """A function that makes models/{model.keras,run.json}, reports/metrics.json and
+    reports/evaluate/test_predictions.npz as train and evaluate do, logging to the embedded
+    store of in_project; it returns the run id. The model is untrained; its test predictions
+    are made up: the first round(accuracy x n) test images classified right (or the images
+    `right`, a boolean per image), the rest as the next class, each with probability
+    `confidence`. The metrics are computed from them as evaluate computes its own."""
     import mlflow
 
-    from cifar10_mlops import evaluate, tracking
+    from cifar10_mlops import evaluate, gate, tracking
     from cifar10_mlops.model import build_model
     from cifar10_mlops.splits import load_split
 
     params = params_file()
     experiment_id = tracking.configure("cifar10-cnn")
 
-    def make(accuracy: float, loss: float = 1.0) -> str:
+    def make(accuracy: float = 0.5, *, right=None, confidence: float = 0.9) -> str:
+        data = Path("data/prepared")
+        if not data.is_dir():
+            write_prepared(data)
+        x, y = test = load_split(data, "test")
+        if right is None:
+            right = np.arange(len(y)) < round(accuracy * len(y))
+        predicted = np.where(right, y, (y + 1) % len(CLASSES))
+        probs = np.full((len(y), len(CLASSES)), (1 - confidence) / (len(CLASSES) - 1))
+        probs[np.arange(len(y)), predicted] = confidence
+        metrics = evaluate.score(y, probs)
         model = build_model(
             "baseline", conv_1_filters=4, conv_2_filters=4, dense_units=8, dropout=0.0
         )
         Path("models").mkdir(exist_ok=True)
         model.save("models/model.keras")
         with mlflow.start_run(experiment_id=experiment_id) as run:
-            mlflow.log_metric("best_val_accuracy", accuracy + 0.01)
+            mlflow.log_metric("best_val_accuracy", metrics["accuracy"] + 0.01)
             mlflow.set_tag("data_sha256", "ab" * 32)
         run_info = {
             "run_id": run.info.run_id,
@@ -508,15 +522,14 @@ def candidate(in_project, params_file):
             "tracking_uri": tracking.tracking_uri(),
         }
         Path("models/run.json").write_text(json.dumps(run_info))
-        metrics = {"accuracy": accuracy, "f1_weighted": accuracy - 0.01, "f1_macro": 0.5}
-        metrics.update(loss=loss, per_class={})
         Path("reports").mkdir(exist_ok=True)
         Path("reports/metrics.json").write_text(json.dumps(metrics))
-        data = Path("data/prepared")
-        if not data.is_dir():
-            write_prepared(data)
-        test = load_split(data, "test")
-        evaluate.log_to_mlflow(run_info, metrics, Path("models/model.keras"), [], test, data)
+        predictions = Path("reports/evaluate/test_predictions.npz")
+        predictions.parent.mkdir(parents=True, exist_ok=True)
+        gate.save_predictions(predictions, gate.Predictions(y, probs, gate.test_digest(x, y)))
+        evaluate.log_to_mlflow(
+            run_info, metrics, Path("models/model.keras"), [predictions], test, data
+        )
         return run.info.run_id
 
     make.params = params

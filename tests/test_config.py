@@ -156,6 +156,9 @@ def test_stage_exits_with_one_line_error_before_any_work(tmp_path, run_module):
         ({"retrain.timezone": "../../etc/passwd"}, "retrain.timezone: unknown time zone"),
         ({"register.model_name": "cnn@champion"}, "register.model_name: 'cnn@champion' is not"),
         ({"register.model_name": "a/b"}, "register.model_name: 'a/b' is not a name"),
+        ({"register.confidence": 1.0}, "register.confidence: must be at least 0.5 and below 1"),
+        ({"register.confidence": 0.2}, "register.confidence: must be at least 0.5 and below 1"),
+        ({"deterministic": "yes"}, "deterministic: expected bool, got str 'yes'"),
         ({"retrain.deployment": "x y"}, "retrain.deployment: 'x y' is not a name"),
         ({"retrain.cron": "\u00b2 * * * *"}, "retrain.cron: minute '\u00b2'"),  # isdigit, not int
         ({"retrain.cron": "5-1 * * * *"}, "retrain.cron: minute '5-1'"),

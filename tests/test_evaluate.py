@@ -5,8 +5,9 @@ import mlflow
 import numpy as np
 import pytest
 
-from cifar10_mlops import evaluate, train
+from cifar10_mlops import evaluate, gate, train
 from cifar10_mlops.dataset import CLASSES
+from cifar10_mlops.splits import load_split
 from conftest import error_line, stage_args
 
 
@@ -72,7 +73,14 @@ def test_evaluate_writes_reports_and_logs_into_the_training_run(in_project, prep
         "evaluation/confusion_matrix.png",
         "evaluation/learning_curves.png",
         "evaluation/metrics.json",
+        "evaluation/test_predictions.npz",
     }
+    # each test image's probabilities, for the promotion gate: the same as the keras model's
+    predictions = gate.load_predictions(in_project / "reports/evaluate/test_predictions.npz")
+    x, y = load_split(prepared, "test")
+    assert predictions.test_sha256 == gate.test_digest(x, y) == run.data.tags["test_sha256"]
+    np.testing.assert_array_equal(predictions.labels, y)
+    assert (predictions.predicted == y).mean() == pytest.approx(metrics["accuracy"])
 
     [logged] = mlflow.search_logged_models(
         experiment_ids=[run.info.experiment_id], output_format="list"
@@ -80,6 +88,10 @@ def test_evaluate_writes_reports_and_logs_into_the_training_run(in_project, prep
     assert logged.source_run_id == run_id
     assert run.data.tags["model_uri"] == logged.model_uri  # what `register` registers
     pyfunc = mlflow.pyfunc.load_model(logged.model_uri)
+    np.testing.assert_allclose(
+        predictions.probabilities, pyfunc.unwrap_python_model().model.predict(x, verbose=0),
+        rtol=1e-5,
+    )
     assert pyfunc.metadata.signature is None  # serving.py checks the input itself
     assert pyfunc.metadata.metadata["classes"] == list(CLASSES)
     images = np.load(prepared / "test.npz")["x"][:5]

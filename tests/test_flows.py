@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -150,7 +151,9 @@ def experiments(project: Path) -> list[dict]:
 
 def test_a_workspace_with_uncommitted_changes_is_refused_before_anything_runs(flow_project):
     params = Path("params.yaml").read_text()
-    Path("params.yaml").write_text(params.replace("min_delta: 0.005", "min_delta: 0.01"))
+    changed = re.sub(r"min_delta: [0-9.]+", "min_delta: 0.01", params)
+    assert changed != params
+    Path("params.yaml").write_text(changed)
     result = subprocess.run(
         [sys.executable, "-m", "flows.retrain"], capture_output=True, text=True, timeout=120
     )
@@ -193,7 +196,7 @@ REFUSED = {
     "+register.new=1": r"^bad parameter override \+register.new=1: params.yaml's keys can be "
     r"set \(KEY=VALUE\), not added \(\+KEY=, \+\+KEY=\) or deleted \(~KEY\)$",
     "register.nope=1": r"^bad parameter override register.nope=1: params.yaml has no "
-    r"register.nope \(register: model_name, metric, min_delta\)$",
+    r"register.nope \(register: model_name, metric, min_delta, confidence\)$",
     "train.epochs=abc": r"^bad parameter override train.epochs=abc: params.yaml: "
     r"train.epochs: expected int, got str 'abc'$",
     # would copy a secret of the flow's environment into params.yaml, MLflow and dvc.lock

@@ -60,8 +60,10 @@ def test_dvc_repro_end_to_end(reproduced, reproduced_once):
     assert "confusion_matrix.png" in html, plots.stdout
     assert "Tuning trials (score by learning rate)" in html and "trials.png" in html
 
-    # train ran with the searched values of the best trial, not params.yaml's.
+    # train ran with the searched values when the search adopted them past its noise check,
+    # else with params.yaml's; either way it links the search
     best = json.loads((pipeline / "models" / "best_hparams.json").read_text())
+    assert best["hyperparameters"] == (best["best_trial_values"] if best["adopted"] else {})
 
     run_id = json.loads((pipeline / "models" / "run.json").read_text())["run_id"]
     mlflow.set_tracking_uri(f"sqlite:///{pipeline}/mlruns/mlflow.db")
@@ -69,7 +71,7 @@ def test_dvc_repro_end_to_end(reproduced, reproduced_once):
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
     assert run.data.params["train.epochs"] == "1"
-    assert run.data.tags["hparams_source"] == "tune"
+    assert run.data.tags["hparams_source"] == ("tune" if best["adopted"] else "params")
     assert run.data.tags["tune_run_id"] == best["mlflow_run_id"]
     for key, value in best["hyperparameters"].items():
         assert run.data.params[f"train.{key}"] == str(value), key

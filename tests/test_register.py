@@ -1,8 +1,8 @@
 """The `register` stage against a real sqlite MLflow registry: versions, aliases, promotion."""
 
 import json
+import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import keras
 import mlflow
@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from cifar10_mlops import register
+from cifar10_mlops import gate, register
 from cifar10_mlops.config import load_params
-from conftest import error_line, make_images, stage_args
+from cifar10_mlops.splits import load_split
+from conftest import error_line, make_images, stage_args, write_prepared
 
 NAME = "cifar10-cnn"
 
@@ -31,60 +32,137 @@ def version_tags(version: int) -> dict[str, str]:
 
 
 def test_first_version_becomes_champion_with_lineage_tags(candidate):
-    run_id = candidate(0.61)
+    run_id = candidate(0.6)
     Path("dvc.lock").write_text("schema: '2.0'\nstages:\n  train:\n    cmd: python -m train\n")
     result = run_register(candidate.params)
 
     assert result["version"] == 1 and result["promoted"] is True
     assert result["aliases"] == ["champion", "challenger"] and result["champion"] == 1
     assert result["champion_before"] is None and result["reason"].startswith("first champion")
+    assert result["gate"] is None
     assert aliases() == {"champion": "1", "challenger": "1"}
     tags = version_tags(1)
-    assert float(tags["test_accuracy"]) == pytest.approx(0.61)
-    assert float(tags["test_f1_weighted"]) == pytest.approx(0.60)
-    assert float(tags["val_accuracy"]) == pytest.approx(0.62)
+    assert float(tags["test_accuracy"]) == pytest.approx(0.6)
+    assert float(tags["val_accuracy"]) == pytest.approx(0.61)
     assert tags["data_sha256"] == "ab" * 32
+    assert tags["test_sha256"] == gate.test_digest(*load_split(Path("data/prepared"), "test"))
     assert tags["model_md5"] == register.file_digest(Path("models/model.keras"), "md5")
     assert tags["dvc_lock_sha256"] == register.lock_digest(Path("dvc.lock"))
     assert len(tags["git_commit"]) > 0
     assert tags["promotion"] == "champion" and tags["promotion_reason"] == result["reason"]
-    assert mlflow.MlflowClient().get_model_version(NAME, "1").run_id == run_id
+    version = mlflow.MlflowClient().get_model_version(NAME, "1")
+    assert version.run_id == run_id
+    assert version.description == "Champion: the first version of cifar10-cnn, so nothing to beat."
 
 
-def test_worse_model_stays_challenger_and_better_one_is_promoted(candidate):
-    candidate(0.61)
+def test_an_identical_retrain_is_not_promoted(candidate):
+    """The same predictions again (a bit-identical retrain): a gain of exactly 0 is not a gain."""
+    candidate(0.6)
     run_register(candidate.params)
+    candidate(0.6)
+    result = run_register(candidate.params)
 
-    candidate(0.55)  # a worse retrain, e.g. one epoch
-    worse = run_register(candidate.params)
-    assert worse["version"] == 2 and worse["promoted"] is False
-    assert worse["aliases"] == ["challenger"] and worse["champion"] == 1
-    assert worse["reason"] == (
-        "kept champion: test accuracy 0.5500 vs champion v1 0.6100, needs 0.0050 better"
+    assert result["promoted"] is False and aliases() == {"champion": "1", "challenger": "2"}
+    g = result["gate"]
+    assert (g["gain"], g["low"], g["high"], g["p_value"]) == (0.0, 0.0, 0.0, 1.0)
+    assert (g["challenger_only"], g["champion_only"], g["images"]) == (0, 0, 40)
+    assert result["reason"] == (
+        "kept champion: test accuracy 0.6000 vs champion v1 0.6000, gain +0.0000, "
+        "95% interval [+0.0000, +0.0000] not above 0 (0 vs 0 images right only, McNemar p 1)"
     )
+
+
+def test_a_small_gain_within_noise_is_not_promoted(candidate):
+    """2 more of 40 test images right: higher accuracy (0.65 vs 0.60), far from significant."""
+    candidate(0.60)
+    run_register(candidate.params)
+    candidate(0.65)
+    result = run_register(candidate.params)
+
+    assert result["promoted"] is False and aliases()["champion"] == "1"
+    g = result["gate"]
+    assert g["gain"] == pytest.approx(0.05) and g["low"] <= 0 < g["high"]
+    assert (g["challenger_only"], g["champion_only"]) == (2, 0)
+    assert g["p_value"] == pytest.approx(0.5)  # McNemar exact: 2 of 2 discordant, two-sided
+    tags = version_tags(2)
+    assert tags["promotion"] == "challenger" and tags["gate_p_value"] == "0.5"
+    assert tags["gate_challenger_only"] == "2" and tags["gate_champion_only"] == "0"
+    assert float(tags["gate_low"]) == pytest.approx(g["low"])
+    assert tags["gate_test_sha256"] == tags["test_sha256"] and tags["gate_champion_version"] == "1"
+    description = mlflow.MlflowClient().get_model_version(NAME, "2").description
+    assert description.startswith("Not promoted: v1 stays champion. On the same 40 test images")
+    assert "2 images only this version classifies right, 0 only the champion" in description
+    assert description.endswith("The lower bound is not above 0: not shown better.")
+
+
+def test_a_clearly_better_model_is_promoted_and_the_history_survives(candidate):
+    candidate(0.40)
+    run_register(candidate.params)
+    candidate(0.90)  # 20 more of 40 images right, none fewer
+    result = run_register(candidate.params)
+
+    assert result["version"] == 2 and result["promoted"] is True
+    assert aliases() == {"champion": "2", "challenger": "2"}
+    g = result["gate"]
+    assert g["gain"] == pytest.approx(0.5) and 0.3 < g["low"] < 0.5 < g["high"] <= 0.7
+    assert g["p_value"] == pytest.approx(2 * 0.5**20)  # 20 of 20 discordant images
+    assert result["reason"].startswith(
+        "promoted: test accuracy 0.9000 vs champion v1 0.4000, gain +0.5000, 95% interval ["
+    )
+    assert version_tags(1)["replaced_by"] == "2" and version_tags(2)["promotion"] == "champion"
+    description = mlflow.MlflowClient().get_model_version(NAME, "2").description
+    assert description.startswith("Promoted to champion over v1.")
+    assert description.endswith("The lower bound is above 0: better beyond noise.")
+
+
+def test_a_worse_model_stays_challenger(candidate):
+    candidate(0.90)
+    run_register(candidate.params)
+    candidate(0.40)
+    result = run_register(candidate.params)
+    assert result["promoted"] is False and result["gate"]["high"] < 0
     assert aliases() == {"champion": "1", "challenger": "2"}
-    assert version_tags(2)["promotion"] == "challenger"
-    assert version_tags(2)["promotion_reason"] == worse["reason"]
 
-    candidate(0.613)  # better, but by less than register.min_delta (0.005)
-    assert run_register(candidate.params)["promoted"] is False
-    assert aliases() == {"champion": "1", "challenger": "3"}
 
-    candidate(0.70)
-    better = run_register(candidate.params)
-    assert better["version"] == 4 and better["promoted"] is True
-    assert (
-        better["reason"]
-        == "promoted: test accuracy 0.7000 vs champion v1 0.6100 (higher by 0.0900)"
+def test_a_champion_tested_on_other_images_is_rescored(candidate):
+    """New data: the champion's logged predictions are for another test split, so its model
+    is scored again on the challenger's test images before the comparison."""
+    candidate(0.9)
+    run_register(candidate.params)
+    shutil.rmtree("data/prepared")
+    write_prepared(Path("data/prepared"), test_seed=7)
+    x, y = load_split(Path("data/prepared"), "test")
+    champion = mlflow.pyfunc.load_model(f"models:/{NAME}/1").unwrap_python_model().model
+    champion_accuracy = float((champion.predict(x, verbose=0).argmax(axis=1) == y).mean())
+
+    candidate(right=np.ones(len(y), bool))  # every new test image right
+    result = run_register(candidate.params)
+
+    g = result["gate"]
+    assert g["champion_rescored"].startswith("it was tested on other images (sha256 ")
+    assert g["champion"] == pytest.approx(champion_accuracy)  # not the 0.9 of its own test set
+    assert g["test_sha256"] == gate.test_digest(x, y) != version_tags(1)["test_sha256"]
+    assert g["challenger_only"] == round((1 - champion_accuracy) * len(y))
+    assert version_tags(2)["gate_champion_rescored"] == g["champion_rescored"]
+
+
+def test_stale_predictions_are_refused(candidate, run_module):
+    candidate(0.6)
+    shutil.rmtree("data/prepared")
+    write_prepared(Path("data/prepared"), test_seed=7)
+    result = run_module(
+        "cifar10_mlops.register", "--params", str(candidate.params), *stage_args("register")
     )
-    assert aliases() == {"champion": "4", "challenger": "4"}
-    # the history survives the alias moves
-    assert version_tags(1)["promotion"] == "champion" and version_tags(1)["replaced_by"] == "4"
-    assert version_tags(2)["promotion"] == "challenger"
+    assert result.returncode == 1
+    assert error_line(result) == (
+        "error: reports/evaluate/test_predictions.npz was made on other test images than "
+        "data/prepared's: rerun the evaluate stage"
+    )
+    assert not Path("reports/registry.json").exists()
 
 
 def test_rerun_for_the_same_training_run_adds_no_version(candidate):
-    candidate(0.61)
+    candidate(0.6)
     first = run_register(candidate.params)
     again = run_register(candidate.params)
     assert again["version"] == first["version"] == 1
@@ -92,31 +170,37 @@ def test_rerun_for_the_same_training_run_adds_no_version(candidate):
     assert len(mlflow.MlflowClient().search_model_versions(f"name = '{NAME}'")) == 1
 
 
-def test_loss_is_minimised_and_margin_is_params():
-    cfg = SimpleNamespace(metric="loss", min_delta=0.05)
-    champion = SimpleNamespace(version="3", tags={"test_loss": "0.80"})
-    assert register.decide(cfg, 0.70, champion)[0] is True
-    assert register.decide(cfg, 0.78, champion)[0] is False
-    assert register.decide(cfg, 0.90, champion)[0] is False
-    untagged = SimpleNamespace(version="3", tags={})
-    assert register.decide(cfg, 0.1, untagged) == (
-        False,
-        "kept: champion v3 has no test_loss tag to compare",
-    )
-
-
-def test_metric_and_margin_come_from_params(candidate, params_file):
-    candidate(0.61)
+def test_loss_is_minimised_and_metric_and_margin_come_from_params(candidate, params_file):
+    candidate(0.6, confidence=0.99)  # confidently wrong on 16 images
     run_register(candidate.params)
-    candidate(0.60, loss=0.5)  # lower accuracy, much lower loss
-    params = params_file(**{"register.metric": "loss", "register.min_delta": 0.1})
-    result = run_register(params)
+    candidate(0.6, confidence=0.5)  # the same classes, hedged: a much lower log loss
+    result = run_register(params_file(**{"register.metric": "loss"}))
     assert result["promoted"] is True and result["metric"] == "test_loss"
-    assert aliases()["champion"] == "2"
+    g = result["gate"]
+    assert g["champion"] > g["challenger"] and g["gain"] == pytest.approx(
+        g["champion"] - g["challenger"]
+    )
+    assert g["low"] > 0 and aliases()["champion"] == "2"
+    # the same gain, but the margin asks for more than the interval gives
+    candidate(0.6, confidence=0.3)
+    strict = run_register(params_file(**{"register.metric": "loss", "register.min_delta": 5.0}))
+    assert strict["promoted"] is False and strict["gate"]["min_delta"] == 5.0
+
+
+def test_weighted_f1_is_compared_on_the_same_images(candidate, params_file):
+    candidate(0.40)
+    run_register(candidate.params)
+    candidate(0.90)
+    result = run_register(params_file(**{"register.metric": "f1_weighted"}))
+    g = result["gate"]
+    assert result["promoted"] is True and g["metric"] == "f1_weighted"
+    metrics = json.loads(Path("reports/metrics.json").read_text())
+    assert g["challenger"] == pytest.approx(metrics["f1_weighted"])
+    assert g["low"] > 0
 
 
 def test_champion_loads_as_pyfunc_and_keras_and_takes_raw_uint8(candidate):
-    candidate(0.61)
+    candidate(0.6)
     run_register(candidate.params)
     images, _ = make_images(2, seed=3)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")

@@ -55,4 +55,6 @@ def test_train_and_tune_share_fit_and_never_import_each_other():
 
 def test_tune_depends_on_exactly_the_params_it_reads():
     train_keys = {f"train.{k}" for k in TRAIN_KEYS + TUNABLE}
-    assert set(STAGES["tune"]["params"]) == {"seed", "tune", "mlflow", *train_keys}
+    assert set(STAGES["tune"]["params"]) == {
+        "seed", "deterministic", "tune", "mlflow", *train_keys
+    }  # fmt: skip

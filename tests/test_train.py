@@ -10,7 +10,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from cifar10_mlops import train
+from cifar10_mlops import tracking, train, weights
+from cifar10_mlops.files import file_digest
 from conftest import error_line, stage_args
 
 
@@ -175,3 +176,48 @@ def test_tuned_values_are_checked_like_params(tmp_path, values, message):
     with pytest.raises(PipelineError) as err:
         train.with_tuned(load_params(REPO / "params.yaml").train, path)
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
+
+
+def test_two_training_processes_give_the_same_weights_bit_for_bit(
+    in_project, prepared, params_file, run_module
+):
+    """The default recipe (fast network, Muon, crop and alternating flip), shrunk: trained in
+    two fresh processes, the weights, model.keras's bytes and every epoch's metrics agree."""
+    params = params_file(**{
+        "train.use_tuned": False, "train.architecture": "fast", "train.optimizer": "muon",
+        "train.learning_rate": 5260.0, "train.weight_decay": 0.0157, "train.conv_1_filters": 8,
+        "train.conv_2_filters": 16, "train.conv_3_filters": 16, "train.epochs": 2,
+        "train.batch_size": 50, "train.tta_level": 2, "tune.space.dense_units": None,
+    })  # fmt: skip
+    runs = []
+    for _ in range(2):
+        result = run_module("cifar10_mlops.train", "--params", str(params), *stage_args("train"))
+        assert result.returncode == 0, result.stderr[-2000:]
+        info = json.loads((in_project / "models" / "run.json").read_text())
+        tracking.connect(info["tracking_uri"])
+        model = in_project / "models" / "model.keras"
+        runs.append({
+            "tag": mlflow.get_run(info["run_id"]).data.tags["weights_sha256"],
+            "run.json": info["weights_sha256"],
+            "file": weights.file_weights_sha256(model),
+            "md5": file_digest(model, "md5"),
+            "history": (in_project / "reports" / "train" / "history.csv").read_text(),
+        })  # fmt: skip
+    first, second = runs
+    assert first["tag"] == first["run.json"] == first["file"]  # what is recorded is the file's
+    assert len(first["tag"]) == 64
+    assert second == first
+    assert float(first["history"].splitlines()[-1].split(",")[2]) > 0.1  # it did learn
+
+
+def test_save_model_writes_the_same_bytes_for_the_same_weights(tmp_path):
+    from cifar10_mlops.model import build_model
+
+    keras.utils.set_random_seed(3)
+    model = build_model("baseline", conv_1_filters=4, conv_2_filters=4, dense_units=8, dropout=0)
+    weights.save_model(model, tmp_path / "a.keras")
+    os.utime(tmp_path / "a.keras", (0, 0))
+    weights.save_model(model, tmp_path / "b.keras")  # another second, another date_saved
+    assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
+    loaded = keras.models.load_model(tmp_path / "b.keras")
+    assert weights.weights_sha256(loaded) == weights.weights_sha256(model)

@@ -78,7 +78,10 @@ def test_search_writes_best_values_trials_and_nested_mlflow_runs(searched):
     in_project = searched
 
     best = json.loads((in_project / "models" / "best_hparams.json").read_text())
-    assert set(best["hyperparameters"]) == set(SEARCHED)
+    assert set(best["best_trial_values"]) == set(SEARCHED)
+    # adopted only past the noise check, which names its numbers either way
+    assert best["hyperparameters"] == (best["best_trial_values"] if best["adopted"] else {})
+    assert best["reason"].startswith("adopted" if best["adopted"] else "kept train's values")
     rows = trials_csv(in_project)
     assert len(rows) == TRIALS and all(r["status"] == "COMPLETED" for r in rows)
     top = max(rows, key=lambda r: float(r["score"]))
@@ -89,6 +92,7 @@ def test_search_writes_best_values_trials_and_nested_mlflow_runs(searched):
     assert (int(first["conv_1_filters"]), first["optimizer"]) == (cfg.conv_1_filters, cfg.optimizer)
     summary = json.loads((in_project / "reports" / "tune" / "summary.json").read_text())
     assert summary["trials"] == TRIALS and summary["epochs_run"] == EPOCHS
+    assert summary["adopted"] == best["adopted"]
     assert summary["best_val_accuracy"] == pytest.approx(best["score"], abs=1e-4)
     for image in ("trials.png", "trials_table.png"):
         assert (in_project / "reports" / "tune" / image).stat().st_size > 10_000
@@ -98,7 +102,8 @@ def test_search_writes_best_values_trials_and_nested_mlflow_runs(searched):
     assert parent.info.status == "FINISHED" and parent.info.run_id == best["mlflow_run_id"]
     assert parent.data.params["tune.max_epochs"] == "2"
     assert parent.data.params["tune.space.learning_rate.sampling"] == "log"
-    assert parent.data.params["best.optimizer"] == best["hyperparameters"]["optimizer"]
+    assert parent.data.params["best.optimizer"] == best["best_trial_values"]["optimizer"]
+    assert parent.data.tags["decision_reason"] == best["reason"]
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best["score"], abs=1e-4)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
     assert {"trials.json", "trials.csv", "trials.png", "trials_table.png"} <= artifacts
@@ -132,7 +137,10 @@ def test_train_uses_the_tuned_values_unless_told_not_to(searched, params_file):
     from cifar10_mlops import train
 
     in_project = searched
-    best = json.loads((in_project / "models" / "best_hparams.json").read_text())["hyperparameters"]
+    path = in_project / "models" / "best_hparams.json"
+    record = json.loads(path.read_text())
+    best = record["best_trial_values"]
+    path.write_text(json.dumps({**record, "adopted": True, "hyperparameters": best}))
     params = params_file()
     train.main(["--params", str(params), *stage_args("train")])
     info = json.loads((in_project / "models" / "run.json").read_text())
@@ -145,6 +153,57 @@ def test_train_uses_the_tuned_values_unless_told_not_to(searched, params_file):
     run = mlflow.get_run(json.loads((in_project / "models" / "run.json").read_text())["run_id"])
     assert run.data.tags["hparams_source"] == "params"
     assert run.data.params["train.conv_1_filters"] == "8"
+
+
+def search_learning_rate(params_file, low: float, high: float, **overrides) -> dict:
+    """A tiny search over Adam's learning rate alone; returns best_hparams.json."""
+    space = {k: None for k in tiny_params()["tune"]["space"]}
+    space["learning_rate"] = {"min": low, "max": high, "sampling": "log"}
+    tune_cli(params_file, **{"tune.space": space, **overrides})
+    return json.loads(Path("models/best_hparams.json").read_text())
+
+
+def test_tied_trials_keep_trains_values(in_project, prepared, params_file, capsys):
+    """Every trial within 1 % of train's learning rate: whatever trial scores best, the check
+    trains both at the trial budget, finds no gain beyond noise and keeps train's values."""
+    from cifar10_mlops import train
+
+    best = search_learning_rate(params_file, 0.001, 0.00101)
+    assert best["adopted"] is False and best["hyperparameters"] == {}
+    check = best["noise_check"]
+    if check is None:  # the best trial was train's own configuration
+        assert best["reason"] == "kept train's values: the best trial is train's own configuration"
+    else:
+        assert check["low"] <= 0 <= check["high"] and check["images"] == 50
+        assert best["reason"].startswith("kept train's values (learning_rate 0.001 -> ")
+        assert f"McNemar p {check['p_value']:.3g}" in best["reason"]
+    [parent] = runs(stage="tune")
+    assert parent.data.tags["decision"] == "kept train's values"
+
+    capsys.readouterr()
+    train.main(["--params", str(params_file()), *stage_args("train")])
+    assert "training with the params.yaml train values: the search kept train's values" in (
+        capsys.readouterr().out
+    )
+    run = mlflow.get_run(json.loads(Path("models/run.json").read_text())["run_id"])
+    assert run.data.tags["hparams_source"] == "params"
+    assert run.data.params["train.learning_rate"] == "0.001"
+
+
+def test_a_clearly_better_value_is_adopted(in_project, prepared, params_file):
+    """train's learning rate mis-set to 1e-7 (nothing is learnt in two epochs): the search's
+    rates learn, and the check adopts them with the numbers behind it."""
+    best = search_learning_rate(
+        params_file, 0.003, 0.01, **{"train.learning_rate": 1e-7, "train.weight_decay": 0.0}
+    )
+    check = best["noise_check"]
+    assert best["adopted"] is True, best["reason"]
+    assert best["hyperparameters"] == best["best_trial_values"]
+    assert 0.003 <= best["hyperparameters"]["learning_rate"] <= 0.01
+    assert check["low"] > 0 and check["challenger_only"] > check["champion_only"]
+    assert best["reason"].startswith("adopted the searched values (learning_rate 1e-07 -> ")
+    [parent] = runs(stage="tune")
+    assert parent.data.metrics["noise_check_low"] == pytest.approx(check["low"])
 
 
 def test_disabled_tuning_skips_the_search_and_train_keeps_its_values(
@@ -256,7 +315,24 @@ PRESETS = re.findall(r"dvc exp run .*\$\((\w+)\)$", (REPO / "Makefile").read_tex
 
 def test_the_makefile_presets_are_all_found():
     # The test below runs once per preset: an empty list would make it pass by running nothing.
-    assert {"STUDY", "STUDY_TUNE", "AIRBENCH", "AIRBENCH_MUON"} <= set(PRESETS)
+    assert {"STUDY", "STUDY_TUNE", "AIRBENCH", "AIRBENCH_MUON", "TUNE_FULL"} <= set(PRESETS)
+
+
+def test_make_tune_full_is_the_budget_the_recovery_benchmark_measured(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "search_recovery", REPO / "benchmarks" / "search_recovery.py"
+    )
+    recovery = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recovery)
+    tune_cfg = params_with_makefile_overrides("TUNE_FULL", tmp_path, repository=True).tune
+    assert {k: getattr(tune_cfg, k) for k in recovery.FULL} == recovery.FULL
+    oracle = BudgetedHyperbandOracle(
+        objective="val_accuracy", max_epochs=tune_cfg.max_epochs, factor=tune_cfg.factor,
+        hyperband_iterations=tune_cfg.hyperband_iterations, worker_timeout=900,
+    )  # fmt: skip
+    assert oracle.plan() == (7, 15)
 
 
 @pytest.mark.parametrize("variable", PRESETS)

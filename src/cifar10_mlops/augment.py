@@ -20,12 +20,17 @@ import tensorflow as tf
 from cifar10_mlops.config import AugmentConfig
 
 
-def augment_batch(images: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
+def augment_batch(images: tf.Tensor, cfg: AugmentConfig, *, seed: tf.Tensor) -> tf.Tensor:
     """Apply `cfg` to a batch: the affine warp when any of its ranges is set, then the crop;
-    the flip rides on whichever warp runs first (the crop alone when neither is set)."""
+    the flip rides on whichever warp runs first (the crop alone when neither is set).
+
+    `seed` (two integers) fixes every draw: the same batch and seed give the same output in any
+    thread, in any order, which keeps training repeatable bit for bit."""
+    warp_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     if cfg.warps:
         images = random_affine(
             images,
+            seed=warp_seed,
             rotation=cfg.rotation,
             shift=cfg.shift,
             shear=cfg.shear,
@@ -34,7 +39,10 @@ def augment_batch(images: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
         )
     if cfg.crop or (cfg.horizontal_flip and not cfg.warps):
         images = random_crop_flip(
-            images, crop=cfg.crop, horizontal_flip=cfg.horizontal_flip and not cfg.warps
+            images,
+            crop=cfg.crop,
+            horizontal_flip=cfg.horizontal_flip and not cfg.warps,
+            seed=crop_seed,
         )
     return images
 
@@ -48,16 +56,18 @@ def affine_params(
     zoom: float,
     horizontal_flip: bool,
     size: int,
+    seed: tf.Tensor,
 ) -> tf.Tensor:
     """Draw `batch` random transforms in ImageProjectiveTransformV3's 8-number form.
 
     Each row maps an output pixel (x, y) to the input pixel it is sampled from:
     ``in = A @ F @ (out - c) + c + t`` with A = rotation @ shear @ zoom, F the optional
-    flip and c the image centre.
+    flip and c the image centre. `seed` (two integers) fixes the draws.
     """
+    seeds = iter(tf.unstack(tf.random.experimental.stateless_split(seed, num=7)))
 
     def uniform(low, high):
-        return tf.random.uniform([batch], low, high)
+        return tf.random.stateless_uniform([batch], next(seeds), low, high)
 
     theta = uniform(-rotation, rotation) * (math.pi / 180)
     skew = uniform(-shear, shear) * (math.pi / 180)
@@ -84,8 +94,10 @@ def random_affine(
     shear: float,
     zoom: float,
     horizontal_flip: bool,
+    seed: tf.Tensor,
 ) -> tf.Tensor:
-    """Warp a batch of images (N, H, W, C), any dtype the op supports, keeping its dtype."""
+    """Warp a batch of images (N, H, W, C), any dtype the op supports, keeping its dtype;
+    `seed` (two integers) fixes the draws."""
     shape = tf.shape(images)
     transforms = affine_params(
         shape[0],
@@ -95,6 +107,7 @@ def random_affine(
         zoom=zoom,
         horizontal_flip=horizontal_flip,
         size=images.shape[1],
+        seed=seed,
     )
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images,
@@ -107,24 +120,30 @@ def random_affine(
 
 
 def random_crop_flip(
-    images: tf.Tensor, *, crop: int, horizontal_flip: bool = False, flip: tf.Tensor | None = None
+    images: tf.Tensor,
+    *,
+    crop: int,
+    seed: tf.Tensor,
+    horizontal_flip: bool = False,
+    flip: tf.Tensor | None = None,
 ) -> tf.Tensor:
     """Pad-and-crop plus mirror for a batch (N, H, W, C), as one whole-pixel warp.
 
     Equivalent to reflect-padding each image by `crop` pixels, cutting a random H x W window
     from it and flipping half of the windows (`horizontal_flip`), or the images where `flip`
     (a boolean per image) is true, but done with one translation per image, so no padded copy
-    of the batch is made.
+    of the batch is made. `seed` (two integers) fixes the draws.
     """
+    shift_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     batch = tf.shape(images)[0]
     size = images.shape[1]
-    shift = tf.random.uniform([batch, 2], -crop, crop + 1, dtype=tf.int32)
+    shift = tf.random.stateless_uniform([batch, 2], shift_seed, -crop, crop + 1, dtype=tf.int32)
     tx, ty = tf.unstack(tf.cast(shift, tf.float32), axis=1)
     ones, zeros = tf.ones([batch]), tf.zeros([batch])
     if flip is not None:
         flip = tf.where(flip, -1.0, 1.0)
     elif horizontal_flip:
-        flip = tf.where(tf.random.uniform([batch]) < 0.5, -1.0, 1.0)
+        flip = tf.where(tf.random.stateless_uniform([batch], flip_seed) < 0.5, -1.0, 1.0)
     else:
         flip = ones
     # x_in = flip * x_out + offset: the flip mirrors about the centre, then shifts.

@@ -4,6 +4,7 @@ cifar10-mlops predict IMAGE|FOLDER ... [--model URI] [--format table|json]
 cifar10-mlops request IMAGE|FOLDER ... > body.json   # for curl against the served model
 cifar10-mlops serve [--model URI] [--host 127.0.0.1] [--port 5001]   # MLflow's, with limits
 cifar10-mlops checkout MODEL_URI [--remote NAME] [--force]   # the pipeline state of a version
+cifar10-mlops verify MODEL_URI [--tune] [--remote NAME]   # rebuild its weights, compare them
 cifar10-mlops publish-data ARCHIVE [--checksum sha256:HEX]   # a new dataset version, announced
 """
 
@@ -27,6 +28,12 @@ def _checkout(argv: list[str]) -> None:
     checkout.main(argv)
 
 
+def _verify(argv: list[str]) -> None:
+    from cifar10_mlops import verify  # imports MLflow
+
+    verify.main(argv)
+
+
 def _publish(argv: list[str]) -> None:
     from cifar10_mlops import publish  # imports DVC's and Prefect's clients
 
@@ -35,7 +42,7 @@ def _publish(argv: list[str]) -> None:
 
 COMMANDS = {
     "predict": predict.main, "request": predict.request_main, "serve": _serve,
-    "checkout": _checkout, "publish-data": _publish,
+    "checkout": _checkout, "verify": _verify, "publish-data": _publish,
 }  # fmt: skip
 
 

@@ -282,6 +282,11 @@ class SearchSpace:
 TUNABLE: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SearchSpace))
 
 
+def check_confidence(key: str, confidence: float) -> None:
+    if not 0.5 <= confidence < 1:
+        raise ConfigError(f"{key}.confidence: must be at least 0.5 and below 1, got {confidence}")
+
+
 @dataclass(frozen=True)
 class TuneConfig:
     enabled: bool
@@ -294,6 +299,7 @@ class TuneConfig:
     train_per_class: int | None
     max_mflops: float | None
     first_trial_from_train: bool
+    confidence: float  # of the interval the best trial's gain over train's values must clear
     space: SearchSpace
     worker_timeout: float  # seconds a distributed worker may go silent before losing its trial
 
@@ -310,6 +316,7 @@ class TuneConfig:
         if self.max_mflops is not None:
             positive(key, "max_mflops", self.max_mflops)
         between(key, "worker_timeout", self.worker_timeout, 0, MAX_DEADLINE, low_open=True)
+        check_confidence(key, self.confidence)
 
 
 @dataclass(frozen=True)
@@ -324,12 +331,14 @@ class EvaluateConfig:
 class RegisterConfig:
     model_name: str
     metric: Literal["accuracy", "f1_weighted", "f1_macro", "loss"]  # on the test split
-    min_delta: float  # how much better than the champion a challenger must be
+    min_delta: float  # the gain's interval must lie above this for a promotion
+    confidence: float  # of that two-sided interval
 
     def check(self, key: str) -> None:
         check_name(key, "model_name", self.model_name)
         if not self.min_delta >= 0:
             raise ConfigError(f"{key}.min_delta: must be >= 0, got {self.min_delta}")
+        check_confidence(key, self.confidence)
 
 
 @dataclass(frozen=True)
@@ -363,6 +372,7 @@ class MlflowConfig:
 @dataclass(frozen=True)
 class Params:
     seed: int
+    deterministic: bool
     download: DownloadConfig
     prepare: PrepareConfig
     tune: TuneConfig

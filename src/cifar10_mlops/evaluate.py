@@ -4,7 +4,9 @@ Reads  models/model.keras, models/run.json (from `train`), reports/train/history
        data/prepared/test.npz, params.yaml `evaluate`.
 Writes reports/metrics.json (loss, accuracy, weighted and macro F1, per-class precision,
        recall and F1), reports/evaluate/predictions.csv (actual vs predicted, for DVC's
-       confusion plot), reports/evaluate/confusion_matrix.png and learning_curves.png.
+       confusion plot), reports/evaluate/test_predictions.npz (each test image's label and
+       class probabilities, and the test split's digest: what `register` compares champion and
+       challenger on), reports/evaluate/confusion_matrix.png and learning_curves.png.
 Logs all of it, and the model (serving.py's pyfunc around model.keras), into the training
 run's MLflow run, so that one run holds the whole story.
 """
@@ -21,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
 
-from cifar10_mlops import lineage, tracking
+from cifar10_mlops import gate, lineage, tracking
 from cifar10_mlops.config import load_params
 from cifar10_mlops.dataset import CLASSES
 from cifar10_mlops.errors import PipelineError
@@ -145,6 +147,7 @@ def log_to_mlflow(
         for path in files:
             mlflow.log_artifact(str(path), artifact_path="evaluation")
         mlflow.set_tag("model_uri", info.model_uri)  # what `register` registers
+        mlflow.set_tag("test_sha256", gate.test_digest(*test))
     return info.model_uri
 
 
@@ -174,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
         __doc__, data="prepare's output folder", model="train's model.keras",
         run_info="train's run.json", history="train's history.csv",
         metrics="metrics.json to write", plots="folder for plots and predictions",
+        predictions="test_predictions.npz to write (for the promotion gate)",
     )  # fmt: skip
     args = parser.parse_args(argv)
     cfg = load_params(args.params).evaluate
@@ -195,12 +199,14 @@ def main(argv: list[str] | None = None) -> None:
         writer = csv.writer(fh)
         writer.writerow(["actual", "predicted"])
         writer.writerows((CLASSES[a], CLASSES[p]) for a, p in zip(y, probs.argmax(axis=1)))
+    gate.save_predictions(args.predictions, gate.Predictions(y, probs, gate.test_digest(x, y)))
     plot_confusion(y, probs.argmax(axis=1), args.plots / "confusion_matrix.png")
     plot_curves(read_history(args.history), args.plots / "learning_curves.png")
     write_json(args.metrics, metrics)
 
     run_info = json.loads(args.run_info.read_text())
-    files = [args.metrics, args.plots / "confusion_matrix.png", args.plots / "learning_curves.png"]
+    files = [args.metrics, args.predictions, args.plots / "confusion_matrix.png"]
+    files.append(args.plots / "learning_curves.png")
     log_to_mlflow(run_info, metrics, args.model, files, (x, y), args.data)
     print(
         f"test accuracy {metrics['accuracy']:.4f}, weighted F1 {metrics['f1_weighted']:.4f}, "

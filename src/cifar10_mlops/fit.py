@@ -125,15 +125,18 @@ def make_dataset(
             tf.range(n), seed=tf.stack([tf.constant(seed, tf.int64), e])
         )
         batches = tf.data.Dataset.from_tensor_slices(order[: steps * batch_size])
-        return batches.batch(batch_size).map(lambda idx: (idx, e))
+        return batches.batch(batch_size).enumerate().map(lambda b, idx: (idx, e, e * steps + b))
 
-    def transform(idx, e):
+    def transform(idx, e, step):
+        # Each batch's draws come from (seed, its global step) alone, not from a random state
+        # that parallel map calls would consume in whatever order their threads run.
+        draws = tf.stack([tf.constant(seed, tf.int64), step])
         batch = tf.gather(images, idx)
         if alternate:
             flip = tf.not_equal(tf.gather(first_flip, idx), tf.equal(e % 2, 1))
-            batch = random_crop_flip(batch, crop=augment.crop, flip=flip)
+            batch = random_crop_flip(batch, crop=augment.crop, flip=flip, seed=draws)
         else:
-            batch = augment_batch(batch, augment)
+            batch = augment_batch(batch, augment, seed=draws)
         return batch, tf.gather(labels, idx)
 
     ds = tf.data.Dataset.counter().flat_map(epoch)

@@ -30,8 +30,14 @@ CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 WHITEN_PATCH, WHITEN_EPS, LOGIT_SCALE = 2, 5e-4, 1 / 9
 WHITEN_LAYER = "whiten"  # the `fast` network's whitening layer, found by name in training
-# PyTorch's default weight init (kaiming_uniform with a = sqrt(5)): uniform in +-1/sqrt(fan_in).
-TORCH_INIT = keras.initializers.VarianceScaling(1 / 3, mode="fan_in", distribution="uniform")
+
+
+def torch_init() -> keras.initializers.Initializer:
+    """PyTorch's default weight init (kaiming_uniform with a = sqrt(5)): uniform in
+    +-1/sqrt(fan_in). A new one per layer, made after seeding: an initializer made without a
+    seed draws its own from Python's random when it is created, so one made at import time
+    would make every training's weights differ."""
+    return keras.initializers.VarianceScaling(1 / 3, mode="fan_in", distribution="uniform")
 
 
 class FusedBatchNormalization(layers.BatchNormalization):
@@ -141,7 +147,7 @@ def _fast(x, inputs, widths, dropout: float, num_classes: int, norm, head: str) 
 
     def conv(h, filters):
         return layers.Conv2D(
-            filters, 3, padding="same", use_bias=False, kernel_initializer=TORCH_INIT
+            filters, 3, padding="same", use_bias=False, kernel_initializer=torch_init()
         )(h)
 
     x = layers.Normalization(
@@ -159,7 +165,7 @@ def _fast(x, inputs, widths, dropout: float, num_classes: int, norm, head: str) 
     if dropout > 0:
         x = layers.Dropout(dropout)(x)
     if head == "airbench94":
-        init, scale = TORCH_INIT, LOGIT_SCALE
+        init, scale = torch_init(), LOGIT_SCALE
     elif head == "airbench94_muon":
         init, scale = keras.initializers.RandomUniform(-(3**0.5), 3**0.5), 1 / widths[-1]
     else:

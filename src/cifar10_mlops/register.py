@@ -2,31 +2,40 @@
 replaces the champion.
 
 Reads  models/run.json (the training run, which `evaluate` logged the model into),
-       reports/metrics.json (test metrics), models/model.keras (for its checksum), dvc.lock
-       (upstream stages' checksum), params.yaml `register`; dvc.yaml, for the list of the
+       reports/metrics.json (test metrics), reports/evaluate/test_predictions.npz (each test
+       image's class probabilities), data/prepared (the test split, to re-score a champion
+       tested on other images), models/model.keras (for its checksum), dvc.lock (upstream
+       stages' checksum), params.yaml `register` and `seed`; dvc.yaml, for the list of the
        `cache: false` outputs it copies into the run.
-Writes reports/registry.json: the version, its aliases and the promotion decision with reason;
-       params.yaml, dvc.lock and dvc.yaml's `cache: false` outputs (metrics, plot data, this
-       registry.json) into the version's run (`pipeline/`), from which
-       `cifar10-mlops checkout <model URI>` restores the pipeline state that made the version.
+Writes reports/registry.json: the version, its aliases and the promotion decision with the
+       comparison behind it; params.yaml, dvc.lock and dvc.yaml's `cache: false` outputs
+       (metrics, plot data, this registry.json) into the version's run (`pipeline/`), from
+       which `cifar10-mlops checkout <model URI>` restores the pipeline state that made it.
 
 The model becomes a new version of `register.model_name` with the alias `challenger` (the
-latest candidate). It also takes `champion` when there is none yet, or when it beats the
-champion's test `register.metric` by at least `register.min_delta`. Aliases move; so that the
-history survives them, each version keeps its decision in tags (`promotion`, `promotion_reason`,
-and `replaced_by` on a champion that lost its alias).
+latest candidate). It also takes `champion` when there is none yet, or when it is better beyond
+noise (gate.py): on the same test images, the `register.confidence` interval of its gain over
+the champion in test `register.metric` lies above `register.min_delta`. Aliases move; so that
+the history survives them, each version keeps its decision in tags (`promotion`,
+`promotion_reason`, `gate_*` with the interval, McNemar's p-value, the discordant counts and
+the test digest, and `replaced_by` on a champion that lost its alias) and in its description.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 
-from cifar10_mlops import tracking
+import numpy as np
+
+from cifar10_mlops import gate, tracking
 from cifar10_mlops.config import RegisterConfig, load_params
 from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.files import file_digest, require_files, text_digest, write_json
+from cifar10_mlops.splits import load_split
 from cifar10_mlops.stage import run_stage, stage_parser
 
 CHAMPION, CHALLENGER = tracking.CHAMPION, tracking.CHALLENGER  # short names in this module
@@ -35,7 +44,9 @@ CHAMPION, CHALLENGER = tracking.CHAMPION, tracking.CHALLENGER  # short names in 
 PIPELINE_ARTIFACTS, PIPELINE_TAG = "pipeline", "pipeline_state"
 DVC_YAML = Path("dvc.yaml")
 # Test metrics copied into version tags; `register.metric` is one of them.
-METRICS = ("accuracy", "f1_weighted", "f1_macro", "loss")
+METRICS = gate.METRICS
+# Where `evaluate` logs each test image's predictions in the run (read for the champion).
+EVALUATION, PREDICTIONS = "evaluation", "test_predictions.npz"
 
 
 def lock_digest(path: Path, stage: str = "register") -> str:
@@ -52,49 +63,123 @@ def lock_digest(path: Path, stage: str = "register") -> str:
     return text_digest(json.dumps(stages, sort_keys=True))
 
 
-def decide(cfg: RegisterConfig, score: float, champion) -> tuple[bool, str]:
-    """Whether a version scoring `score` replaces `champion` (a ModelVersion or None), and why."""
-    name = f"test {cfg.metric}"
+def decide(
+    cfg: RegisterConfig, challenger: gate.Predictions, champion, champion_predictions, seed: int
+) -> tuple[bool, str, gate.Comparison | None]:
+    """Whether the challenger replaces `champion` (a ModelVersion or None), why, and the
+    paired comparison behind it (None for a first champion)."""
     if champion is None:
-        return True, f"first champion: no version had the {CHAMPION} alias"
-    tag = champion.tags.get(f"test_{cfg.metric}")
-    if tag is None:
-        return False, f"kept: champion v{champion.version} has no test_{cfg.metric} tag to compare"
-    best = float(tag)
-    lower = cfg.metric == "loss"
-    gain = best - score if lower else score - best
-    verdict = f"{name} {score:.4f} vs champion v{champion.version} {best:.4f}"
-    if gain >= cfg.min_delta and gain > 0:
-        return True, f"promoted: {verdict} ({'lower' if lower else 'higher'} by {gain:.4f})"
-    return False, f"kept champion: {verdict}, needs {cfg.min_delta:.4f} better"
+        return True, f"first champion: no version had the {CHAMPION} alias", None
+    comparison = gate.compare(
+        challenger, champion_predictions, metric=cfg.metric, confidence=cfg.confidence, seed=seed
+    )
+    c = comparison
+    verdict = (
+        f"test {cfg.metric} {c.challenger:.4f} vs champion v{champion.version} {c.champion:.4f}, "
+        f"gain {c.gain:+.4f}, {c.confidence:.0%} interval [{c.low:+.4f}, {c.high:+.4f}]"
+    )
+    counts = (
+        f"{c.challenger_only} vs {c.champion_only} images right only, McNemar p {c.p_value:.3g}"
+    )
+    if c.beats(cfg.min_delta):
+        return True, f"promoted: {verdict} above {cfg.min_delta:g} ({counts})", c
+    return False, f"kept champion: {verdict} not above {cfg.min_delta:g} ({counts})", c
+
+
+def champion_predictions(
+    champion, challenger: gate.Predictions, test: tuple, batch_size: int = 500
+) -> tuple[gate.Predictions, str | None]:
+    """The champion's predictions on the challenger's test images: those its run logged when
+    they were made on the same images, else the champion model re-scored on `test`. Returns
+    them and why the champion was re-scored (None when it was not)."""
+    logged = _logged_predictions(champion.run_id)
+    if logged is not None and logged.test_sha256 == challenger.test_sha256:
+        return logged, None
+    why = (
+        f"its run logged no {PREDICTIONS}"
+        if logged is None
+        else f"it was tested on other images (sha256 {logged.test_sha256[:12]})"
+    )
+    print(f"re-scoring champion v{champion.version} on this test set: {why}")
+    import mlflow
+
+    uri = f"models:/{champion.name}/{champion.version}"
+    try:
+        model = mlflow.pyfunc.load_model(uri).unwrap_python_model().model
+    except Exception as exc:  # MlflowException, OSError, Keras' errors: no loadable model
+        reason = " ".join(str(exc).split())[:200]
+        raise PipelineError(f"cannot re-score the champion {uri}: {reason}") from None
+    x, y = test
+    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+    return gate.Predictions(y.astype(np.int64), probabilities, challenger.test_sha256), why
+
+
+def _logged_predictions(run_id: str) -> gate.Predictions | None:
+    """The test predictions `evaluate` logged into the run, or None when it logged none."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="cifar10-champion-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"{EVALUATION}/{PREDICTIONS}", dst_path=tmp
+            )
+        except Exception:  # MlflowException, OSError: no such artifact
+            return None
+        try:
+            return gate.load_predictions(Path(path))
+        except PipelineError as exc:
+            print(f"ignoring the champion's logged predictions: {exc}")
+            return None
 
 
 def register(
-    cfg: RegisterConfig, run_id: str, metrics: dict, lineage: dict[str, str], tracking_uri: str
+    cfg: RegisterConfig,
+    run_id: str,
+    metrics: dict,
+    lineage: dict[str, str],
+    tracking_uri: str,
+    *,
+    predictions: gate.Predictions,
+    test: tuple,
+    seed: int,
 ) -> dict:
     """Register the model of `run_id` (or reuse its version when it already is one) in the
-    store at `tracking_uri`, move the aliases, tag the decision; returns the content of
-    registry.json."""
+    store at `tracking_uri`, compare it with the champion on the same test images, move the
+    aliases, record the verdict; returns the content of registry.json."""
     import mlflow
 
     client = mlflow.MlflowClient()
     name = cfg.model_name
     champion = _by_alias(client, name, CHAMPION)
     version = _version_of(client, name, run_id, metrics, lineage)
-    score = metrics[cfg.metric]
+    comparison, rescored = None, None
     if champion is not None and champion.version == version.version:
         promoted, reason = True, f"already {CHAMPION}"
     else:
-        promoted, reason = decide(cfg, score, champion)
+        theirs = None
+        if champion is not None:
+            theirs, rescored = champion_predictions(champion, predictions, test)
+        promoted, reason, comparison = decide(cfg, predictions, champion, theirs, seed)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     if promoted and (champion is None or champion.version != version.version):
         client.set_registered_model_alias(name, CHAMPION, version.version)
         if champion is not None:
             client.set_model_version_tag(name, champion.version, "replaced_by", version.version)
-    client.set_model_version_tag(
-        name, version.version, "promotion", CHAMPION if promoted else CHALLENGER
-    )
-    client.set_model_version_tag(name, version.version, "promotion_reason", reason)
+    tags = {
+        "promotion": CHAMPION if promoted else CHALLENGER,
+        "promotion_reason": reason,
+        "test_sha256": predictions.test_sha256,
+    }
+    if comparison is not None:
+        tags.update(comparison.as_tags())
+        tags["gate_champion_version"] = champion.version
+        tags["gate_champion_rescored"] = rescored or "no"
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version.version, key, value)
+    if reason != f"already {CHAMPION}":
+        client.update_model_version(
+            name, version.version, description=describe(promoted, champion, comparison, cfg)
+        )
     return {
         "model_name": name,
         "version": int(version.version),
@@ -104,14 +189,29 @@ def register(
         "promoted": promoted,
         "reason": reason,
         "metric": f"test_{cfg.metric}",
-        "score": score,
+        "score": metrics[cfg.metric],
         "champion_before": None if champion is None else int(champion.version),
         "champion": int(version.version if promoted else champion.version),
+        "gate": None if comparison is None else {
+            **asdict(comparison), "min_delta": cfg.min_delta, "champion_rescored": rescored,
+        },
         # as configured (the embedded store's relative URI), not as resolved on this machine:
         # the file is committed
         "tracking_uri": tracking_uri,
         "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+    }  # fmt: skip
+
+
+def describe(promoted: bool, champion, comparison: gate.Comparison | None, cfg) -> str:
+    """The version's description: its verdict in plain sentences."""
+    if comparison is None:
+        return f"{CHAMPION.title()}: the first version of {cfg.model_name}, so nothing to beat."
+    head = (
+        f"Promoted to {CHAMPION} over v{champion.version}."
+        if promoted
+        else f"Not promoted: v{champion.version} stays {CHAMPION}."
+    )
+    return f"{head} {comparison.sentence(cfg.min_delta)}"
 
 
 def _version_of(client, name: str, run_id: str, metrics: dict, lineage: dict[str, str]):
@@ -130,7 +230,11 @@ def _version_of(client, name: str, run_id: str, metrics: dict, lineage: dict[str
         tags["val_accuracy"] = f"{run.data.metrics['best_val_accuracy']:.6f}"
     tags.update(lineage)
     tags.update(
-        {k: run.data.tags[k] for k in ("data_sha256", "hparams_source") if k in run.data.tags}
+        {
+            k: run.data.tags[k]
+            for k in ("data_sha256", "hparams_source", "weights_sha256")
+            if k in run.data.tags
+        }
     )
     try:
         source = run.data.tags.get("model_uri", f"runs:/{run_id}/model")  # set by evaluate
@@ -190,22 +294,35 @@ def _by_alias(client, name: str, alias: str):
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(
         __doc__, run_info="train's run.json", metrics="evaluate's metrics.json",
+        predictions="evaluate's test_predictions.npz", data="prepare's output folder",
         model="train's model.keras", lock="dvc.lock, for lineage", out="registry.json to write",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    cfg = load_params(args.params).register
+    params = load_params(args.params)
+    cfg = params.register
     require_files(
-        args.run_info, args.metrics, args.model, hint="run the train and evaluate stages first"
-    )
+        args.run_info, args.metrics, args.predictions, args.model,
+        hint="run the train and evaluate stages first",
+    )  # fmt: skip
     run_info = json.loads(args.run_info.read_text())
     metrics = json.loads(args.metrics.read_text())
+    predictions = gate.load_predictions(args.predictions)
+    test = load_split(args.data, "test")
+    if predictions.test_sha256 != gate.test_digest(*test):
+        raise PipelineError(
+            f"{args.predictions} was made on other test images than {args.data}'s: "
+            "rerun the evaluate stage"
+        )
     lineage = {
         "git_commit": tracking.git_commit(),
         "model_md5": file_digest(args.model, "md5"),  # = the train stage's out in dvc.lock
         "dvc_lock_sha256": lock_digest(args.lock),
     }
     tracking.connect(run_info["tracking_uri"])
-    result = register(cfg, run_info["run_id"], metrics, lineage, run_info["tracking_uri"])
+    result = register(
+        cfg, run_info["run_id"], metrics, lineage, run_info["tracking_uri"],
+        predictions=predictions, test=test, seed=params.seed,
+    )  # fmt: skip
     write_json(args.out, result)
     keep_pipeline_state(result, args.params, args.lock, uncached_outputs(DVC_YAML))
     print(

@@ -87,11 +87,17 @@ def stage_parser(doc: str, prog: str | None = None, **paths: str) -> argparse.Ar
     return parser
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and TensorFlow (through Keras) from params.yaml's `seed`."""
+def seed_everything(seed: int, *, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and TensorFlow (through Keras) from params.yaml's `seed`; with
+    `deterministic` (params.yaml's), also make TensorFlow's ops deterministic, so that a
+    training repeats bit for bit on the same hardware and thread count. Call it before any
+    model or dataset is built."""
     import keras  # imported here: stages that never touch TensorFlow should not load it
+    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)  # Python's random, NumPy and TensorFlow alike
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 def _raise_interrupt(signum, frame):

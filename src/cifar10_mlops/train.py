@@ -50,6 +50,7 @@ from cifar10_mlops.fit import (
 from cifar10_mlops.model import with_tta
 from cifar10_mlops.splits import load_manifest, load_split
 from cifar10_mlops.stage import run_stage, seed_everything, stage_parser
+from cifar10_mlops.weights import save_model, weights_sha256
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 
@@ -165,19 +166,13 @@ def portable_copy(model: keras.Model, cfg: TrainConfig) -> keras.Model:
         keras.config.set_dtype_policy(previous)
 
 
-def save_model(model: keras.Model, path: Path) -> None:
-    """Save atomically: a reader never sees a half-written model.keras."""
-    with replacing(path) as tmp:
-        model.save(tmp)
-
-
 def run_tags(tuned: dict | None, manifest: dict, train_images: int, placement, commit: str) -> dict:
     """A training run's tags: where its values, data, code and devices came from."""
     return {
         **tracking.process_tags(),
         **tracking.orchestration_tags(),
         "stage": "train",
-        "hparams_source": "params" if tuned is None else "tune",
+        "hparams_source": "tune" if tuned and tuned["hyperparameters"] else "params",
         **({} if tuned is None else {"tune_run_id": tuned.get("mlflow_run_id")}),
         "git_commit": commit,
         "data_sha256": manifest["source_sha256"],
@@ -197,7 +192,7 @@ def recipe(cfg: TrainConfig) -> str:
 def describe(params: Params, tuned: dict | None, manifest: dict, commit: str) -> str:
     """The run's one-line description (MLflow's `mlflow.note.content`)."""
     cfg = params.train
-    values = "tuned values" if tuned else "params.yaml values"
+    values = "tuned values" if tuned and tuned["hyperparameters"] else "params.yaml values"
     return (
         f"{recipe(cfg)}, {cfg.optimizer} lr {cfg.learning_rate:g}, batch {cfg.batch_size}, "
         f"seed {params.seed} ({values}); data {manifest['source']} "
@@ -254,13 +249,18 @@ def run_training(
                 }
             )
         )
-        save_model(portable_copy(model, params.train), model_path)
+        saved = portable_copy(model, params.train)
+        digest = weights_sha256(saved)
+        mlflow.set_tag("weights_sha256", digest)  # `cifar10-mlops verify` rebuilds to match it
+        save_model(saved, model_path)
         write_history(history, history_path)
         info = {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri}
+        info["weights_sha256"] = digest
         write_json(run_info_path, info)
     print(
         f"trained {len(history)} epochs in {seconds:.0f}s; best val_accuracy "
-        f"{best['val_accuracy']:.4f} at epoch {best['epoch'] + 1} -> {model_path}"
+        f"{best['val_accuracy']:.4f} at epoch {best['epoch'] + 1} -> {model_path} "
+        f"(weights sha256 {digest[:16]})"
     )
     return best
 
@@ -276,12 +276,14 @@ def main(argv: list[str] | None = None) -> None:
     cfg, tuned = with_tuned(params.train, args.tuned)
     if tuned is None:
         print("training with the params.yaml train values")
+    elif not tuned["hyperparameters"]:
+        print(f"training with the params.yaml train values: the search {tuned.get('reason')}")
     else:
         searched = ", ".join(f"{k}={v}" for k, v in tuned["hyperparameters"].items())
         print(f"training with the tuned values from {args.tuned}: {searched}")
     placement = devices.setup(cfg.precision)
     print(f"training on {placement.describe()}")
-    seed_everything(params.seed)
+    seed_everything(params.seed, deterministic=params.deterministic)
     run_training(
         replace(params, train=cfg), args.data, tuned=tuned, placement=placement,
         model_path=args.model, history_path=args.history, run_info_path=args.run_info,

@@ -17,6 +17,7 @@ from cifar10_mlops.config import TUNABLE, IntRange, Params, flatten
 from cifar10_mlops.errors import ConfigError
 from cifar10_mlops.files import text_digest, write_json
 from cifar10_mlops.splits import load_manifest
+from cifar10_mlops.tune import noise
 from cifar10_mlops.tune.distributed import announce, end_lost_trials
 from cifar10_mlops.tune.oracle import kt_chief, make_tuner
 from cifar10_mlops.tune.records import SearchLog
@@ -172,7 +173,7 @@ def run_search(
             announce(params, data, state_root, sid, run.info.run_id, experiment_id, manifest)
         run_trials(tuner, log, search.kwargs)
         end_lost_trials(run.info.run_id)
-        best = finish(params, tuner, log, sid, run.info.run_id, best_path, reports)
+        best = finish(params, tuner, log, sid, run.info.run_id, best_path, reports, search)
     shutil.rmtree(state_root / sid, ignore_errors=True)
     if state_root.exists() and not any(state_root.iterdir()):
         state_root.rmdir()
@@ -192,9 +193,11 @@ def announce_search(params: Params, tuner, log: SearchLog, search, run_id: str, 
 
 
 def finish(
-    params: Params, tuner, log: SearchLog, sid: str, run_id: str, best_path: Path, reports: Path
+    params: Params, tuner, log: SearchLog, sid: str, run_id: str, best_path: Path, reports: Path,
+    search,
 ) -> dict:
-    """Write the search's results and log them to its MLflow run; returns best_hparams.json."""
+    """Check the best values against train's own beyond the search's noise (noise.py), write
+    the search's results and log them to its MLflow run; returns best_hparams.json."""
     import mlflow
 
     tune, oracle = params.tune, tuner.oracle
@@ -204,17 +207,22 @@ def finish(
         raise RuntimeError("no trial completed; see the errors of the trial runs in MLflow")
     best = oracle.get_best_trials(1)[0]
     values = {k: best.hyperparameters.values[k] for k in searched(tune.space)}
+    decision = noise.check(params, search, values)
     curves = read_curves(log.state)
     summary = {
         f"best_{tune.objective}": round(float(best.score), 4),
         "trials": len(completed),
         "epochs_run": len(curves),
         "search_time_s": round(sum(r["seconds"] for r in rows if r["seconds"] == r["seconds"]), 1),
+        "adopted": decision["adopted"],
     }
+    if decision["comparison"] is not None:
+        summary["noise_check_low"] = round(decision["comparison"].low, 4)
     if kt_chief():
         summary["workers"] = len(set(trial_workers(log.state).values()))
     result = {
-        "enabled": True, "hyperparameters": values, "objective": tune.objective,
+        "enabled": True, "hyperparameters": values if decision["adopted"] else {},
+        "best_trial_values": values, **noise.as_record(decision), "objective": tune.objective,
         "score": float(best.score), "trial": best.trial_id,
         "epochs": best.hyperparameters.values.get("tuner/epochs"), "trials": len(completed),
         "search_id": sid, "mlflow_run_id": run_id,
@@ -224,7 +232,8 @@ def finish(
     plot_trials(rows, curves, tune.objective, reports / "trials.png")
     plot_table(rows, reports / "trials_table.png")
     mlflow.log_params({f"best.{k}": v for k, v in values.items()})
-    mlflow.log_metrics(summary)
+    mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+    noise.log(decision)
     mlflow.log_table({c: [r[c] for r in rows] for c in TRIALS_FIELDS}, "trials.json")
     for name in REPORTS:
         mlflow.log_artifact(str(reports / name))
@@ -233,6 +242,6 @@ def finish(
     shown = ", ".join(f"{k}={fmt(v)}" for k, v in values.items())
     print(
         f"best of {len(completed)} trials: {tune.objective} {best.score:.4f} (trial "
-        f"{best.trial_id}): {shown} -> {best_path}"
+        f"{best.trial_id}): {shown}; {decision['reason']} -> {best_path}"
     )
     return result

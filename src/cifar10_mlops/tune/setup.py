@@ -43,7 +43,7 @@ def prepare_search(params: Params, data: Path) -> Search:
     tune, train = params.tune, params.train
     placement = devices.setup(train.precision)
     seed = params.seed if tune.seed is None else tune.seed
-    seed_everything(seed)
+    seed_everything(seed, deterministic=params.deterministic)
     x_train, y_train = subset_per_class(*load_split(data, "train"), tune.train_per_class, seed)
     val = load_split(data, "val")
     # The whitening-bias freeze; not the lookahead, whose length a Hyperband trial lacks.
