@@ -22,8 +22,8 @@
    determinism (params.yaml `deterministic: true`, the default) and without, each in a
    fresh process (the switch is per process), alternated --repeats times on --images
    training images: steady-state seconds per epoch of the whole training split (the first
-   10 steps excluded), the medians' ratio, and whether the runs of each mode ended on the
-   same weights (sha256).
+   10 steps excluded), every reading, the ratio of each mode's fastest, and whether the runs
+   of each mode ended on the same weights (sha256).
 7. ablation (not in the default run): the default training with one airbench ingredient
    switched off at a time (ABLATIONS), --seeds seeds each: final test accuracy, mean and
    spread, as airbench's README reports them. Needs data/prepared; about 12 trainings.
@@ -468,9 +468,13 @@ def determinism(args, *, repeats: int, epochs: int = 2) -> dict:
                 raise RuntimeError(f"determinism run failed: {out.stderr[-1000:]}")
             runs[mode].append(yaml.safe_load(out.stdout.strip().splitlines()[-1]))
             print(f"[determinism] {mode}: {runs[mode][-1]}", flush=True)
-    seconds = {m: statistics.median(r["epoch_seconds"] for r in rs) for m, rs in runs.items()}
+    # The fastest reading of each mode: this kind of VM alternates between two speeds about 2x
+    # apart for minutes at a time, whatever runs, so a median of 3 can compare a fast state
+    # with a slow one; the minimum compares the two modes at the machine's own best.
+    seconds = {m: min(r["epoch_seconds"] for r in rs) for m, rs in runs.items()}
     return {
         "seconds_per_epoch": {m: round(v, 2) for m, v in seconds.items()},
+        "readings": {m: [r["epoch_seconds"] for r in rs] for m, rs in runs.items()},
         "ratio": round(seconds["deterministic"] / seconds["free"], 4),
         "same_weights": {m: len({r["weights_sha256"] for r in rs}) == 1 for m, rs in runs.items()},
         "weights_sha256": {
@@ -555,8 +559,10 @@ def table(results: dict) -> str:
     if "determinism" in results:
         t = results["determinism"]
         per = t["seconds_per_epoch"]
-        rows.append(("seconds per epoch, deterministic / free",
-                     f"{per['deterministic']} / {per['free']} s ({t['ratio']:.2f}x)"))
+        rows.append(("seconds per epoch (fastest run), deterministic / free",
+                     f"{per['deterministic']} / {per['free']} s ({t['ratio']:.3f}x)"))
+        rows.append(("  every reading, deterministic / free",
+                     f"{t['readings']['deterministic']} / {t['readings']['free']}"))
         rows.append(("same weights in every run, deterministic / free",
                      f"{t['same_weights']['deterministic']} / {t['same_weights']['free']}"))
     if "noop_repro" in results:

@@ -153,3 +153,25 @@ def test_table_names_each_timed_training():
     study = "STUDY_SPEED (32/64/128 x 4): whole time / final test / validation accuracy"
     assert rows[study] == "2.2 min / 0.8214 / 0.8200"
     assert rows["airbench94 on NVIDIA H100: time to test accuracy 0.9"] == "not reached"
+
+
+def test_determinism_section_times_both_modes_and_compares_their_weights(tmp_path, params_file):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [
+            sys.executable, str(REPO / "benchmarks" / "bench.py"), "--only", "determinism",
+            "--data", str(tmp_path / "absent"), "--params", str(params_file()),
+            "--images", "512", "--repeats", "2", "--out", str(out),
+        ],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    t = json.loads(out.read_text())["results"]["determinism"]
+    readings = t["readings"]
+    assert len(readings["deterministic"]) == len(readings["free"]) == 2
+    fastest = {mode: min(values) for mode, values in readings.items()}
+    assert t["ratio"] == round(fastest["deterministic"] / fastest["free"], 4)
+    # two fresh processes in deterministic mode end on the same weights
+    assert t["same_weights"]["deterministic"] is True
+    assert len(t["weights_sha256"]["deterministic"]) == 1
+    assert "seconds per epoch (fastest run), deterministic / free" in result.stdout
