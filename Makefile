@@ -77,7 +77,7 @@ tune-study: $(STAMP)  ## the study's exact Hyperband search + final training as 
 
 # The budget at which the search can correct a mis-set value (docs/decisions.md: search
 # recovery): 2,000 images per class, Hyperband max_epochs 4, factor 4 (7 trials, 15 epochs).
-# About 10 minutes of search on a 2-core CPU, against 2 for the default.
+# About 13 minutes of `tune` stage on a 2-core CPU (measured 785 s), against 2.5 for the default.
 TUNE_FULL := -S tune.train_per_class=2000 -S tune.max_epochs=4 -S tune.factor=4
 
 tune-full: $(STAMP)  ## the pipeline with the search at the budget that can rank, as a DVC experiment
