@@ -2,10 +2,11 @@
 
     .venv/bin/python benchmarks/search_recovery.py                 # default budget, 3 seeds
     .venv/bin/python benchmarks/search_recovery.py --budget full   # `make tune-full`'s budget
+    .venv/bin/python benchmarks/search_recovery.py --first-seed 4 --seeds 2   # seeds 4 and 5
 
 train's Muon rate is set 10x too low (MISSET: 0.024 instead of 0.24) and the search space
 widened to hold it (SPACE: 0.02-0.5, log), so the first trial is the mis-set value. Each of
---seeds searches (tune.seed 1, 2, ...) runs the real stage (`python -m cifar10_mlops.tune`) on
+--seeds searches (tune.seed --first-seed, the next, ...; from 1) runs the real stage (`python -m cifar10_mlops.tune`) on
 data/prepared into a throwaway MLflow store. A search recovers when it adopts, past its noise
 check, a rate within RECOVERED (0.1-0.5, around the tuned default 0.24). The budgets are
 params.yaml's `tune` section (default) and the Makefile's TUNE_FULL overrides (full; a test
@@ -81,16 +82,19 @@ def search(budget: str, seed: int, data: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", choices=("default", "full"), default="default")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="how many searches")
+    parser.add_argument("--first-seed", type=int, default=1, help="tune.seed of the first")
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "prepared")
     parser.add_argument("--out", type=Path, help="JSON file (default: benchmarks/results/...)")
     args = parser.parse_args(argv)
     if args.seeds < 1:
         parser.error(f"--seeds: must be at least 1, got {args.seeds}")
+    if args.first_seed < 0:
+        parser.error(f"--first-seed: must be at least 0, got {args.first_seed}")
     if not (args.data / "train.npz").is_file():
         parser.error(f"{args.data}: no prepared data; run `dvc repro prepare` first")
     rows = []
-    for seed in range(1, args.seeds + 1):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         rows.append(search(args.budget, seed, args.data))
         print(f"[recovery] {args.budget} seed {seed}: {rows[-1]}", flush=True)
     report = {

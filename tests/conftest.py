@@ -436,14 +436,15 @@ def prepared(tmp_path: Path) -> Path:
     return write_prepared(tmp_path / "data" / "prepared")
 
 
-def write_prepared(out: Path, test_seed: int = 2) -> Path:
-    """Write a prepared folder (as the prepare stage does) from 20 images per class, and a
-    test split of 4 per class drawn with `test_seed`."""
+def write_prepared(out: Path, test_seed: int = 2, per_class: int = 20) -> Path:
+    """Write a prepared folder (as the prepare stage does) from `per_class` images per class
+    (a quarter of them for validation), and a test split of 4 per class drawn with
+    `test_seed`."""
     from cifar10_mlops.prepare import split_data
     from cifar10_mlops.splits import write_splits
 
     splits = split_data(
-        make_images(20, seed=1),
+        make_images(per_class, seed=1),
         make_images(4, seed=test_seed),
         val_fraction=0.25,
         train_per_class=None,
