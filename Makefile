@@ -13,7 +13,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .DEFAULT_GOAL := help
 .PHONY: help venv repro smoke study tune-study tune-full test test-extended test-slow remote-local push pull lock mlflow-ui flow services \
   services-stop services-status mlflow-server prefect-server deployment deploy-pool worker serve-model \
-  tune-worker stack-env stack-check compose-check bench airbench airbench-muon plots publish-data notify-webhook
+  tune-worker stack-env stack-check compose-check bench airbench airbench-muon plots publish-data notify-webhook settings-doc
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -232,8 +232,8 @@ notify-webhook: $(STAMP)  ## save the webhook that retrain failures and new cham
 	$(BIN)/python -m cifar10_mlops.notify --url "$(WEBHOOK_URL)"
 
 # The model name has one home, params.yaml `register.model_name`.
-MODEL_URI ?= $$($(BIN)/python -c 'from cifar10_mlops import config, tracking; \
-  print(tracking.champion_uri(config.load_params().register.model_name))')
+MODEL_URI ?= $$($(BIN)/python -c 'from cifar10_mlops import settings, tracking; \
+  print(tracking.champion_uri(settings.load_params().register.model_name))')
 # MLflow's scoring app with request limits (README "Bad input and limits"), not `mlflow models serve`.
 SERVE_PORT ?= 5001
 serve-model: $(STAMP)  ## serve MODEL_URI (default: the champion) at http://127.0.0.1:5001/invocations (SERVE_PORT)
@@ -262,6 +262,9 @@ compose-check:  ## validate docker-compose.yml and .env with Docker Compose (no 
 
 UV_COMPILE := uv pip compile pyproject.toml --extra dev --python-version 3.11 \
   --python-platform x86_64-manylinux_2_28 --no-header
+
+settings-doc: $(STAMP)  ## regenerate docs/settings.md from the settings' descriptions (settings.py)
+	$(BIN)/python -m cifar10_mlops.settings_reference
 
 lock:  ## re-resolve requirements.lock (CPU) and requirements-gpu.lock from pyproject.toml (needs uv)
 	$(UV_COMPILE) --extra cpu -o requirements.lock

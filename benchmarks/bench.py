@@ -39,7 +39,6 @@ random images of CIFAR-10's shape (speed does not depend on pixel values).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import platform
 import shutil
@@ -49,7 +48,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from datetime import datetime, UTC
 from pathlib import Path
 
@@ -141,7 +139,7 @@ def ablations(train) -> dict[str, dict]:
             rate = base.get("learning_rate", train.learning_rate)
             gain = airbench_step_gain(train.batch_size, base.get("momentum", train.momentum))
             values = {**base, **values, "learning_rate": rate * gain}
-        current = {**dataclasses.asdict(train), **dataclasses.asdict(train.augment)}
+        current = {**train.model_dump(), **train.augment.model_dump()}
         if any(current[key] != value for key, value in values.items()):
             rows[name] = values
     return rows
@@ -237,7 +235,7 @@ def throughput(data, params, *, images: int, rounds: int, warmup: int = 10) -> d
     study = study_model()
     # The train stage's: params.yaml's batch size, augmentation, optimizer and loss, through
     # fit.compile_model (fused BatchNormalization), on the same architecture.
-    cfg = replace(params.train, **STUDY_NETWORK)
+    cfg = params.train.model_copy(update=STUDY_NETWORK)
     ours = compile_model(cfg, x)
     dataset = make_dataset(x, y, cfg.batch_size, seed=0, augment=cfg.augment)
     rates = {"study": [], "project": []}
@@ -357,8 +355,9 @@ def with_train(params, **values):
     rest = {k: v for k, v in values.items() if not k.startswith("augment.")}
     if "alternating_flip" in rest:
         augment["alternating_flip"] = rest.pop("alternating_flip")
-    train = replace(params.train, **rest, augment=replace(params.train.augment, **augment))
-    return replace(params, train=train)
+    augmented = params.train.augment.model_copy(update=augment)
+    train = params.train.model_copy(update={**rest, "augment": augmented})
+    return params.model_copy(update={"train": train})
 
 
 def ablation(data, params, *, seeds: int) -> dict:
@@ -380,7 +379,7 @@ def ablation(data, params, *, seeds: int) -> dict:
         accuracies = []
         for seed in range(params.seed, params.seed + seeds):
             seed_everything(seed, deterministic=params.deterministic)
-            run = with_train(replace(params, seed=seed), **values)
+            run = with_train(params.model_copy(update={"seed": seed}), **values)
             result = time_to_accuracy(data, run, probe=False)
             defaults += [result] if name == "default" else []
             accuracies.append(result["final_test_accuracy"])
@@ -415,11 +414,11 @@ def tracking(data, params, *, images: int, repeats: int, epochs: int = 2) -> dic
     """Wall time of the same short training with and without MLflow logging."""
     import mlflow
 
-    from cifar10_mlops.config import flatten
+    from cifar10_mlops.settings import flatten
     from cifar10_mlops.train import MlflowEpochLogger, train
 
     (x, y), val = data[0], data[1]
-    cfg = replace(params.train, epochs=epochs, early_stopping_patience=None)
+    cfg = params.train.model_copy(update={"epochs": epochs, "early_stopping_patience": None})
     split = (x[:images], y[:images])
     val = (val[0][:1000], val[1][:1000])
     store = tempfile.mkdtemp(prefix="bench-mlflow-")  # removed at the end
@@ -494,7 +493,7 @@ def determinism_run(args, params, mode: str, epochs: int) -> None:
 
     seed_everything(params.seed, deterministic=mode == "deterministic")
     (x, y), val, _ = load_data(args.data, args.images)[0]
-    cfg = replace(params.train, epochs=epochs, early_stopping_patience=None)
+    cfg = params.train.model_copy(update={"epochs": epochs, "early_stopping_patience": None})
     timer = StepTimer(warmup=10)
     model, _ = train(cfg, (x[: args.images], y[: args.images]), (val[0][:1000], val[1][:1000]),
                      seed=params.seed, callbacks=[timer])  # fmt: skip
@@ -559,12 +558,24 @@ def table(results: dict) -> str:
     if "determinism" in results:
         t = results["determinism"]
         per = t["seconds_per_epoch"]
-        rows.append(("seconds per epoch (fastest run), deterministic / free",
-                     f"{per['deterministic']} / {per['free']} s ({t['ratio']:.3f}x)"))
-        rows.append(("  every reading, deterministic / free",
-                     f"{t['readings']['deterministic']} / {t['readings']['free']}"))
-        rows.append(("same weights in every run, deterministic / free",
-                     f"{t['same_weights']['deterministic']} / {t['same_weights']['free']}"))
+        rows.append(
+            (
+                "seconds per epoch (fastest run), deterministic / free",
+                f"{per['deterministic']} / {per['free']} s ({t['ratio']:.3f}x)",
+            )
+        )
+        rows.append(
+            (
+                "  every reading, deterministic / free",
+                f"{t['readings']['deterministic']} / {t['readings']['free']}",
+            )
+        )
+        rows.append(
+            (
+                "same weights in every run, deterministic / free",
+                f"{t['same_weights']['deterministic']} / {t['same_weights']['free']}",
+            )
+        )
     if "noop_repro" in results:
         t = results["noop_repro"]
         rows.append(("no-op `dvc repro`", t.get("skipped") or f"{t['seconds']} s"))
@@ -603,7 +614,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    from cifar10_mlops.config import load_params, replace_checked
+    from cifar10_mlops.settings import load_params, replace_checked
     from cifar10_mlops.errors import ConfigError
 
     params = loaded = load_params(args.params)
@@ -611,7 +622,8 @@ def main(argv: list[str] | None = None) -> None:
         values = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
         # Checked as params.yaml's train section is: a wrong type or range is one line, not a
         # traceback. Only `train` runs here, so the other sections need not fit it.
-        params = replace(params, train=replace_checked(with_train(params, **values).train, "train"))
+        train = replace_checked(with_train(params, **values).train, "train")
+        params = params.model_copy(update={"train": train})
     except (ValueError, TypeError, ConfigError) as exc:
         parser.error(f"--set: {exc}")
     if args.determinism_run:

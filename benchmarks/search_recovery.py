@@ -6,9 +6,10 @@
 
 train's Muon rate is set 10x too low (MISSET: 0.024 instead of 0.24) and the search space
 widened to hold it (SPACE: 0.02-0.5, log), so the first trial is the mis-set value. Each of
---seeds searches (tune.seed --first-seed, the next, ...; from 1) runs the real stage (`python -m cifar10_mlops.tune`) on
-data/prepared into a throwaway MLflow store. A search recovers when it adopts, past its noise
-check, a rate within RECOVERED (0.1-0.5, around the tuned default 0.24). The budgets are
+--seeds searches (tune.seed --first-seed, the next, ...) runs the real stage (`python -m
+cifar10_mlops.tune`) on data/prepared into a throwaway MLflow store. A search recovers when
+it adopts, past its noise check, a rate within RECOVERED (0.1-0.5, around the tuned default
+0.24). The budgets are
 params.yaml's `tune` section (default) and the Makefile's TUNE_FULL overrides (full; a test
 checks that FULL holds the same values).
 

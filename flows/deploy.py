@@ -29,7 +29,7 @@ from prefect.settings import PREFECT_API_URL
 
 from cifar10_mlops import publish
 from cifar10_mlops.checks import check_name
-from cifar10_mlops.config import load_params
+from cifar10_mlops.settings import load_params
 from cifar10_mlops.errors import ConfigError, PipelineError
 from cifar10_mlops.prefect_server import check_prefect
 from flows.retrain import PARAMS, retrain
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.pool is not None:
-            check_name("", "--pool", args.pool)
+            check_name("--pool", args.pool)
         deployment_settings()  # params.yaml's `retrain` is valid
         if not PREFECT_API_URL.value():
             raise PipelineError(

@@ -32,8 +32,8 @@ from flows.retrain import check_services, check_workspace
 
 
 def check_worker(pool: str, name: str) -> None:
-    check_name("", "--pool", pool)
-    check_name("", "--name", name)
+    check_name("--pool", pool)
+    check_name("--name", name)
     enter_checkout()  # this folder is a checkout (CIFAR10_MLOPS_CHECKOUT is set by the caller)
     if not PREFECT_API_URL.value():
         raise PipelineError(

@@ -87,16 +87,16 @@ def test_airbench_reference_refuses_a_file_that_is_not_airbench94(tmp_path):
 
 
 def test_ablation_rows_follow_the_defaults_optimizer():
-    from dataclasses import replace
-
-    from cifar10_mlops.config import load_params
+    from cifar10_mlops.settings import load_params
     from cifar10_mlops.fit import airbench_step_gain
 
     bench = bench_module()
     train = load_params(REPO / "params.yaml").train
 
     def recipe(values):
-        return replace(train, **{k: v for k, v in values.items() if k in bench.OPTIMIZER_RECIPE})
+        return train.model_copy(
+            update={k: v for k, v in values.items() if k in bench.OPTIMIZER_RECIPE}
+        )
 
     sgd, muon = recipe(bench.AIRBENCH94), recipe(bench.AIRBENCH94_MUON)
     # An SGD default: every ingredient's row, and the swap to Muon's recipe.
@@ -121,7 +121,7 @@ def test_ablation_rows_follow_the_defaults_optimizer():
 def test_study_speed_is_airbench94_at_a_quarter_width_for_four_epochs():
     # The recipe `make bench` times to the study's accuracy: a valid train config (checked as
     # params.yaml is), airbench94's in all but widths, epochs and its warm-up's share of them.
-    from cifar10_mlops.config import load_params, replace_checked
+    from cifar10_mlops.settings import load_params, replace_checked
 
     bench = bench_module()
     params = load_params(REPO / "params.yaml")

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifar10_mlops.config import ConfigError, Params, flatten, load_params
+from cifar10_mlops.settings import ConfigError, Params, flatten, load_params
 from conftest import REPO, tiny_params
 
 

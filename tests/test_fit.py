@@ -1,15 +1,13 @@
 """The training code `train` and `tune` share: schedules, the input pipeline, and
 airbench94's training ingredients, each checked by what a user would notice."""
 
-from dataclasses import replace
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from cifar10_mlops import fit
-from cifar10_mlops.config import AugmentConfig, load_params
+from cifar10_mlops.settings import AugmentConfig, load_params
 from cifar10_mlops.fit import AirbenchSGD, Lookahead, Triangle, make_dataset
 from cifar10_mlops.model import WHITEN_LAYER
 from conftest import REPO
@@ -18,17 +16,21 @@ from conftest import REPO
 def test_step_schedule_reproduces_the_studys_first_phase():
     # Study §4.2: Adam at 1e-3, divided by 10 after the tenth epoch and kept at 1e-4.
     cfg = load_params(REPO / "params.yaml").train
-    study = replace(cfg, learning_rate=1e-3, lr_drop_every=10, lr_drop_factor=0.1, lr_min=1e-4)
+    study = cfg.model_copy(
+        update=dict(learning_rate=1e-3, lr_drop_every=10, lr_drop_factor=0.1, lr_min=1e-4)
+    )
     lrs = [fit.step_schedule(study)(epoch) for epoch in range(30)]
     assert lrs[:10] == [1e-3] * 10
     assert lrs[10:] == pytest.approx([1e-4] * 20)
-    halving = replace(cfg, learning_rate=1e-3, lr_drop_every=10, lr_drop_factor=0.5, lr_min=0.0)
+    halving = cfg.model_copy(
+        update=dict(learning_rate=1e-3, lr_drop_every=10, lr_drop_factor=0.5, lr_min=0.0)
+    )
     assert fit.step_schedule(halving)(25) == pytest.approx(2.5e-4)  # study §4.3
 
 
 def test_cosine_schedule_warms_up_then_decays_to_the_floor():
     cfg = load_params(REPO / "params.yaml").train
-    cfg = replace(cfg, learning_rate=0.2, lr_min=0.0, warmup_epochs=1.0, epochs=4)
+    cfg = cfg.model_copy(update=dict(learning_rate=0.2, lr_min=0.0, warmup_epochs=1.0, epochs=4))
     schedule = fit.cosine_schedule(cfg, steps_per_epoch=10)
     lrs = [float(schedule(step)) for step in range(41)]
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.1) and lrs[10] == pytest.approx(0.2)
@@ -41,7 +43,7 @@ def test_augmented_dataset_yields_shuffled_uint8_batches_with_one_hot_labels():
     x = np.arange(20, dtype=np.uint8).repeat(32 * 32 * 3).reshape(20, 32, 32, 3)
     y = np.arange(20, dtype=np.uint8) % 10
     cfg = load_params(REPO / "params.yaml").train.augment
-    cfg = replace(cfg, crop=0, horizontal_flip=False)
+    cfg = cfg.model_copy(update=dict(crop=0, horizontal_flip=False))
     batches = list(fit.make_dataset(x, y, 5, seed=0, augment=cfg).take(4))  # one epoch
     assert [len(b[1]) for b in batches] == [5, 5, 5, 5]
     assert batches[0][0].dtype == "uint8"
@@ -184,11 +186,10 @@ def test_triangle_schedule_rises_to_the_peak_then_falls_to_the_end_fraction():
 
 
 def test_the_whitening_bias_trains_for_its_epochs_then_stays_frozen():
-    cfg = replace(
-        load_params(REPO / "params.yaml").train,
+    cfg = load_params(REPO / "params.yaml").train.model_copy(update=dict(
         conv_1_filters=8, conv_2_filters=8, conv_3_filters=8, batch_size=32, epochs=3,
         whiten_bias_epochs=1, lookahead=False,
-    )  # fmt: skip
+    ))  # fmt: skip
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (128, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 128)
     model = fit.compile_model(cfg, x)

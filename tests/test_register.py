@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from cifar10_mlops import gate, register
-from cifar10_mlops.config import load_params
+from cifar10_mlops.settings import load_params
 from cifar10_mlops.splits import load_split
 from conftest import error_line, make_images, stage_args, write_prepared
 

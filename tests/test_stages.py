@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifar10_mlops.config import TUNABLE
+from cifar10_mlops.settings import TUNABLE
 from cifar10_mlops.tune.space import TRAIN_KEYS
 from conftest import REPO
 

@@ -167,7 +167,7 @@ def test_fast_network_saves_a_portable_model_that_averages_flips(
     ],
 )
 def test_tuned_values_are_checked_like_params(tmp_path, values, message):
-    from cifar10_mlops.config import load_params
+    from cifar10_mlops.settings import load_params
     from cifar10_mlops.errors import PipelineError
     from conftest import REPO
 

@@ -12,7 +12,7 @@ import yaml
 
 from cifar10_mlops import tracking
 from cifar10_mlops.lineage import dvc_hash
-from cifar10_mlops.config import Params, load_params
+from cifar10_mlops.settings import Params, load_params
 from cifar10_mlops.errors import ConfigError
 from cifar10_mlops.tune import __main__ as tune
 from cifar10_mlops.tune.oracle import BudgetedHyperbandOracle

@@ -17,7 +17,7 @@ import math
 
 import tensorflow as tf
 
-from cifar10_mlops.config import AugmentConfig
+from cifar10_mlops.settings import AugmentConfig
 
 
 def augment_batch(images: tf.Tensor, cfg: AugmentConfig, *, seed: tf.Tensor) -> tf.Tensor:

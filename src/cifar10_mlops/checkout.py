@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from cifar10_mlops import tracking
-from cifar10_mlops.config import params_from_dict
+from cifar10_mlops.settings import params_from_dict
 from cifar10_mlops.errors import ConfigError, PipelineError
 from cifar10_mlops.files import file_digest, replacing
 from cifar10_mlops.repo import changed_files, dvc, error_line, has_commit

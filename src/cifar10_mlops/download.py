@@ -26,7 +26,8 @@ from tqdm import tqdm
 
 from cifar10_mlops import dataset
 from cifar10_mlops.archive import extract
-from cifar10_mlops.config import check_checksum, load_params
+from cifar10_mlops.checks import check_checksum
+from cifar10_mlops.settings import load_params
 from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.files import file_digests, scratch, write_json
 from cifar10_mlops.stage import run_stage, stage_parser

@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
 
 from cifar10_mlops import gate, lineage, tracking
-from cifar10_mlops.config import load_params
+from cifar10_mlops.settings import load_params
 from cifar10_mlops.dataset import CLASSES
 from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.files import replacing, require_files, write_json

@@ -15,7 +15,7 @@ import tensorflow as tf
 from keras import ops
 
 from cifar10_mlops.augment import augment_batch, random_crop_flip
-from cifar10_mlops.config import AugmentConfig, TrainConfig
+from cifar10_mlops.settings import AugmentConfig, TrainConfig
 from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.model import (
     NUM_CLASSES,

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from cifar10_mlops.config import ARCHITECTURES, block_widths
+from cifar10_mlops.settings import ARCHITECTURES, block_widths
 
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from cifar10_mlops.config import PARAMS_FILE, params_from_dict
+from cifar10_mlops.settings import PARAMS_FILE, params_from_dict
 from cifar10_mlops.errors import ConfigError, PipelineError
 from cifar10_mlops.files import replacing
 

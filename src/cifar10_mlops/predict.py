@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cifar10_mlops import quiet, tracking
-from cifar10_mlops.config import load_params
+from cifar10_mlops.settings import load_params
 from cifar10_mlops.dataset import CLASSES, IMAGE_SHAPE
 from cifar10_mlops.errors import PipelineError
 

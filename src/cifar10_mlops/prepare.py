@@ -20,7 +20,7 @@ from sklearn.model_selection import train_test_split
 
 from cifar10_mlops import dataset
 from cifar10_mlops.archive import extract
-from cifar10_mlops.config import PrepareConfig, load_params
+from cifar10_mlops.settings import PrepareConfig, load_params
 from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.files import require_files, write_json
 from cifar10_mlops.splits import Split, write_splits

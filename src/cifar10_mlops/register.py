@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from cifar10_mlops import gate, tracking
-from cifar10_mlops.config import RegisterConfig, load_params
+from cifar10_mlops.settings import RegisterConfig, load_params
 from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.files import file_digest, require_files, text_digest, write_json
 from cifar10_mlops.splits import load_split

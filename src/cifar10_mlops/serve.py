@@ -28,7 +28,7 @@ import numpy as np
 from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT as REQUEST_TIMEOUT
 
 from cifar10_mlops import tracking
-from cifar10_mlops.config import load_params
+from cifar10_mlops.settings import load_params
 from cifar10_mlops.predict import load_model
 from cifar10_mlops.serving import IMAGE_SHAPE, MAX_IMAGES
 

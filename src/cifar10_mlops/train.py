@@ -17,14 +17,13 @@ import csv
 import json
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import keras
 import tensorflow as tf
 
 from cifar10_mlops import devices, lineage, tracking
-from cifar10_mlops.config import (
+from cifar10_mlops.settings import (
     TUNABLE,
     Params,
     TrainConfig,
@@ -285,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"training on {placement.describe()}")
     seed_everything(params.seed, deterministic=params.deterministic)
     run_training(
-        replace(params, train=cfg), args.data, tuned=tuned, placement=placement,
+        params.model_copy(update={"train": cfg}), args.data, tuned=tuned, placement=placement,
         model_path=args.model, history_path=args.history, run_info_path=args.run_info,
     )  # fmt: skip
 

@@ -6,7 +6,7 @@ import os
 import re
 from pathlib import Path
 
-from cifar10_mlops.config import load_params
+from cifar10_mlops.settings import load_params
 from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.stage import run_stage, stage_parser
 from cifar10_mlops.tune import __doc__ as DOC

@@ -12,11 +12,10 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from cifar10_mlops import tracking
-from cifar10_mlops.config import Params, params_from_dict
+from cifar10_mlops.settings import Params, params_from_dict
 from cifar10_mlops.errors import PipelineError
 from cifar10_mlops.files import write_json
 from cifar10_mlops.splits import load_manifest
@@ -37,7 +36,7 @@ def announce(
         "mlflow_run_id": run_id,
         "experiment_id": experiment_id,
         "data_sha256": manifest["source_sha256"],
-        "params": asdict(params),
+        "params": params.model_dump(),
     }
     write_json(state_root / sid / SEARCH_FILE, info)
     print(

@@ -15,12 +15,12 @@ so with the numbers behind it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import numpy as np
 
 from cifar10_mlops import gate
-from cifar10_mlops.config import Params
+from cifar10_mlops.settings import Params
 from cifar10_mlops.fit import compile_model, scheduled_rate, steps_per_epoch
 from cifar10_mlops.stage import seed_everything
 from cifar10_mlops.tune.space import fmt
@@ -31,7 +31,7 @@ OBJECTIVE_METRIC = {"val_accuracy": "accuracy", "val_loss": "loss"}
 def candidate_predictions(params: Params, search, values: dict) -> np.ndarray:
     """Validation probabilities of `params.train` with `values`, trained as a trial is."""
     tune = params.tune
-    cfg = replace(params.train, **values, epochs=tune.max_epochs)
+    cfg = params.train.model_copy(update={**values, "epochs": tune.max_epochs})
     seed_everything(search.seed, deterministic=params.deterministic)
     steps = steps_per_epoch(len(search.labels), cfg.batch_size)
     model = compile_model(cfg, search.images, learning_rate=scheduled_rate(cfg, steps))

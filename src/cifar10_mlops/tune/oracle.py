@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import keras_tuner as kt
 
-from cifar10_mlops.config import TrainConfig, TuneConfig
+from cifar10_mlops.settings import TrainConfig, TuneConfig
 from cifar10_mlops.tune.space import CnnHyperModel, mflops
 
 if TYPE_CHECKING:  # records.py imports this module

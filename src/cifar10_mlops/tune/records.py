@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from cifar10_mlops import lineage, tracking
-from cifar10_mlops.config import Params
+from cifar10_mlops.settings import Params
 from cifar10_mlops.tune.oracle import BudgetedHyperbandOracle, kt_distributed
 from cifar10_mlops.tune.space import TUNER_KEYS, fmt, mflops
 

@@ -10,7 +10,7 @@ import csv
 import json
 from pathlib import Path
 
-from cifar10_mlops.config import TUNABLE, TrainConfig
+from cifar10_mlops.settings import TUNABLE, TrainConfig
 from cifar10_mlops.files import replacing
 from cifar10_mlops.tune.space import fmt, mflops
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 from cifar10_mlops import lineage, tracking
-from cifar10_mlops.config import TUNABLE, IntRange, Params, flatten
+from cifar10_mlops.settings import TUNABLE, IntRange, Params, flatten
 from cifar10_mlops.errors import ConfigError
 from cifar10_mlops.files import text_digest, write_json
 from cifar10_mlops.splits import load_manifest
@@ -38,8 +37,8 @@ REPORTS = ("trials.csv", "trials.png", "trials_table.png")  # besides summary.js
 
 def search_id(params: Params, data_sha256: str) -> str:
     """Fingerprint of everything a search's result depends on."""
-    train = {k: v for k, v in asdict(params.train).items() if k in TRAIN_KEYS + TUNABLE}
-    payload = {"tune": asdict(params.tune), "train": train, "seed": params.seed}
+    train = {k: v for k, v in params.train.model_dump().items() if k in TRAIN_KEYS + TUNABLE}
+    payload = {"tune": params.tune.model_dump(), "train": train, "seed": params.seed}
     blob = json.dumps({**payload, "data": data_sha256}, sort_keys=True, default=str)
     return text_digest(blob)[:12]
 

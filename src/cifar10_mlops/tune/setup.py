@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from cifar10_mlops import devices
-from cifar10_mlops.config import Params
+from cifar10_mlops.settings import Params
 from cifar10_mlops.fit import make_dataset, steps_per_epoch, training_callbacks
 from cifar10_mlops.splits import load_split
 from cifar10_mlops.stage import seed_everything

@@ -7,12 +7,11 @@ config.TUNABLE); `mflops` is a configuration's cost, which `tune.max_mflops` cap
 
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import cache
 
 import keras_tuner as kt
 
-from cifar10_mlops.config import (
+from cifar10_mlops.settings import (
     TUNABLE,
     FloatRange,
     IntRange,
@@ -81,7 +80,8 @@ class CnnHyperModel(kt.HyperModel):
         self.max_epochs = max_epochs
 
     def build(self, hp):
-        cfg = replace(self.train_cfg, **declare(hp, self.space), epochs=self.max_epochs)
+        values = {**declare(hp, self.space), "epochs": self.max_epochs}
+        cfg = self.train_cfg.model_copy(update=values)
         steps = steps_per_epoch(len(self.images), cfg.batch_size)
         return compile_model(cfg, self.images, learning_rate=scheduled_rate(cfg, steps))
 
@@ -101,7 +101,7 @@ def _mflops(architecture: str, widths: tuple[int, int, int], dense: int, dropout
 
 def mflops(cfg: TrainConfig, values: dict) -> float:
     """Forward MFLOPs per image of `cfg`'s network with a trial's values."""
-    cfg = replace(cfg, **{k: v for k, v in values.items() if k not in TUNER_KEYS})
+    cfg = cfg.model_copy(update={k: v for k, v in values.items() if k not in TUNER_KEYS})
     return _mflops(cfg.architecture, cfg.widths, cfg.dense_units, cfg.dropout)
 
 
