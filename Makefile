@@ -33,7 +33,7 @@ repro: $(STAMP)  ## run the whole pipeline (dvc repro) with params.yaml
 	$(BIN)/dvc repro
 
 smoke: $(STAMP)  ## the pipeline on a few hundred images, 1 epoch, in a scratch copy
-	$(BIN)/python -m cifar10_mlops.smoke
+	$(BIN)/python -m cifar10_mlops.ops.smoke
 
 # What the study's notebook did in every run: Keras' ImageDataGenerator warp (rotation 15°,
 # shift 0.1, shear 0.2, zoom 0.2, flip), Adam, plain cross-entropy, no flip averaging.
@@ -155,8 +155,8 @@ pull: $(STAMP)  ## dvc pull what dvc.lock names, and the run-cache, from the rem
 	@$(ENSURE_REMOTE)
 	$(BIN)/dvc pull --run-cache $(REMOTE_ARG)
 
-# The embedded store's URI and the champion alias have one home, cifar10_mlops.tracking.
-STORE_URI ?= $$($(BIN)/python -c 'from cifar10_mlops import tracking; \
+# The embedded store's URI and the champion alias have one home, cifar10_mlops.core.tracking.
+STORE_URI ?= $$($(BIN)/python -c 'from cifar10_mlops.core import tracking; \
   print(tracking.DEFAULT_TRACKING_URI)')
 
 # Ports, overridable (`make mlflow-ui MLFLOW_PORT=5050`): the names scripts/services.sh and
@@ -170,8 +170,8 @@ mlflow-ui: $(STAMP)  ## open the MLflow UI on the embedded store at http://127.0
 # Order-only on $(STAMP): a new lock file does not download it again.
 PLOTS_TEMPLATE := .dvc/plots/offline.html
 
-$(PLOTS_TEMPLATE): src/cifar10_mlops/plots_template.py | $(STAMP)
-	$(BIN)/python -m cifar10_mlops.plots_template --out $@
+$(PLOTS_TEMPLATE): src/cifar10_mlops/ops/plots_template.py | $(STAMP)
+	$(BIN)/python -m cifar10_mlops.ops.plots_template --out $@
 
 plots: $(STAMP) $(PLOTS_TEMPLATE)  ## dvc plots show, with the Vega scripts inlined (renders offline)
 	$(BIN)/dvc plots show --html-template $(PLOTS_TEMPLATE)
@@ -229,10 +229,10 @@ publish-data: $(STAMP)  ## publish ARCHIVE as the dataset and announce it (retra
 WEBHOOK_URL ?=
 notify-webhook: $(STAMP)  ## save the webhook that retrain failures and new champions go to (WEBHOOK_URL)
 	@[ -n "$(WEBHOOK_URL)" ] || { echo "usage: make notify-webhook WEBHOOK_URL=https://..." >&2; exit 2; }
-	$(BIN)/python -m cifar10_mlops.notify --url "$(WEBHOOK_URL)"
+	$(BIN)/python -m cifar10_mlops.ops.notify --url "$(WEBHOOK_URL)"
 
 # The model name has one home, params.yaml `register.model_name`.
-MODEL_URI ?= $$($(BIN)/python -c 'from cifar10_mlops import settings, tracking; \
+MODEL_URI ?= $$($(BIN)/python -c 'from cifar10_mlops.core import settings, tracking; \
   print(tracking.champion_uri(settings.load_params().register.model_name))')
 # MLflow's scoring app with request limits (README "Bad input and limits"), not `mlflow models serve`.
 SERVE_PORT ?= 5001
@@ -245,7 +245,7 @@ serve-model: $(STAMP)  ## serve MODEL_URI (default: the champion) at http://127.
 # MLflow server are shared). See README "Distributed tuning".
 tune-worker: $(STAMP)  ## a worker for a distributed search (KERASTUNER_* set, see README)
 	KERASTUNER_TUNER_ID=$${KERASTUNER_TUNER_ID:-worker-$$(hostname)-$$$$} \
-	  $(BIN)/python -m cifar10_mlops.tune --worker --data data/prepared --state models/tuner
+	  $(BIN)/python -m cifar10_mlops.stages.tune --worker --data data/prepared --state models/tuner
 
 stack-env:  ## write .env for docker compose from .env.example, with random passwords
 	$(PYTHON) scripts/stack_env.py
@@ -264,7 +264,7 @@ UV_COMPILE := uv pip compile pyproject.toml --extra dev --python-version 3.11 \
   --python-platform x86_64-manylinux_2_28 --no-header
 
 settings-doc: $(STAMP)  ## regenerate docs/settings.md from the settings' descriptions (settings.py)
-	$(BIN)/python -m cifar10_mlops.settings_reference
+	$(BIN)/python -m cifar10_mlops.ops.settings_reference
 
 lock:  ## re-resolve requirements.lock (CPU) and requirements-gpu.lock from pyproject.toml (needs uv)
 	$(UV_COMPILE) --extra cpu -o requirements.lock

@@ -5,7 +5,7 @@
 
 1. throughput: images/s in steady state (warm-up steps excluded) of the study's pipeline
    (ImageDataGenerator.flow, batch 64, Keras' layers, Adam) and of the `train` stage's
-   (fit.make_dataset and fit.compile_model at params.yaml's settings), both training the
+   (data.make_dataset and network.compile_model at params.yaml's settings), both training the
    same network, the study's baseline CNN; alternated three times, medians and their ratio.
 2. time_to_accuracy: the `train` stage's training with params.yaml as it stands, scored on
    the test split after every epoch as the saved model scores (test-time augmentation
@@ -57,7 +57,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from cifar10_mlops.files import write_json  # noqa: E402
+from cifar10_mlops.core.files import write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_ACCURACY = 0.8015  # the study's test accuracy
@@ -121,7 +121,7 @@ def ablations(train) -> dict[str, dict]:
     left out; with a Muon default, the bias-rate row too (Muon has no one weights' rate) and
     the SGD rows start from airbench94's SGD recipe; "Muon"/"SGD" rows swap the optimizer's
     recipe for the other one's (airbench94's warm-up at its 23 % of the default's epochs)."""
-    from cifar10_mlops.fit import airbench_step_gain
+    from cifar10_mlops.training.optimizers import airbench_step_gain
 
     sgd = {key: AIRBENCH94.get(key, getattr(train, key)) for key in OPTIMIZER_RECIPE}
     sgd["warmup_epochs"] = round(0.23 * train.epochs, 2)
@@ -169,7 +169,7 @@ def machine() -> dict:
 
 def load_data(prepared: Path, n_synthetic: int):
     """(train, val, test) splits of data/prepared, or random ones when it is absent."""
-    from cifar10_mlops.splits import load_split
+    from cifar10_mlops.core.splits import load_split
 
     if (prepared / "train.npz").exists():
         return tuple(load_split(prepared, name) for name in ("train", "val", "test")), "prepared"
@@ -204,7 +204,7 @@ STUDY_NETWORK = dict(architecture="baseline", conv_1_filters=32, conv_2_filters=
 
 def study_model():
     """The study's §3.3 network with Keras' own layers, compiled as the study did."""
-    from cifar10_mlops.model import build_model
+    from cifar10_mlops.training.model import build_model
 
     model = build_model(**STUDY_NETWORK)
     model.compile(
@@ -220,7 +220,8 @@ def throughput(data, params, *, images: int, rounds: int, warmup: int = 10) -> d
     baseline network, alternated `rounds` times on `images` images each; medians."""
     from tensorflow.keras.preprocessing.image import ImageDataGenerator  # the study's import
 
-    from cifar10_mlops.fit import compile_model, make_dataset, steps_per_epoch
+    from cifar10_mlops.training.network import compile_model
+    from cifar10_mlops.training.data import make_dataset, steps_per_epoch
 
     x, y = data[0][0][:images], data[0][1][:images]
     # The study's notebook: its generator, batch 64, Keras' BatchNormalization, Adam.
@@ -234,7 +235,7 @@ def throughput(data, params, *, images: int, rounds: int, warmup: int = 10) -> d
     )
     study = study_model()
     # The train stage's: params.yaml's batch size, augmentation, optimizer and loss, through
-    # fit.compile_model (fused BatchNormalization), on the same architecture.
+    # network.compile_model (fused BatchNormalization), on the same architecture.
     cfg = params.train.model_copy(update=STUDY_NETWORK)
     ours = compile_model(cfg, x)
     dataset = make_dataset(x, y, cfg.batch_size, seed=0, augment=cfg.augment)
@@ -256,7 +257,7 @@ def throughput(data, params, *, images: int, rounds: int, warmup: int = 10) -> d
               f"{rates['project'][-1]:,.0f} img/s", flush=True)  # fmt: skip
     study_rate, ours_rate = (statistics.median(rates[k]) for k in ("study", "project"))
     # What limits it: the network's arithmetic against the most this CPU multiplies per second.
-    from cifar10_mlops.model import forward_mflops
+    from cifar10_mlops.training.model import forward_mflops
 
     train_mflops = 3 * forward_mflops(ours)  # forward + backward (input and weight gradients)
     peak = matmul_gflops()
@@ -294,8 +295,8 @@ def matmul_gflops(n: int = 2048, repeats: int = 20) -> float:
 def time_to_accuracy(data, params, *, strategy=None, probe: bool = True) -> dict:
     """The train stage's training (params.yaml as is), test accuracy after every epoch
     (`probe`; without it, only at the end), and the final model's at each TTA level."""
-    from cifar10_mlops.model import with_tta
-    from cifar10_mlops.train import train
+    from cifar10_mlops.training.model import with_tta
+    from cifar10_mlops.stages.train import train
 
     train_split, val_split, (x_test, y_test) = data
 
@@ -364,7 +365,7 @@ def ablation(data, params, *, seeds: int) -> dict:
     """The default training, then each ABLATIONS entry, `seeds` seeds each: final test
     accuracy with the saved model's test-time augmentation; mean and sample spread. A row
     that changes only `tta_level` is inference only: the default's models, scored so."""
-    from cifar10_mlops.stage import seed_everything
+    from cifar10_mlops.core.stage import seed_everything
 
     rows, defaults = {}, []
     for name, values in {"default": {}, **ablations(params.train)}.items():
@@ -400,7 +401,7 @@ def _row(changes: dict, accuracies: list[float]) -> dict:
 
 def gpu(data, params) -> dict:
     """The airbench94 preset on the first GPU (mixed precision), as time_to_accuracy."""
-    from cifar10_mlops import devices
+    from cifar10_mlops.training import devices
 
     placement = devices.setup("auto")
     if not placement.describe().lower().count("gpu"):
@@ -414,8 +415,8 @@ def tracking(data, params, *, images: int, repeats: int, epochs: int = 2) -> dic
     """Wall time of the same short training with and without MLflow logging."""
     import mlflow
 
-    from cifar10_mlops.settings import flatten
-    from cifar10_mlops.train import MlflowEpochLogger, train
+    from cifar10_mlops.core.settings import flatten
+    from cifar10_mlops.stages.train import MlflowEpochLogger, train
 
     (x, y), val = data[0], data[1]
     cfg = params.train.model_copy(update={"epochs": epochs, "early_stopping_patience": None})
@@ -487,9 +488,9 @@ def determinism_run(args, params, mode: str, epochs: int) -> None:
     """One training of the determinism section, in this process; prints a JSON line."""
     import json
 
-    from cifar10_mlops.stage import seed_everything
-    from cifar10_mlops.train import train
-    from cifar10_mlops.weights import weights_sha256
+    from cifar10_mlops.core.stage import seed_everything
+    from cifar10_mlops.stages.train import train
+    from cifar10_mlops.training.weights import weights_sha256
 
     seed_everything(params.seed, deterministic=mode == "deterministic")
     (x, y), val, _ = load_data(args.data, args.images)[0]
@@ -614,8 +615,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    from cifar10_mlops.settings import load_params, replace_checked
-    from cifar10_mlops.errors import ConfigError
+    from cifar10_mlops.core.settings import load_params, replace_checked
+    from cifar10_mlops.core.errors import ConfigError
 
     params = loaded = load_params(args.params)
     try:

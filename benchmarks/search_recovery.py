@@ -7,7 +7,7 @@
 train's Muon rate is set 10x too low (MISSET: 0.024 instead of 0.24) and the search space
 widened to hold it (SPACE: 0.02-0.5, log), so the first trial is the mis-set value. Each of
 --seeds searches (tune.seed --first-seed, the next, ...) runs the real stage (`python -m
-cifar10_mlops.tune`) on data/prepared into a throwaway MLflow store. A search recovers when
+cifar10_mlops.stages.tune`) on data/prepared into a throwaway MLflow store. A search recovers when
 it adopts, past its noise check, a rate within RECOVERED (0.1-0.5, around the tuned default
 0.24). The budgets are
 params.yaml's `tune` section (default) and the Makefile's TUNE_FULL overrides (full; a test
@@ -54,7 +54,7 @@ def search(budget: str, seed: int, data: Path) -> dict:
         tmp = Path(tmp)
         (tmp / "params.yaml").write_text(yaml.safe_dump(params_for(budget, seed), sort_keys=False))
         cmd = [
-            sys.executable, "-m", "cifar10_mlops.tune", "--params", str(tmp / "params.yaml"),
+            sys.executable, "-m", "cifar10_mlops.stages.tune", "--params", str(tmp / "params.yaml"),
             "--data", str(data.resolve()), "--best", str(tmp / "best.json"),
             "--reports", str(tmp / "reports"), "--state", str(tmp / "state"),
         ]  # fmt: skip

@@ -12,7 +12,7 @@ Two ways to run it:
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.deploy
 - on a Prefect work pool (Prefect's production path): the deployment goes to the process
   pool NAME, created if missing, and any worker of that pool runs it in its own checkout
-  (cifar10_mlops.pool; `make worker POOL=NAME` on each machine):
+  (cifar10_mlops.ops.pool; `make worker POOL=NAME` on each machine):
     PREFECT_API_URL=... python -m flows.deploy --pool cpu          # `make deploy-pool`
 """
 
@@ -27,11 +27,11 @@ from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL
 
-from cifar10_mlops import publish
-from cifar10_mlops.checks import check_name
-from cifar10_mlops.settings import load_params
-from cifar10_mlops.errors import ConfigError, PipelineError
-from cifar10_mlops.prefect_server import check_prefect
+from cifar10_mlops.ops import publish
+from cifar10_mlops.core.validation import check_name
+from cifar10_mlops.core.settings import load_params
+from cifar10_mlops.core.errors import ConfigError, PipelineError
+from cifar10_mlops.ops.prefect_server import check_prefect
 from flows.retrain import PARAMS, retrain
 
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
@@ -135,7 +135,7 @@ def ensure_crash_detection() -> None:
 
 
 def deploy_to_pool(pool: str) -> None:
-    from cifar10_mlops.pool import ENTRYPOINT, WorkerCheckout
+    from cifar10_mlops.ops.pool import ENTRYPOINT, WorkerCheckout
 
     ensure_pool(pool)
     ensure_crash_detection()

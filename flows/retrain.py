@@ -41,17 +41,19 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from cifar10_mlops import notify, tracking
-from cifar10_mlops.prefect_server import check_prefect
-from cifar10_mlops.errors import PipelineError
-from cifar10_mlops.overrides import apply_params
-from cifar10_mlops.repo import (
+from cifar10_mlops.ops import notify
+from cifar10_mlops.core import tracking
+from cifar10_mlops.ops.prefect_server import check_prefect
+from cifar10_mlops.core.errors import PipelineError
+from cifar10_mlops.ops.overrides import apply_params
+from cifar10_mlops.core.repo import (
     changed_files, dvc, dvc_checked, dvc_env, dvc_remote_set, git, has_commit, redact,
     remote_args,
 )  # fmt: skip
-from cifar10_mlops.register import uncached_outputs
+from cifar10_mlops.stages.register import uncached_outputs
+from cifar10_mlops.core.settings import PARAMS_FILE
 
-PARAMS, DVC_YAML = Path("params.yaml"), Path("dvc.yaml")
+PARAMS, DVC_YAML = PARAMS_FILE, Path("dvc.yaml")
 # Stages whose failures can be transient (a network download); the others fail for reasons a
 # retry cannot fix, and a failed stage leaves nothing half-written to retry over.
 RETRIES = {"download": 3}

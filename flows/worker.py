@@ -7,7 +7,7 @@ team's MLflow server (MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME/PASSWORD) an
 the credentials, that a DVC remote is set (DVC_REMOTE, or this checkout's default) and that the
 checkout has no uncommitted changes; then it becomes `prefect worker start` on the process
 pool (created if missing), taking one flow run at a time, with CIFAR10_MLOPS_CHECKOUT set to
-this checkout for the deployment's pull step (cifar10_mlops.pool).
+this checkout for the deployment's pull step (cifar10_mlops.ops.pool).
 
   python -m flows.worker --pool cpu [--name NAME] [--healthcheck]
 """
@@ -22,12 +22,12 @@ from pathlib import Path
 
 from prefect.settings import PREFECT_API_URL
 
-from cifar10_mlops import tracking
-from cifar10_mlops.checks import check_name
-from cifar10_mlops.errors import PipelineError
-from cifar10_mlops.pool import CHECKOUT_VAR, enter_checkout
+from cifar10_mlops.core import tracking
+from cifar10_mlops.core.validation import check_name
+from cifar10_mlops.core.errors import PipelineError
+from cifar10_mlops.ops.pool import CHECKOUT_VAR, enter_checkout
 from flows.deploy import ensure_pool
-from cifar10_mlops.repo import dvc_remote_set
+from cifar10_mlops.core.repo import dvc_remote_set
 from flows.retrain import check_services, check_workspace
 
 

@@ -23,8 +23,8 @@ MLFLOW_ADMIN=admin
 export PREFECT_SERVER_ANALYTICS_ENABLED=false  # no telemetry calls home
 export PREFECT_API_URL="http://127.0.0.1:${PREFECT_PORT}/api"
 
-# The embedded store the stages log to (its one home: cifar10_mlops.tracking).
-store_uri() { python -c 'from cifar10_mlops import tracking; print(tracking.DEFAULT_TRACKING_URI)'; }
+# The embedded store the stages log to (its one home: cifar10_mlops.core.tracking).
+store_uri() { python -c 'from cifar10_mlops.core import tracking; print(tracking.DEFAULT_TRACKING_URI)'; }
 
 command_of() {
   case $1 in

@@ -30,7 +30,7 @@ import yaml
 from filelock import FileLock
 from PIL import Image
 
-from cifar10_mlops.dataset import CLASSES
+from cifar10_mlops.core.dataset import CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -440,8 +440,8 @@ def write_prepared(out: Path, test_seed: int = 2, per_class: int = 20) -> Path:
     """Write a prepared folder (as the prepare stage does) from `per_class` images per class
     (a quarter of them for validation), and a test split of 4 per class drawn with
     `test_seed`."""
-    from cifar10_mlops.prepare import split_data
-    from cifar10_mlops.splits import write_splits
+    from cifar10_mlops.stages.prepare import split_data
+    from cifar10_mlops.core.splits import write_splits
 
     splits = split_data(
         make_images(per_class, seed=1),
@@ -491,9 +491,11 @@ def candidate(in_project, params_file):
     `confidence`. The metrics are computed from them as evaluate computes its own."""
     import mlflow
 
-    from cifar10_mlops import evaluate, gate, tracking
-    from cifar10_mlops.model import build_model
-    from cifar10_mlops.splits import load_split
+    from cifar10_mlops.stages import evaluate
+    from cifar10_mlops.training import gate
+    from cifar10_mlops.core import tracking
+    from cifar10_mlops.training.model import build_model
+    from cifar10_mlops.core.splits import load_split
 
     params = params_file()
     experiment_id = tracking.configure("cifar10-cnn")

@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from cifar10_mlops.health import answers
+from cifar10_mlops.core.health import answers
 
 BIN = Path(sys.executable).parent  # the venv's `mlflow`, `prefect`, `dvc`, `python`
 

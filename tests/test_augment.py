@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cifar10_mlops.augment import augment_batch, random_affine, random_crop_flip
-from cifar10_mlops.settings import AugmentConfig
+from cifar10_mlops.training.augment import augment_batch, random_affine, random_crop_flip
+from cifar10_mlops.core.settings import AugmentConfig
 
 NONE = dict(rotation=0.0, shift=0.0, shear=0.0, zoom=0.0, horizontal_flip=False)
 

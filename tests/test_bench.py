@@ -74,7 +74,7 @@ def test_airbench_reference_refuses_a_file_that_is_not_airbench94(tmp_path):
     prepared.mkdir()
     for split in ("train", "test"):
         (prepared / f"{split}.npz").write_bytes(b"")
-    not_airbench = REPO / "src" / "cifar10_mlops" / "fit.py"
+    not_airbench = REPO / "src" / "cifar10_mlops" / "training" / "optimizers.py"
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "airbench_reference.py"),
          "--airbench", str(not_airbench), "--data", str(prepared)],
@@ -87,8 +87,8 @@ def test_airbench_reference_refuses_a_file_that_is_not_airbench94(tmp_path):
 
 
 def test_ablation_rows_follow_the_defaults_optimizer():
-    from cifar10_mlops.settings import load_params
-    from cifar10_mlops.fit import airbench_step_gain
+    from cifar10_mlops.core.settings import load_params
+    from cifar10_mlops.training.optimizers import airbench_step_gain
 
     bench = bench_module()
     train = load_params(REPO / "params.yaml").train
@@ -121,7 +121,7 @@ def test_ablation_rows_follow_the_defaults_optimizer():
 def test_study_speed_is_airbench94_at_a_quarter_width_for_four_epochs():
     # The recipe `make bench` times to the study's accuracy: a valid train config (checked as
     # params.yaml is), airbench94's in all but widths, epochs and its warm-up's share of them.
-    from cifar10_mlops.settings import load_params, replace_checked
+    from cifar10_mlops.core.settings import load_params, replace_checked
 
     bench = bench_module()
     params = load_params(REPO / "params.yaml")

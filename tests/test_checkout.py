@@ -51,7 +51,7 @@ def two_versions(retrained):
 @pytest.mark.long(seconds=40)
 def test_checkout_restores_a_versions_params_lock_and_outputs(two_versions):
     project = two_versions
-    from cifar10_mlops.files import file_digest
+    from cifar10_mlops.core.files import file_digest
 
     result = checkout(project, f"models:/{MODEL}/1")
     assert result.returncode == 0, result.stderr

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cifar10_mlops.settings import ConfigError, Params, flatten, load_params
+from cifar10_mlops.core.settings import ConfigError, Params, flatten, load_params
 from conftest import REPO, tiny_params
 
 
@@ -26,7 +26,7 @@ def test_repository_params_load_as_typed_config():
 def test_search_cost_cap_admits_the_default_network_and_nothing_dearer():
     # tune.max_mflops is sized to train's default network: a filter search keeps train's
     # time, and the default itself is never excluded from the search it is the first trial of.
-    from cifar10_mlops.model import build_model, forward_mflops
+    from cifar10_mlops.training.model import build_model, forward_mflops
 
     params = load_params(REPO / "params.yaml")
     c1, c2, c3 = params.train.widths
@@ -124,7 +124,7 @@ def test_integer_is_accepted_where_a_float_is_expected(tmp_path):
 def test_stage_exits_with_one_line_error_before_any_work(tmp_path, run_module):
     path = write(tmp_path, tiny_params(**{"train.epochs": -1}))
     result = run_module(
-        "cifar10_mlops.download", "--params", str(path), "--out", str(tmp_path / "raw")
+        "cifar10_mlops.stages.download", "--params", str(path), "--out", str(tmp_path / "raw")
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
@@ -214,7 +214,7 @@ def test_stages_refuse_them_in_one_line(tmp_path, run_module, text, message):
         base = "\n".join(text.rstrip() if x.startswith("seed:") else x for x in base.splitlines())
     path.write_text(base + "\n")
     result = run_module(
-        "cifar10_mlops.download", "--params", str(path), "--out", str(tmp_path / "raw")
+        "cifar10_mlops.stages.download", "--params", str(path), "--out", str(tmp_path / "raw")
     )
     assert result.returncode == 1
     [line] = result.stderr.strip().splitlines()

@@ -102,7 +102,8 @@ def test_a_published_dataset_triggers_a_retrain_that_announces_its_champion(
     env.pop("MLFLOW_TRACKING_URI", None)
     with webhook_receiver() as (hook, received):
         saved = subprocess.run(
-            [sys.executable, "-m", "cifar10_mlops.notify", "--url", hook, "--allow-private-url"],
+            [sys.executable, "-m", "cifar10_mlops.ops.notify", "--url", hook,
+             "--allow-private-url"],
             cwd=project, env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert saved.returncode == 0, saved.stderr

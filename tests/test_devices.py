@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 def run_train(run_module, in_project, params_file, env=None, **overrides):
     params = params_file(**{"train.use_tuned": False, "train.epochs": 2, **overrides})
     return run_module(
-        "cifar10_mlops.train", "--params", str(params), *stage_args("train"),
+        "cifar10_mlops.stages.train", "--params", str(params), *stage_args("train"),
         cwd=in_project, env=env,
     )  # fmt: skip
 
@@ -62,7 +62,7 @@ def test_single_device_is_the_default_strategy(in_project, prepared, params_file
 
 # Two replicas once turned the weights into NaN in about a third of runs, at an epoch's last,
 # partial batch with the loss scale never lowered. Epochs now drop the partial batch (as
-# airbench does), and a NaN loss stops training with an error (fit.StopOnDivergence), so this
+# airbench does), and a NaN loss stops training with an error (callbacks.StopOnDivergence), so this
 # is an ordinary test again (it passed in each of the 5 runs since).
 @pytest.mark.parametrize("replicas", ["1", "2"])
 def test_mixed_precision_training_saves_a_float32_model(
@@ -113,7 +113,7 @@ def test_tune_stage_with_a_cost_cap_runs_on_two_devices(
     # factor 3 over 2 epochs: a search of 2 trials (4 epochs) instead of the tiny default's 5
     params = params_file(**{"tune.max_mflops": 50, "tune.factor": 3})
     result = run_module(
-        "cifar10_mlops.tune", "--params", str(params), *stage_args("tune"),
+        "cifar10_mlops.stages.tune", "--params", str(params), *stage_args("tune"),
         cwd=in_project, env={"CIFAR10_CPU_REPLICAS": "2"},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

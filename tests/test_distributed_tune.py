@@ -30,7 +30,7 @@ def cluster(in_project, prepared, params_file, tmp_path, migrated_store):
         def launch(name: str, args: list, **env):
             log = tmp_path / f"{name}.log"
             process = start(
-                [sys.executable, "-m", "cifar10_mlops.tune", *args], log,
+                [sys.executable, "-m", "cifar10_mlops.stages.tune", *args], log,
                 env_with_bin(MLFLOW_TRACKING_URI=url, KERASTUNER_TUNER_ID=name, **oracle, **env),
                 in_project,
             )  # fmt: skip
@@ -124,7 +124,8 @@ def test_search_completes_when_a_worker_dies_mid_trial(cluster, in_project):
 
 def test_a_worker_without_the_oracle_address_is_a_one_line_error(in_project, prepared, run_module):
     result = run_module(
-        "cifar10_mlops.tune", "--worker", "--data", "data/prepared", "--state", "models/tuner",
+        "cifar10_mlops.stages.tune", "--worker", "--data", "data/prepared",
+        "--state", "models/tuner",
         cwd=in_project, env={"KERASTUNER_ORACLE_IP": ""},
     )  # fmt: skip
     assert result.returncode == 1
@@ -137,7 +138,8 @@ def test_a_worker_without_the_oracle_address_is_a_one_line_error(in_project, pre
 def test_a_bad_oracle_port_is_a_one_line_error(in_project, prepared, run_module, port):
     env = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}
     result = run_module(
-        "cifar10_mlops.tune", "--worker", "--data", "data/prepared", "--state", "models/tuner",
+        "cifar10_mlops.stages.tune", "--worker", "--data", "data/prepared",
+        "--state", "models/tuner",
         cwd=in_project, env={**env, "KERASTUNER_TUNER_ID": "w1"},
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar10_mlops.archive import extract
-from cifar10_mlops.download import describe_source, download
-from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.core.archive import extract
+from cifar10_mlops.stages.download import describe_source, download
+from cifar10_mlops.core.errors import PipelineError
 from conftest import add_bytes, error_line, write_image_archive, write_python_archive
 
 
@@ -266,13 +266,13 @@ def test_cli_uses_the_environment_override(python_archive, tmp_path, params_file
     out = tmp_path / "raw"
     env = {"CIFAR10_SOURCE": str(python_archive), "CIFAR10_CHECKSUM": "sha256:" + "1" * 64}
     result = run_module(
-        "cifar10_mlops.download", "--params", str(params), "--out", str(out), env=env
+        "cifar10_mlops.stages.download", "--params", str(params), "--out", str(out), env=env
     )
     assert result.returncode == 1
     assert error_line(result).startswith("error: checksum mismatch for cifar-10-python.tar.gz")
     env.pop("CIFAR10_CHECKSUM")
     result = run_module(
-        "cifar10_mlops.download", "--params", str(params), "--out", str(out), env=env
+        "cifar10_mlops.stages.download", "--params", str(params), "--out", str(out), env=env
     )
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "manifest.json").read_text())["source"] == python_archive.name
@@ -309,7 +309,7 @@ def test_the_manifest_names_a_source_without_paths_or_credentials(source, record
 def test_numpy_1_pickles_like_the_official_release_load(tmp_path):
     # The official batches were pickled by Python 2 with numpy 1, which names the array
     # machinery numpy.core.multiarray; numpy 2 writes numpy._core.multiarray.
-    from cifar10_mlops.dataset import safe_unpickle
+    from cifar10_mlops.core.dataset import safe_unpickle
 
     array = np.arange(12, dtype=np.uint8).reshape(3, 4)
     data = pickle.dumps({b"data": array}, protocol=2)
@@ -351,7 +351,7 @@ def tree_bytes(folder: Path) -> int:
 
 
 def test_member_over_the_size_limit_is_refused_before_it_is_written(tmp_path):
-    from cifar10_mlops.archive import MAX_MEMBER_BYTES
+    from cifar10_mlops.core.archive import MAX_MEMBER_BYTES
 
     archive = zeros_tar(tmp_path / "bomb.tar.gz", {"cifar10/big.bin": MAX_MEMBER_BYTES + 1})
     assert archive.stat().st_size < 1 << 20  # a small archive
@@ -366,7 +366,7 @@ def test_member_over_the_size_limit_is_refused_before_it_is_written(tmp_path):
 
 
 def test_archive_over_the_total_limit_stops_at_the_member_that_crosses_it(tmp_path, monkeypatch):
-    from cifar10_mlops import archive
+    from cifar10_mlops.core import archive
 
     monkeypatch.setattr(archive, "MAX_TOTAL_BYTES", 3 << 20)
     names = {f"cifar10/{i}.bin": 1 << 20 for i in range(6)}
@@ -380,7 +380,7 @@ def test_archive_over_the_total_limit_stops_at_the_member_that_crosses_it(tmp_pa
 
 @pytest.mark.parametrize("kind", ["tar", "zip"])
 def test_too_many_members_are_refused_while_reading_them(tmp_path, monkeypatch, kind):
-    from cifar10_mlops import archive
+    from cifar10_mlops.core import archive
 
     monkeypatch.setattr(archive, "MAX_MEMBERS", 50)
     archive = tmp_path / f"many.{kind}"
@@ -403,7 +403,7 @@ def test_too_many_members_are_refused_while_reading_them(tmp_path, monkeypatch, 
 
 
 def test_zip_member_over_the_size_limit_is_refused(tmp_path, monkeypatch):
-    from cifar10_mlops import archive
+    from cifar10_mlops.core import archive
 
     monkeypatch.setattr(archive, "MAX_MEMBER_BYTES", 1000)
     archive = tmp_path / "bomb.zip"
@@ -415,12 +415,12 @@ def test_zip_member_over_the_size_limit_is_refused(tmp_path, monkeypatch):
 
 
 def test_download_cli_refuses_a_bomb_in_one_line(tmp_path, params_file, run_module):
-    from cifar10_mlops.archive import MAX_MEMBER_BYTES
+    from cifar10_mlops.core.archive import MAX_MEMBER_BYTES
 
     archive = zeros_tar(tmp_path / "bomb.tar.gz", {"c/big.bin": 2 * MAX_MEMBER_BYTES})
     out = tmp_path / "raw"
     result = run_module(
-        "cifar10_mlops.download", "--params", str(params_file()), "--out", str(out),
+        "cifar10_mlops.stages.download", "--params", str(params_file()), "--out", str(out),
         env={"CIFAR10_SOURCE": str(archive)},
     )  # fmt: skip
     assert result.returncode == 1
@@ -476,7 +476,7 @@ def test_scratch_left_by_a_killed_process_is_removed_by_the_next_run(python_arch
 
     out = tmp_path / "raw"
     code = (
-        "import sys, time; from pathlib import Path; from cifar10_mlops.files import scratch\n"
+        "import sys, time; from pathlib import Path; from cifar10_mlops.core.files import scratch\n"
         f"with scratch(Path({str(tmp_path)!r}), '.raw') as tmp:\n"
         "    (tmp / 'half.tar.gz').write_bytes(bytes(1000)); print(tmp, flush=True); time.sleep(60)"
     )
@@ -526,7 +526,7 @@ class EndlessHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.mark.parametrize("length", [None, 10**12], ids=["no-length", "huge-length"])
 def test_a_source_larger_than_any_cifar10_archive_fills_no_disk(tmp_path, monkeypatch, length):
-    from cifar10_mlops import download as module
+    from cifar10_mlops.stages import download as module
 
     monkeypatch.setattr(module, "MAX_ARCHIVE_BYTES", 4 << 20)
     monkeypatch.setattr(EndlessHandler, "length", length)
@@ -547,7 +547,7 @@ def test_a_source_larger_than_any_cifar10_archive_fills_no_disk(tmp_path, monkey
 
 
 def test_a_local_source_over_the_limit_is_refused_before_it_is_read(tmp_path, monkeypatch):
-    from cifar10_mlops import download as module
+    from cifar10_mlops.stages import download as module
 
     monkeypatch.setattr(module, "MAX_ARCHIVE_BYTES", 1000)
     big = tmp_path / "big.tar.gz"
@@ -570,7 +570,7 @@ def test_a_huge_extended_header_is_refused_before_it_is_read(tmp_path):
 
 def test_a_stream_over_the_budget_stops_while_it_is_read(tmp_path, monkeypatch):
     """Whatever tarfile reads counts, headers included: a member's declared size cannot lie."""
-    from cifar10_mlops import archive as module
+    from cifar10_mlops.core import archive as module
 
     monkeypatch.setattr(module, "_HEADER_SLACK", 0)
     monkeypatch.setattr(module, "MAX_TOTAL_BYTES", 5000)

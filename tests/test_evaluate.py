@@ -5,9 +5,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from cifar10_mlops import evaluate, gate, train
-from cifar10_mlops.dataset import CLASSES
-from cifar10_mlops.splits import load_split
+from cifar10_mlops.stages import evaluate, train
+from cifar10_mlops.training import gate
+from cifar10_mlops.core.dataset import CLASSES
+from cifar10_mlops.core.splits import load_split
 from conftest import error_line, stage_args
 
 
@@ -89,10 +90,11 @@ def test_evaluate_writes_reports_and_logs_into_the_training_run(in_project, prep
     assert run.data.tags["model_uri"] == logged.model_uri  # what `register` registers
     pyfunc = mlflow.pyfunc.load_model(logged.model_uri)
     np.testing.assert_allclose(
-        predictions.probabilities, pyfunc.unwrap_python_model().model.predict(x, verbose=0),
+        predictions.probabilities,
+        pyfunc.unwrap_python_model().model.predict(x, verbose=0),
         rtol=1e-5,
     )
-    assert pyfunc.metadata.signature is None  # serving.py checks the input itself
+    assert pyfunc.metadata.signature is None  # pyfunc.py checks the input itself
     assert pyfunc.metadata.metadata["classes"] == list(CLASSES)
     images = np.load(prepared / "test.npz")["x"][:5]
     keras_model = pyfunc.unwrap_python_model().model
@@ -104,7 +106,7 @@ def test_evaluate_writes_reports_and_logs_into_the_training_run(in_project, prep
 def test_evaluate_before_training_says_so(in_project, prepared, params_file, run_module):
     params = str(params_file())
     result = run_module(
-        "cifar10_mlops.evaluate", "--params", params, *stage_args("evaluate"), cwd=in_project
+        "cifar10_mlops.stages.evaluate", "--params", params, *stage_args("evaluate"), cwd=in_project
     )
     assert result.returncode == 1
     assert result.stderr.strip() == "error: models/model.keras not found: run the train stage first"
@@ -145,7 +147,7 @@ def test_a_model_that_cannot_be_scored_is_one_line(
         )
         write_model_run(in_project, model)
     result = run_module(
-        "cifar10_mlops.evaluate", "--params", str(params_file()), *stage_args("evaluate"),
+        "cifar10_mlops.stages.evaluate", "--params", str(params_file()), *stage_args("evaluate"),
         cwd=in_project,
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr

@@ -4,8 +4,8 @@ import hashlib
 
 import pytest
 
-from cifar10_mlops.errors import PipelineError
-from cifar10_mlops.files import file_digests, replacing, require_files, write_json
+from cifar10_mlops.core.errors import PipelineError
+from cifar10_mlops.core.files import file_digests, replacing, require_files, write_json
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):

@@ -221,7 +221,7 @@ def test_flow_run_with_a_refused_override_fails_and_leaves_params(harness, flow_
 def test_a_failed_run_is_announced_through_the_webhook_block(harness, flow_project):
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    from cifar10_mlops import notify
+    from cifar10_mlops.ops import notify
 
     with webhook_receiver() as (hook, received):
         notify.save(hook, allow_private=True)

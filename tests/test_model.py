@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from cifar10_mlops.model import (
+from cifar10_mlops.training.model import (
     WHITEN_LAYER,
     FusedBatchNormalization,
     build_model,

@@ -16,7 +16,7 @@ import mlflow
 import pytest
 import yaml
 
-from cifar10_mlops.register import lock_digest, uncached_outputs
+from cifar10_mlops.stages.register import lock_digest, uncached_outputs
 from conftest import ran
 from conftest import run_dvc as dvc
 
@@ -179,7 +179,7 @@ def test_search_killed_under_dvc_repro_resumes_on_the_next_repro(reproduced):
         output.append(line)
         if line.startswith("[tune] trial 3 of"):  # two trials done, the third running
             time.sleep(1)
-            kill_stage(repro.pid, "cifar10_mlops.tune")
+            kill_stage(repro.pid, "cifar10_mlops.stages.tune")
     assert repro.wait(timeout=120) != 0, "".join(output)
     assert not (pipeline / "models" / "best_hparams.json").exists()
     mlflow.set_tracking_uri(f"sqlite:///{pipeline}/mlruns/mlflow.db")

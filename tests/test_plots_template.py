@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from cifar10_mlops import plots_template
-from cifar10_mlops.plots_template import Bundle, build_template
-from cifar10_mlops.stage import run_stage
+from cifar10_mlops.ops import plots_template
+from cifar10_mlops.ops.plots_template import Bundle, build_template
+from cifar10_mlops.core.stage import run_stage
 from conftest import REPO, add_bytes
 
 SCRIPTS = {
@@ -64,7 +64,7 @@ def registry(tmp_path):
 
 
 def run_cli(monkeypatch, capsys, url: str, bundles, *args: str) -> tuple[int, str, str]:
-    """`python -m cifar10_mlops.plots_template <args>` in-process, against the fake registry
+    """`python -m cifar10_mlops.ops.plots_template <args>` in-process, against the fake registry
     and pins; returns the exit code, stdout and stderr."""
     monkeypatch.setenv(plots_template.REGISTRY_ENV, url)
     monkeypatch.setattr(plots_template, "BUNDLES", tuple(bundles))

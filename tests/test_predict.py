@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar10_mlops import predict, quiet, register
-from cifar10_mlops.errors import PipelineError
+from cifar10_mlops.serving import predict
+from cifar10_mlops.core import quiet
+from cifar10_mlops.stages import register
+from cifar10_mlops.core.errors import PipelineError
 from conftest import error_line, stage_args
 
 
@@ -202,7 +204,7 @@ def test_huge_image_is_refused_before_decoding(tmp_path, monkeypatch):
 
 
 def test_no_champion_yet_is_a_clear_message(in_project, params_file, tmp_path):
-    from cifar10_mlops import tracking
+    from cifar10_mlops.core import tracking
 
     tracking.configure("cifar10-cnn")  # a store with runs but no registered model
     save(tmp_path / "a.png")

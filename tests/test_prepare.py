@@ -5,8 +5,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from cifar10_mlops.download import download
-from cifar10_mlops.splits import load_split
+from cifar10_mlops.stages.download import download
+from cifar10_mlops.core.splits import load_split
 from conftest import add_bytes, encode, make_images, write_image_archive
 
 
@@ -19,7 +19,7 @@ def raw(python_archive, tmp_path):
 
 def prepare_cli(run_module, params, raw, tmp_path):
     return run_module(
-        "cifar10_mlops.prepare",
+        "cifar10_mlops.stages.prepare",
         "--params",
         str(params),
         "--raw",
@@ -161,8 +161,8 @@ def test_image_declaring_a_huge_size_is_refused_before_decoding(tmp_path):
     code = (  # VmHWM: the peak of this process's memory since exec (ru_maxrss keeps the
         # parent's from before the fork)
         "import re; from pathlib import Path\n"
-        "from cifar10_mlops.dataset import decode_image\n"
-        "from cifar10_mlops.errors import PipelineError\n"
+        "from cifar10_mlops.core.dataset import decode_image\n"
+        "from cifar10_mlops.core.errors import PipelineError\n"
         f"try: decode_image(Path({str(path)!r}))\n"
         "except PipelineError as exc: print(exc)\n"
         "status = Path('/proc/self/status').read_text()\n"

@@ -77,7 +77,7 @@ def test_a_published_archive_becomes_the_pipeline_input_in_one_commit(checkout, 
     # of the official archive)
     other = write_image_archive(tmp_path / "official.tar.gz", train_per_class=3, fmt="PNG")
     stage = subprocess.run(
-        [sys.executable, "-m", "cifar10_mlops.download", "--out", "data/raw"],
+        [sys.executable, "-m", "cifar10_mlops.stages.download", "--out", "data/raw"],
         cwd=project, capture_output=True, text=True, timeout=300,
         env={**os.environ, "CIFAR10_SOURCE": str(other)},
     )  # fmt: skip

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from cifar10_mlops import gate, register
-from cifar10_mlops.settings import load_params
-from cifar10_mlops.splits import load_split
+from cifar10_mlops.training import gate
+from cifar10_mlops.stages import register
+from cifar10_mlops.core.settings import load_params
+from cifar10_mlops.core.splits import load_split
 from conftest import error_line, make_images, stage_args, write_prepared
 
 NAME = "cifar10-cnn"
@@ -151,7 +152,7 @@ def test_stale_predictions_are_refused(candidate, run_module):
     shutil.rmtree("data/prepared")
     write_prepared(Path("data/prepared"), test_seed=7)
     result = run_module(
-        "cifar10_mlops.register", "--params", str(candidate.params), *stage_args("register")
+        "cifar10_mlops.stages.register", "--params", str(candidate.params), *stage_args("register")
     )
     assert result.returncode == 1
     assert error_line(result) == (
@@ -215,7 +216,9 @@ def test_champion_loads_as_pyfunc_and_keras_and_takes_raw_uint8(candidate):
 
 def test_register_section_is_validated(params_file, run_module, in_project):
     params = params_file(**{"register.min_delta": -0.1})
-    result = run_module("cifar10_mlops.register", "--params", str(params), *stage_args("register"))
+    result = run_module(
+        "cifar10_mlops.stages.register", "--params", str(params), *stage_args("register")
+    )
     assert result.returncode == 1
     assert error_line(result) == (f"error: {params}: register.min_delta: must be >= 0, got -0.1")
     cfg = yaml.safe_load(Path(params).read_text())

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar10_mlops import register, serve, serving
-from cifar10_mlops.health import answers
+from cifar10_mlops.stages import register
+from cifar10_mlops.serving import pyfunc as serving, server as serve
+from cifar10_mlops.core.health import answers
 from conftest import make_images, stage_args
 from servers import BIN, env_with_bin, free_port, start, stop, wait_for
 

@@ -13,7 +13,8 @@ import mlflow
 import numpy as np
 import pytest
 
-from cifar10_mlops import register, serving
+from cifar10_mlops.stages import register
+from cifar10_mlops.serving import pyfunc as serving
 from conftest import make_images, stage_args
 from servers import free_port
 

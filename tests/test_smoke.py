@@ -21,7 +21,7 @@ def test_smoke_runs_the_pipeline_in_a_scratch_copy_and_leaves_the_repository_alo
         [
             sys.executable,
             "-m",
-            "cifar10_mlops.smoke",
+            "cifar10_mlops.ops.smoke",
             "--repo",
             str(REPO),
             "--scratch",

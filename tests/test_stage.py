@@ -4,7 +4,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from cifar10_mlops.stage import run_stage
+from cifar10_mlops.core.stage import run_stage
 
 
 def test_a_killed_stage_leaves_temporary_files_only_until_its_next_run(tmp_path):
@@ -16,7 +16,7 @@ def test_a_killed_stage_leaves_temporary_files_only_until_its_next_run(tmp_path)
 
     code = (
         "import sys, tempfile, time\n"
-        "from cifar10_mlops.stage import run_stage\n"
+        "from cifar10_mlops.core.stage import run_stage\n"
         "def main():\n"
         "    fd, path = tempfile.mkstemp(suffix='.bin'); print(path, flush=True)\n"
         "    if sys.argv[1] == 'hang': time.sleep(60)\n"

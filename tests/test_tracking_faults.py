@@ -44,7 +44,8 @@ def start_train(in_project, params_file, url, tmp_path, **env):
     )
     log = tmp_path / "train.log"
     process = start(
-        [sys.executable, "-m", "cifar10_mlops.train", "--params", params, *stage_args("train")],
+        [sys.executable, "-m", "cifar10_mlops.stages.train", "--params", params,
+         *stage_args("train")],
         log, env_with_bin(MLFLOW_TRACKING_URI=url, **env), in_project,
     )  # fmt: skip
     return process, log
@@ -142,7 +143,7 @@ def test_an_answer_cut_off_mid_reply_is_repeated_without_storing_twice(
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from cifar10_mlops import tracking
+    from cifar10_mlops.core import tracking
 
     backend = f"sqlite:///{place_store(migrated_store, tmp_path / 'server.db')}"
     with mlflow_server(backend, tmp_path) as (url, _, _):

@@ -10,8 +10,10 @@ import mlflow
 import numpy as np
 import pytest
 
-from cifar10_mlops import tracking, train, weights
-from cifar10_mlops.files import file_digest
+from cifar10_mlops.core import tracking
+from cifar10_mlops.stages import train
+from cifar10_mlops.training import weights
+from cifar10_mlops.core.files import file_digest
 from conftest import error_line, stage_args
 
 
@@ -88,7 +90,7 @@ def test_diverging_training_stops_at_once_saves_nothing_and_fails_its_run(
         params_file(**{"train.use_tuned": False, "train.epochs": 5, "train.learning_rate": 1e30})
     )
     result = run_module(
-        "cifar10_mlops.train", "--params", params, *stage_args("train"), cwd=in_project
+        "cifar10_mlops.stages.train", "--params", params, *stage_args("train"), cwd=in_project
     )
     assert result.returncode == 1
     [line] = [x for x in result.stderr.strip().splitlines() if x.startswith("error:")]
@@ -113,7 +115,7 @@ def test_unreachable_tracking_server_fails_before_training(
     params = str(params_file(**{"train.use_tuned": False}))
     start = time.monotonic()
     result = run_module(
-        "cifar10_mlops.train", "--params", params, *stage_args("train"),
+        "cifar10_mlops.stages.train", "--params", params, *stage_args("train"),
         cwd=in_project, env={"MLFLOW_TRACKING_URI": uri},
     )  # fmt: skip
     assert result.returncode == 1 and time.monotonic() - start < 60
@@ -167,8 +169,8 @@ def test_fast_network_saves_a_portable_model_that_averages_flips(
     ],
 )
 def test_tuned_values_are_checked_like_params(tmp_path, values, message):
-    from cifar10_mlops.settings import load_params
-    from cifar10_mlops.errors import PipelineError
+    from cifar10_mlops.core.settings import load_params
+    from cifar10_mlops.core.errors import PipelineError
     from conftest import REPO
 
     path = tmp_path / "best_hparams.json"
@@ -191,7 +193,9 @@ def test_two_training_processes_give_the_same_weights_bit_for_bit(
     })  # fmt: skip
     runs = []
     for _ in range(2):
-        result = run_module("cifar10_mlops.train", "--params", str(params), *stage_args("train"))
+        result = run_module(
+            "cifar10_mlops.stages.train", "--params", str(params), *stage_args("train")
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         info = json.loads((in_project / "models" / "run.json").read_text())
         tracking.connect(info["tracking_uri"])
@@ -211,7 +215,7 @@ def test_two_training_processes_give_the_same_weights_bit_for_bit(
 
 
 def test_save_model_writes_the_same_bytes_for_the_same_weights(tmp_path):
-    from cifar10_mlops.model import build_model
+    from cifar10_mlops.training.model import build_model
 
     keras.utils.set_random_seed(3)
     model = build_model("baseline", conv_1_filters=4, conv_2_filters=4, dense_units=8, dropout=0)

@@ -10,13 +10,13 @@ import mlflow
 import pytest
 import yaml
 
-from cifar10_mlops import tracking
-from cifar10_mlops.lineage import dvc_hash
-from cifar10_mlops.settings import Params, load_params
-from cifar10_mlops.errors import ConfigError
-from cifar10_mlops.tune import __main__ as tune
-from cifar10_mlops.tune.oracle import BudgetedHyperbandOracle
-from cifar10_mlops.tune.space import mflops
+from cifar10_mlops.core import tracking
+from cifar10_mlops.core.lineage import dvc_hash
+from cifar10_mlops.core.settings import Params, load_params
+from cifar10_mlops.core.errors import ConfigError
+from cifar10_mlops.stages.tune import __main__ as tune
+from cifar10_mlops.stages.tune.oracle import BudgetedHyperbandOracle
+from cifar10_mlops.stages.tune.space import mflops
 from conftest import (
     REPO,
     bench_module,
@@ -134,7 +134,7 @@ def test_search_writes_best_values_trials_and_nested_mlflow_runs(searched):
 
 
 def test_train_uses_the_tuned_values_unless_told_not_to(searched, params_file):
-    from cifar10_mlops import train
+    from cifar10_mlops.stages import train
 
     in_project = searched
     path = in_project / "models" / "best_hparams.json"
@@ -166,7 +166,7 @@ def search_learning_rate(params_file, low: float, high: float, **overrides) -> d
 def test_tied_trials_keep_trains_values(in_project, prepared, params_file, capsys):
     """Every trial within 1 % of train's learning rate: whatever trial scores best, the check
     trains both at the trial budget, finds no gain beyond noise and keeps train's values."""
-    from cifar10_mlops import train
+    from cifar10_mlops.stages import train
 
     best = search_learning_rate(params_file, 0.001, 0.00101)
     assert best["adopted"] is False and best["hyperparameters"] == {}
@@ -212,7 +212,7 @@ def test_a_clearly_better_value_is_adopted(in_project, params_file):
 def test_disabled_tuning_skips_the_search_and_train_keeps_its_values(
     in_project, prepared, params_file
 ):
-    from cifar10_mlops import train
+    from cifar10_mlops.stages import train
 
     tune_cli(params_file, **{"tune.enabled": False})
     best = json.loads((in_project / "models" / "best_hparams.json").read_text())
@@ -264,7 +264,7 @@ def test_stage_reports_a_bad_setting_in_one_line(
     in_empty_project, prepared, params_file, run_module
 ):
     path = params_file(**{"tune.space.optimizer": {"values": ["adam", "rmsprop"]}})
-    result = run_module("cifar10_mlops.tune", "--params", str(path), *stage_args("tune"))
+    result = run_module("cifar10_mlops.stages.tune", "--params", str(path), *stage_args("tune"))
     assert result.returncode == 1
     # The last line is the error; the lines above it are TensorFlow's start-up notices.
     line = error_line(result)

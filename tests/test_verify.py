@@ -41,9 +41,12 @@ def test_verify_rebuilds_a_versions_weights_bit_for_bit(reproduced):
     # the rebuild's training run went to a throwaway store, its worktree is gone
     assert len(mlflow.search_runs(search_all_experiments=True)) == runs_before
     assert len(git(reproduced, "worktree", "list").splitlines()) == 1
-    assert "Data and pipelines are up to date" in subprocess.run(
-        [str(BIN / "dvc"), "status"], cwd=reproduced, capture_output=True, text=True
-    ).stdout
+    assert (
+        "Data and pipelines are up to date"
+        in subprocess.run(
+            [str(BIN / "dvc"), "status"], cwd=reproduced, capture_output=True, text=True
+        ).stdout
+    )
 
 
 @pytest.mark.long(seconds=30)

@@ -101,7 +101,7 @@ def test_two_workers_in_two_checkouts_retrain_one_at_a_time(
             with prefect_client(env) as client:
                 deployment = client.read_deployment_by_name("retrain/retrain-weekly")
                 assert deployment.work_pool_name == "cpu"
-                assert deployment.pull_steps == [{"cifar10_mlops.pool.enter_checkout": {}}]
+                assert deployment.pull_steps == [{"cifar10_mlops.ops.pool.enter_checkout": {}}]
                 assert deployment.entrypoint == "flows/retrain.py:retrain"
                 assert deployment.global_concurrency_limit.limit == 1
                 assert deployment.parameters == {"force": True}

@@ -12,30 +12,32 @@ from __future__ import annotations
 
 import sys
 
-from cifar10_mlops import predict
-from cifar10_mlops.stage import run_stage
+from cifar10_mlops.serving import predict
+from cifar10_mlops.core.stage import run_stage
 
 
 def _serve(argv: list[str]) -> None:
-    from cifar10_mlops import serve  # imports MLflow, a second: only for this command
+    from cifar10_mlops.serving import (
+        server as serve,
+    )  # imports MLflow, a second: only for this command
 
     serve.main(argv)
 
 
 def _checkout(argv: list[str]) -> None:
-    from cifar10_mlops import checkout  # imports MLflow
+    from cifar10_mlops.ops import checkout  # imports MLflow
 
     checkout.main(argv)
 
 
 def _verify(argv: list[str]) -> None:
-    from cifar10_mlops import verify  # imports MLflow
+    from cifar10_mlops.ops import verify  # imports MLflow
 
     verify.main(argv)
 
 
 def _publish(argv: list[str]) -> None:
-    from cifar10_mlops import publish  # imports DVC's and Prefect's clients
+    from cifar10_mlops.ops import publish  # imports DVC's and Prefect's clients
 
     publish.main(argv)
 

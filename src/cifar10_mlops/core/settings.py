@@ -1,0 +1,375 @@
+"""params.yaml parsed once into frozen pydantic settings, one model per section.
+
+params.yaml is the only home of every default: the models declare types, bounds and a
+one-line description per key (docs/settings.md is generated from them), never a value, so a
+key missing from the file is an error rather than a silent fallback. Unknown keys, wrong types
+and values out of range raise ConfigError naming the file and the dotted key (checks.explain),
+before a stage does any work.
+"""
+
+from __future__ import annotations
+
+import typing
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from cifar10_mlops.core import validation as checks
+from cifar10_mlops.core.validation import KeyedError
+from cifar10_mlops.core.errors import ConfigError
+
+PARAMS_FILE = Path("params.yaml")
+
+# The names the code dispatches on have one home each: these types. model.py builds the
+# architectures, training/optimizers.py and schedules.py the optimizers and schedules.
+Architecture = Literal["baseline", "deeper", "fast"]
+Optimizer = Literal["adam", "sgd", "nesterov", "airbench", "muon"]
+Head = Literal["airbench94", "airbench94_muon"]
+Schedule = Literal["step", "cosine", "triangle"]
+ARCHITECTURES: tuple[str, ...] = typing.get_args(Architecture)
+OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
+
+# Upper bounds: values above them cannot run (NumPy takes seeds below 2**32) or would exhaust
+# a machine's memory or time before doing anything useful. Far above any sensible setting.
+MAX_SEED = 2**32 - 1  # also every other integer's backstop
+MAX_FILTERS = 4096  # conv filters per layer
+MAX_UNITS = 65536  # dense units (and a searched integer's max)
+MAX_BATCH = 65536  # images per step: the whole training split of CIFAR-10 is 50,000
+MAX_EPOCHS = 10_000
+MAX_TIMEOUT = 3600.0  # seconds one network read may wait
+MAX_DEADLINE = 7 * 24 * 3600.0  # seconds: a week
+
+
+def F(description: str) -> Any:
+    """A required field (params.yaml gives every value) with its one-line description."""
+    return Field(description=description)
+
+
+def within(interval: str, says: str | None = None) -> Any:
+    """Both bounds of "[0, 1)"-style `interval`; a value outside is told as that interval (or
+    as `says`) rather than as the one bound it crossed."""
+    low, high = (float(v) if "." in v else int(v) for v in interval[1:-1].split(", "))
+    low_key, high_key = "gt" if interval[0] == "(" else "ge", "lt" if interval[-1] == ")" else "le"
+    extra = {"within": says or f"in {interval}"}
+    return Field(json_schema_extra=extra, **{low_key: low, high_key: high})
+
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Count = Annotated[int, Field(ge=1, le=MAX_SEED)]
+Filters = Annotated[int, Field(ge=1, le=MAX_FILTERS)]
+Batch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+Epochs = Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
+Positive = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, within("[0, 1)")]
+Confidence = Annotated[float, within("[0.5, 1)", "at least 0.5 and below 1")]
+Name = Annotated[str, AfterValidator(checks.valid_name)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class DownloadConfig(Section):
+    source: str = F("URL or local path of the CIFAR-10 archive (CIFAR10_SOURCE overrides it)")
+    checksum: Annotated[str, AfterValidator(checks.valid_checksum)] | None = F(
+        "'md5:<hex>' or 'sha256:<hex>' of `source`; null skips verification"
+    )
+    retries: Annotated[int, Field(ge=1, le=100)] = F("attempts on transient HTTP errors")
+    timeout: Annotated[float, Field(gt=0, le=MAX_TIMEOUT)] = F("seconds without data: retry")
+    deadline: Annotated[float, Field(gt=0, le=MAX_DEADLINE)] = F("seconds for all attempts")
+
+
+class PrepareConfig(Section):
+    val_fraction: Annotated[float, within("(0, 1)")] = F("share of train held out, stratified")
+    train_per_class: Annotated[int, Field(ge=2, le=MAX_SEED)] | None = F(
+        "training images kept per class; null: all 5,000"
+    )
+    test_per_class: Count | None = F("test images kept per class; null: all 1,000")
+
+
+class AugmentConfig(Section):
+    rotation: Annotated[float, within("[0, 180]", "in [0, 180] degrees")] = F("degrees, +-")
+    shift: Fraction = F("fraction of width and height, uniform in [-shift, shift]")
+    shear: Annotated[float, within("[0, 90)", "in [0, 90) degrees")] = F("degrees, +-")
+    zoom: Fraction = F("per-axis scale uniform in [1 - zoom, 1 + zoom]")
+    crop: Annotated[int, within("[0, 16]", "in [0, 16] pixels")] = F("pad-and-crop pixels")
+    horizontal_flip: bool = F("mirror images")
+    alternating_flip: bool = F("with horizontal_flip: each image mirrored every other epoch")
+
+    @property
+    def warps(self) -> bool:
+        """Whether the study's affine warp (rotation, shift, shear, zoom) is on."""
+        return any((self.rotation, self.shift, self.shear, self.zoom))
+
+
+def block_widths(conv_1: int, conv_2: int, conv_3: int | None) -> tuple[int, int, int]:
+    """The three conv blocks' filters; a third of None is twice the second (the study's
+    deeper network doubles each block)."""
+    return conv_1, conv_2, conv_3 or 2 * conv_2
+
+
+class TrainConfig(Section):
+    use_tuned: bool = F("take the searched values from models/best_hparams.json when tuned")
+    architecture: Architecture = F("baseline (the study's) | deeper (3 VGG blocks) | fast")
+    conv_1_filters: Filters = F("filters of the first conv block")
+    conv_2_filters: Filters = F("filters of the second conv block")
+    conv_3_filters: Filters | None = F("filters of the third block; null: twice conv_2")
+    dense_units: Annotated[int, Field(ge=1, le=MAX_UNITS)] = F("hidden dense units (not fast)")
+    dropout: Fraction = F("dropout rate before the classifier (and after each deeper block)")
+    batch_size: Batch = F("images per step; an epoch's last partial batch is dropped")
+    val_batch_size: Batch = F("images per validation step; affects speed only")
+    precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = F(
+        "auto: mixed_float16 on GPUs of compute capability 7.0+, float32 elsewhere"
+    )
+    epochs: Epochs = F("the schedule's length (cosine, triangle) or upper bound (step)")
+    optimizer: Optimizer = F("adam | sgd | nesterov (Keras') | airbench | muon (airbench94_muon)")
+    learning_rate: Positive = F("peak (or initial) rate; airbench, muon: per 1024 examples")
+    momentum: Fraction = F("sgd, nesterov, airbench, and muon's SGD part")
+    weight_decay: Fraction = F("airbench, muon: L2 per 1024 examples; others: decoupled decay")
+    bias_lr_scale: Positive = F("airbench, muon: the biases' rate over learning_rate")
+    muon_learning_rate: Positive = F("muon: each conv kernel's step, relative to its norm")
+    muon_momentum: Fraction = F("muon: the conv kernels' Nesterov momentum")
+    lr_schedule: Schedule = F("triangle: up, then down | cosine: warm-up, then decay | step")
+    warmup_epochs: Annotated[float, Field(ge=0, le=MAX_EPOCHS)] = F("epochs to the peak rate")
+    lr_start: Annotated[float, within("[0, 1]")] = F("triangle: first rate / learning_rate")
+    lr_end: Annotated[float, within("[0, 1]")] = F("triangle: last rate / learning_rate")
+    lr_drop_every: Count = F("step: epochs between learning-rate drops")
+    lr_drop_factor: Annotated[float, within("(0, 1]")] = F("step: the rate's factor at a drop")
+    lr_min: Annotated[float, Field(ge=0)] = F("cosine, step: the floor, at most learning_rate")
+    label_smoothing: Fraction = F("share of each target spread over all classes")
+    early_stopping_patience: Count | None = F("epochs without a better val_accuracy; null: off")
+    dirac_init: bool = F("fast: each 3x3 conv starts as the identity on its first channels")
+    whiten_bias_epochs: Seed = F("fast: epochs the whitening bias trains, then frozen")
+    lookahead: bool = F("pull the weights to their running average every 5 steps; end on it")
+    tta_level: Annotated[int, within("[0, 2]", "0, 1 or 2")] = F("0: one view, 1: mirror, 2: x3")
+    head: Head = F("fast: airbench94 (PyTorch init, logits / 9) | airbench94_muon (unit std)")
+    augment: AugmentConfig = F("per-batch augmentation in tf.data")
+
+    @property
+    def widths(self) -> tuple[int, int, int]:
+        """The three blocks' filters (deeper, fast; baseline uses the first two)."""
+        return block_widths(self.conv_1_filters, self.conv_2_filters, self.conv_3_filters)
+
+    @model_validator(mode="after")
+    def _rate_floor(self) -> TrainConfig:
+        if self.lr_min > self.learning_rate:
+            raise KeyedError("lr_min", f"must be in [0, learning_rate], got {self.lr_min}")
+        return self
+
+
+def ordered(low: float, high: float) -> None:
+    """A search range's min below its max."""
+    if low > high:
+        raise KeyedError("", f"inverted range, min {low} > max {high}")
+    if low == high:
+        hint = "set the entry to null to keep the train value"
+        raise KeyedError("", f"empty range, min == max == {low} ({hint})")
+
+
+class IntRange(Section):
+    """Integers min, min + step, ... up to max (keras_tuner.HyperParameters.Int)."""
+
+    min: Count = F("the smallest value")
+    max: Annotated[int, Field(ge=1, le=MAX_UNITS)] = F("the largest value")
+    step: Count = F("the spacing of the values, at most max - min")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        ordered(self.min, self.max)
+        if self.step > self.max - self.min:
+            most = f"max - min = {self.max - self.min}"
+            raise KeyedError("step", f"must be in [1, {most}], got {self.step}")
+        return self
+
+
+class FloatRange(Section):
+    """Floats in [min, max], sampled uniformly or log-uniformly (HyperParameters.Float)."""
+
+    min: Positive = F("the smallest value")
+    max: float = F("the largest value")
+    sampling: Literal["linear", "log"] = F("linear: uniform | log: log-uniform")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        ordered(self.min, self.max)
+        return self
+
+
+class FilterRange(IntRange):
+    """Conv filters to search, at most 4096 (MAX_FILTERS) as train's own."""
+
+    max: Filters = F("the largest value")
+
+
+class FractionRange(FloatRange):
+    """A rate below 1 to search, as train's own."""
+
+    max: Annotated[float, Field(lt=1)] = F("the largest value, below 1")
+
+
+class OptimizerChoice(Section):
+    """Optimizer names to choose from (HyperParameters.Choice)."""
+
+    values: Annotated[list[str], AfterValidator(checks.valid_optimizers(OPTIMIZERS))] = F(
+        "names to try"
+    )
+
+
+class SearchSpace(Section):
+    """What Hyperband searches; a null entry is not searched and keeps its `train` value.
+    Each range stays within train's own bounds: a search must not end in values train refuses.
+    """
+
+    conv_1_filters: FilterRange | None = F("train.conv_1_filters' range")
+    conv_2_filters: FilterRange | None = F("train.conv_2_filters' range")
+    conv_3_filters: FilterRange | None = F("train.conv_3_filters' range")
+    dense_units: IntRange | None = F("train.dense_units' range")
+    learning_rate: FloatRange | None = F("train.learning_rate's range")
+    muon_learning_rate: FloatRange | None = F("train.muon_learning_rate's range")
+    weight_decay: FractionRange | None = F("train.weight_decay's range")
+    label_smoothing: FractionRange | None = F("train.label_smoothing's range")
+    optimizer: OptimizerChoice | None = F("train.optimizer's choices")
+
+    @model_validator(mode="after")
+    def _runnable(self) -> SearchSpace:
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise KeyedError("", "every entry is null; nothing to search")
+        return self
+
+
+# The `train` values a search may replace: one entry of `tune.space` each.
+TUNABLE: tuple[str, ...] = tuple(SearchSpace.model_fields)
+
+
+class TuneConfig(Section):
+    enabled: bool = F("false: the stage writes 'not tuned' and train keeps its own values")
+    objective: Literal["val_accuracy", "val_loss"] = F("what Hyperband ranks trials by")
+    max_epochs: Epochs = F("Hyperband's largest per-trial budget")
+    factor: Annotated[int, Field(ge=2, le=100)] = F("each round keeps the best 1/factor")
+    hyperband_iterations: Annotated[int, Field(ge=1, le=100)] = F("full Hyperband sweeps")
+    early_stopping_patience: Count | None = F("epochs without a better objective; null: off")
+    seed: Seed | None = F("the search's seed; null: the top-level seed")
+    train_per_class: Count | None = F("training images per class searched on; null: all")
+    max_mflops: Positive | None = F("skip configurations dearer (forward MFLOPs per image)")
+    first_trial_from_train: bool = F("the first trial is train's values, the ones to beat")
+    confidence: Confidence = F("of the interval the best values' gain must clear to be adopted")
+    space: SearchSpace = F("what the search varies")
+    worker_timeout: Annotated[float, Field(gt=0, le=MAX_DEADLINE)] = F("seconds of silence")
+
+
+class EvaluateConfig(Section):
+    batch_size: Batch = F("images per prediction step; affects speed only")
+
+
+class RegisterConfig(Section):
+    model_name: Name = F("the registered model's name in MLflow")
+    metric: Literal["accuracy", "f1_weighted", "f1_macro", "loss"] = F("compared on test")
+    min_delta: Annotated[float, Field(ge=0)] = F("the gain's interval must lie above this")
+    confidence: Confidence = F("of the gain's two-sided interval")
+
+
+class RetrainConfig(Section):
+    deployment: Name = F("the Prefect deployment that retrains on a schedule")
+    cron: Annotated[str, AfterValidator(checks.valid_cron)] = F("minute hour day month weekday")
+    timezone: Annotated[str, AfterValidator(checks.valid_timezone)] = F("IANA time zone of `cron`")
+    force: bool = F("retrain even when no input changed")
+
+
+class MlflowConfig(Section):
+    experiment: Annotated[str, AfterValidator(checks.valid_nonblank)] = F(
+        "training runs' experiment"
+    )
+
+
+# pydantic warns that the `register` section shadows ABCMeta.register, a class method of every
+# model; the section is what `params.register` means, and nothing here registers subclasses.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", 'Field name "register"', UserWarning)
+
+    class Params(Section):
+        seed: Seed = F("one seed for the split, weight init, shuffling and augmentation")
+        deterministic: bool = F("tune and train repeat bit for bit; false: faster, runs differ")
+        download: DownloadConfig = F("The download stage: fetch and verify the archive")
+        prepare: PrepareConfig = F("The prepare stage: decode, split and subsample")
+        tune: TuneConfig = F("The tune stage: a Keras Tuner Hyperband search on validation")
+        train: TrainConfig = F("The train stage: the network, its recipe and augmentation")
+        evaluate: EvaluateConfig = F("The evaluate stage: test-set metrics and predictions")
+        register: RegisterConfig = F("The register stage: a new version, promoted past noise")
+        retrain: RetrainConfig = F("The Prefect deployment that reruns the pipeline")
+        mlflow: MlflowConfig = F("Where the stages log their runs")
+
+        @model_validator(mode="after")
+        def _consistent(self) -> Params:
+            space = self.tune.space
+            if self.train.architecture == "fast" and space.dense_units is not None:
+                raise KeyedError(
+                    "tune.space.dense_units",
+                    "the fast architecture has no hidden dense layer; set it to null",
+                )
+            searched = (
+                space.optimizer.values if space.optimizer is not None else [self.train.optimizer]
+            )
+            if (
+                self.tune.enabled
+                and space.muon_learning_rate is not None
+                and "muon" not in searched
+            ):
+                raise KeyedError(
+                    "tune.space.muon_learning_rate",
+                    f"only the muon optimizer uses it, and the search trains with "
+                    f"{', '.join(searched)}; set it to null "
+                    "(-S tune.space.muon_learning_rate=null)",
+                )
+            return self
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read, type-check and range-check a params file."""
+    path = Path(path)
+    try:
+        raw = yaml.load(path.read_text(), Loader=checks.UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from None
+    try:
+        return params_from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def params_from_dict(raw: Any) -> Params:
+    """Params from an already-parsed mapping (a Params' model_dump(), say)."""
+    return _validate(Params, raw, "")
+
+
+def replace_checked(obj: Section, key: str, **values: Any) -> Any:
+    """`obj` with `values` replaced, checked as params.yaml is, with `key` (e.g. "train")
+    naming the section in errors."""
+    return _validate(type(obj), {**obj.model_dump(), **values}, key)
+
+
+def flatten(settings: BaseModel, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value for (nested) settings, as MLflow params want them."""
+    flat: dict[str, Any] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, BaseModel):
+            flat.update(flatten(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+def _validate(model: type[Section], raw: Any, key: str) -> Any:
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(checks.explain(exc, model, key)) from None

@@ -1,0 +1,69 @@
+"""Changes to params.yaml given as `KEY=VALUE` overrides, as `dvc exp run -S` takes them: the
+retrain flow's `--set` and `epochs`, and `publish-data`'s dataset source."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from cifar10_mlops.core.settings import PARAMS_FILE, params_from_dict
+from cifar10_mlops.core.errors import ConfigError, PipelineError
+from cifar10_mlops.core.files import replacing
+
+
+def apply_params(overrides: list[str], params: Path = PARAMS_FILE) -> None:
+    """Write `key=value` overrides into params.yaml as `dvc exp run -S` does (same grammar),
+    so that dvc.lock records them. Each must set a key params.yaml has, to a value of the type
+    and range the config expects, else params.yaml is not touched; the new file replaces it in
+    one step, so a stage reading it meanwhile never sees a half-written one."""
+    from dvc.utils.hydra import apply_overrides
+
+    check_overrides(overrides, yaml.safe_load(params.read_text()))
+    bad = f"bad parameter override {' '.join(overrides)}"
+    with replacing(params) as new:
+        shutil.copy(params, new)  # its mode too
+        try:
+            apply_overrides(str(new), overrides)
+            params_from_dict(yaml.safe_load(new.read_text()))
+        except ConfigError as exc:
+            raise PipelineError(f"{bad}: {params}: {str(exc).splitlines()[0]}") from None
+        except Exception as exc:
+            cause = str(exc.__cause__ or exc).splitlines()[0]  # DVC wraps Hydra's reason
+            raise PipelineError(f"{bad}: {cause}") from None
+
+
+def check_overrides(overrides: list[str], params: dict) -> None:
+    """Refuse an override that adds (`+key=`, `++key=`) or deletes (`~key`) a key, names one
+    that params.yaml does not have, or sweeps values: a flow parameter, which anyone allowed
+    to start a run can set, changes values only."""
+    from dvc.utils.hydra import to_hydra_overrides
+    from hydra.core.override_parser.types import OverrideType
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = to_hydra_overrides(overrides)
+    except OverrideParseException as exc:
+        reason = str(exc).splitlines()[0]
+        raise PipelineError(f"bad parameter override {' '.join(overrides)}: {reason}") from None
+    for override in parsed:
+        bad = f"bad parameter override {override.input_line}"
+        if override.type is not OverrideType.CHANGE:
+            raise PipelineError(
+                f"{bad}: params.yaml's keys can be set (KEY=VALUE), not added (+KEY=, ++KEY=) "
+                "or deleted (~KEY)"
+            )
+        if override.is_sweep_override():
+            raise PipelineError(f"{bad}: one value per key")
+        if "${" in override.input_line:  # ${oc.env:...} would copy the environment into params
+            raise PipelineError(f"{bad}: interpolations (${{...}}) are not allowed, only values")
+        key = override.key_or_group + (f"@{override.package}" if override.package else "")
+        node, at = params, None
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                known = ", ".join(node) if isinstance(node, dict) else "a value, no keys"
+                raise PipelineError(
+                    f"{bad}: params.yaml has no {key} ({at or 'top level'}: {known})"
+                )
+            node, at = node[part], part if at is None else f"{at}.{part}"

@@ -1,0 +1,30 @@
+"""The Prefect server the flows, workers and `publish-data` talk to (PREFECT_API_URL)."""
+
+from __future__ import annotations
+
+import base64
+
+from cifar10_mlops.core import health
+from cifar10_mlops.core.errors import PipelineError
+
+
+def check_prefect(timeout: float = 5.0) -> None:
+    """The Prefect API named by PREFECT_API_URL answers and takes PREFECT_API_AUTH_STRING
+    (nothing to check when unset: Prefect then starts a temporary local server itself)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if url:
+        health.require(
+            url, "Prefect server", "start it (make services), or unset PREFECT_API_URL", timeout
+        )
+        auth = PREFECT_API_AUTH_STRING.value()  # sent as Prefect's own client sends it
+        token = base64.b64encode(auth.encode()).decode() if auth else None
+        headers = {"Authorization": f"Basic {token}"} if token else {}
+        reason = health.problem(f"{url.rstrip('/')}/hello", timeout, headers)
+        if reason is not None:
+            raise PipelineError(
+                f"Prefect server {url} refused the request ({reason}): set "
+                "PREFECT_API_AUTH_STRING to its auth string (`make services` keeps it in "
+                ".services/prefect.auth)"
+            )

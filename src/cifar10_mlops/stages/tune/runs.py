@@ -1,0 +1,153 @@
+"""The MLflow record of a search: a nested run per trial under the search's run, progress
+lines, and per-epoch curves appended to the search's state folder (so a resumed search still
+reports the trials run before the interruption)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from cifar10_mlops.core import lineage, tracking
+from cifar10_mlops.core.settings import Params
+from cifar10_mlops.stages.tune.oracle import BudgetedHyperbandOracle, kt_distributed
+from cifar10_mlops.stages.tune.space import TUNER_KEYS, fmt, mflops
+
+
+class SearchLog:
+    """MLflow runs, progress lines and per-epoch curves of one search attempt.
+
+    Curves and trial durations are appended to the state folder, so a resumed search still
+    reports the trials run before the interruption.
+    """
+
+    def __init__(
+        self,
+        *,
+        state: Path,
+        experiment_id: str,
+        parent_id: str,
+        cfg: Params,
+        search_file: Path | None = None,
+    ):
+        """`search_file`: on a distributed worker, the chief's search.json, re-read at every
+        trial so that trials join the run of a chief that restarted."""
+        import mlflow
+
+        self.client = mlflow.MlflowClient()
+        self.state = state
+        self.experiment_id = experiment_id
+        self.parent_id = parent_id
+        self.cfg = cfg
+        self.objective = cfg.tune.objective
+        self.maximize = self.objective == "val_accuracy"
+        self.started = time.perf_counter()
+        self.run_ids: dict[str, str] = {}
+        self.trial_started: dict[str, float] = {}
+        self.scores: dict[str, float] = {}  # best objective so far of each running trial
+        self.tuner_ids: dict[str, str] = {}
+        self.search_file = search_file
+        self.total = self.epochs = 0  # trials and epochs of the whole search (make_tuner)
+        self.ran = 0  # trials this process ran
+
+    def _append(self, name: str, record: dict) -> None:
+        with open(self.state / name, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def trial_begin(self, trial, oracle: BudgetedHyperbandOracle, tuner_id: str) -> None:
+        values = trial.hyperparameters.values
+        params = {k: v for k, v in values.items() if k not in TUNER_KEYS}
+        self.tuner_ids[trial.trial_id] = tuner_id
+        self.ran += 1
+        if self.search_file is not None and self.search_file.exists():
+            self.parent_id = json.loads(self.search_file.read_text())["mlflow_run_id"]
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{trial.trial_id}",
+            tags={
+                "mlflow.parentRunId": self.parent_id,
+                "stage": "tune-trial",
+                "trial_id": trial.trial_id,
+                "tuner_id": tuner_id,
+                **tracking.process_tags(),
+                **tracking.orchestration_tags(),
+                **{k: str(values[k]) for k in TUNER_KEYS if k in values},
+            },
+        )
+        self.run_ids[trial.trial_id] = run.info.run_id
+        # Under training's keys (train.learning_rate), so MLflow's compare view lines trials
+        # and trainings up.
+        for key, value in params.items():
+            self.client.log_param(run.info.run_id, f"train.{key}", value)
+        cost = mflops(self.cfg.train, values)
+        self.client.log_metric(run.info.run_id, "mflops", cost)
+        self.trial_started[trial.trial_id] = time.perf_counter()
+        self._append("curves.jsonl", {"trial": trial.trial_id, "begin": True})
+        start, stop = values.get("tuner/initial_epoch", 0), values.get("tuner/epochs", "?")
+        shown = ", ".join(f"{k}={fmt(v)}" for k, v in params.items())
+        where = f" on {tuner_id}" if kt_distributed() else ""
+        print(
+            f"[tune] trial {int(trial.trial_id) + 1} of {self.total} (id {trial.trial_id}, "
+            f"epochs {start}->{stop}){where}: {shown} | {self._best(oracle)} | "
+            f"elapsed {_duration(time.perf_counter() - self.started)}",
+            flush=True,
+        )
+
+    def epoch_end(self, trial, epoch: int, logs: dict) -> None:
+        metrics = lineage.rounded(
+            {k: v for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")}
+        )
+        tracking.log_metrics(self.run_ids[trial.trial_id], metrics, step=epoch)
+        if self.objective in metrics:
+            value, best = metrics[self.objective], self.scores.get(trial.trial_id)
+            if best is None or (value > best if self.maximize else value < best):
+                self.scores[trial.trial_id] = value
+        self._append("curves.jsonl", {"trial": trial.trial_id, "epoch": epoch + 1, **metrics})
+
+    def trial_end(self, trial) -> str:
+        """Record a finished trial (before the oracle hears of it); returns its result line,
+        which `report` prints once the oracle has scored it."""
+        seconds = time.perf_counter() - self.trial_started.pop(trial.trial_id)
+        tuner_id = self.tuner_ids.pop(trial.trial_id)
+        self._append(
+            "seconds.jsonl", {"trial": trial.trial_id, "seconds": seconds, "tuner": tuner_id}
+        )
+        run_id = self.run_ids.pop(trial.trial_id)
+        # The oracle scores a trial by its best epoch; this is the same value, known here
+        # before the oracle (on the chief, in distributed mode) has seen the trial end.
+        score = self.scores.pop(trial.trial_id, None)
+        ok = trial.status == "COMPLETED" and score is not None
+        if ok:
+            self.client.log_metric(run_id, "score", score)
+        else:
+            self.client.set_tag(run_id, "error", _last_line(trial.message))
+        self.client.log_metric(run_id, "trial_time_s", seconds)
+        self.client.set_tag(run_id, "trial_status", trial.status)
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+        result = f"{self.objective} {score:.4f}" if ok else f"{trial.status}"
+        return f"[tune] trial {trial.trial_id} done in {_duration(seconds)}: {result}"
+
+    def report(self, line: str, oracle) -> None:
+        print(f"{line} | {self._best(oracle)}", flush=True)
+
+    def abort(self) -> None:
+        """End the nested run of an interrupted trial as KILLED."""
+        for run_id in self.run_ids.values():
+            self.client.set_terminated(run_id, "KILLED")
+        self.run_ids.clear()
+
+    def _best(self, oracle) -> str:
+        best = oracle.get_best_trials(1)  # a remote call on a distributed worker
+        if not best or best[0].status != "COMPLETED":
+            return "best so far: none yet"
+        return f"best so far {self.objective} {best[0].score:.4f} (trial {best[0].trial_id})"
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes}m{seconds:02d}s"
+
+
+def _last_line(message: str | None) -> str:
+    lines = [line for line in (message or "").strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "unknown error"
