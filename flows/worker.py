@@ -28,7 +28,8 @@ from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.ops.pool import CHECKOUT_VAR, enter_checkout
 from flows.deploy import ensure_pool
 from cifar10_mlops.core.repo import dvc_remote_set
-from flows.retrain import check_services, check_workspace
+from cifar10_mlops.core.repo import check_workspace
+from cifar10_mlops.ops.prefect_server import check_services
 
 
 def check_worker(pool: str, name: str) -> None:

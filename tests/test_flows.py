@@ -15,6 +15,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 from conftest import error_line, git, git_commit_all, run_dvc
 from servers import webhook_receiver
+from cifar10_mlops.core import repo
+from cifar10_mlops.ops.overrides import apply_params
 from flows import retrain as flow_module
 
 pytestmark = pytest.mark.integration
@@ -178,14 +180,14 @@ def test_a_checkout_without_a_git_identity_is_refused_before_anything_runs(flow_
 def test_bad_override_leaves_params_unchanged(flow_project):
     before, written = Path("params.yaml").read_bytes(), Path("params.yaml").stat().st_mtime_ns
     with pytest.raises(flow_module.PipelineError, match=r"train.epochs: must be >= 1, got 0"):
-        flow_module.apply_params(["train.epochs=0"])
+        apply_params(["train.epochs=0"])
     with pytest.raises(flow_module.PipelineError, match=r"has no train.epoch \(train: .*epochs"):
-        flow_module.apply_params(["train.epoch=3"])
+        apply_params(["train.epoch=3"])
     with pytest.raises(flow_module.PipelineError, match="train.epochs=1,2: one value per key"):
-        flow_module.apply_params(["train.epochs=1,2"])
+        apply_params(["train.epochs=1,2"])
     for adds_or_deletes in ("++register.min_delta=0.5", "~register.min_delta"):
         with pytest.raises(flow_module.PipelineError, match=r"not added \(\+KEY="):
-            flow_module.apply_params([adds_or_deletes])
+            apply_params([adds_or_deletes])
     assert Path("params.yaml").read_bytes() == before
     assert Path("params.yaml").stat().st_mtime_ns == written  # not even rewritten
     assert sorted(p.name for p in Path().glob(".params*")) == []
@@ -268,8 +270,10 @@ def test_the_reset_after_a_run_leaves_work_outside_the_pipeline_alone(reproduced
     params = (project / "params.yaml").read_text()
     (project / "params.yaml").write_text(params.replace("epochs: 1", "epochs: 3"))
     git(project, "add", "params.yaml")  # DVC's autostage does this to dvc.lock
-    assert flow_module.foreign_changes() == ["README.md"]  # so the run records nothing
-    flow_module.reset_workspace()
+    assert repo.foreign_changes(Path("params.yaml"), Path("dvc.yaml")) == [
+        "README.md"
+    ]  # so the run records nothing
+    repo.reset_workspace(Path("params.yaml"), Path("dvc.yaml"))
     assert (project / "params.yaml").read_text() == params
     assert (project / "README.md").read_text().endswith("someone's edit during the run\n")
     assert git(project, "status", "--porcelain", "--untracked-files=no") == " M README.md\n"

@@ -16,7 +16,8 @@ import mlflow
 import pytest
 import yaml
 
-from cifar10_mlops.stages.register import lock_digest, uncached_outputs
+from cifar10_mlops.core.repo import uncached_outputs
+from cifar10_mlops.stages.register import lock_digest
 from conftest import ran
 from conftest import run_dvc as dvc
 

@@ -91,7 +91,7 @@ def rounded(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def short_commit(commit: str) -> str:
-    """`tracking.git_commit()` as a run name shows it: 7 hex digits, `+` when dirty."""
+    """`repo.head_commit()` as a run name shows it: 7 hex digits, `+` when dirty."""
     if commit == "unknown":
         return "nogit"
     return commit[:7] + ("+" if commit.endswith("-dirty") else "")

@@ -8,9 +8,9 @@ MLFLOW_TRACKING_URI points every stage at a server instead.
 from __future__ import annotations
 
 import base64
+import json
 import os
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -110,23 +110,6 @@ def configure(experiment: str, uri: str | None = None) -> str:
     if found is not None:
         return found.experiment_id
     return mlflow.create_experiment(experiment, artifact_location=artifacts)
-
-
-def git_commit() -> str:
-    """HEAD's commit, with '-dirty' when tracked files differ from it; 'unknown' outside git."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
 
 
 @contextmanager
@@ -278,3 +261,14 @@ def check_login(uri: str, timeout: float = 5.0) -> None:
         f"MLflow tracking server {uri} refused the login of {who}: check "
         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
     )
+
+
+def tag_registered_version(registry_json: Path, tags: dict[str, str]) -> None:
+    """Set `tags` on the model version a register stage's registry.json names."""
+    import mlflow
+
+    registry = json.loads(registry_json.read_text())
+    connect(registry["tracking_uri"])
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(registry["model_name"], registry["version"], key, value)

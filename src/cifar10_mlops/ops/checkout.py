@@ -27,14 +27,11 @@ from pathlib import Path
 from cifar10_mlops.core import tracking
 from cifar10_mlops.core.settings import PARAMS_FILE, params_from_dict
 from cifar10_mlops.core.errors import ConfigError, PipelineError
+from cifar10_mlops.core.repo import head_commit
 from cifar10_mlops.core.files import file_digest, replacing
 from cifar10_mlops.core.repo import changed_files, dvc, error_line, has_commit
-from cifar10_mlops.stages.register import (
-    DVC_YAML,
-    PIPELINE_ARTIFACTS,
-    PIPELINE_TAG,
-    uncached_outputs,
-)
+from cifar10_mlops.core.repo import uncached_outputs
+from cifar10_mlops.stages.register import DVC_YAML, PIPELINE_ARTIFACTS, PIPELINE_TAG
 
 PARAMS, LOCK = PARAMS_FILE, Path("dvc.lock")
 
@@ -234,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         f"outputs restored; models/model.keras md5 {done['model_md5']}"
     )
     commit = version.tags.get("git_commit", "unknown")
-    head = tracking.git_commit()
+    head = head_commit()
     if commit.removesuffix("-dirty") != head.removesuffix("-dirty"):
         print(
             f"note: {done['label']} was made at commit {commit}; this workspace's code is "

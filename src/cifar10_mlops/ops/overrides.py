@@ -67,3 +67,11 @@ def check_overrides(overrides: list[str], params: dict) -> None:
                     f"{bad}: params.yaml has no {key} ({at or 'top level'}: {known})"
                 )
             node, at = node[part], part if at is None else f"{at}.{part}"
+
+
+def apply_flow_params(epochs: int | None, set_params: list[str] | None) -> None:
+    """The retrain flow's `set_params` and `epochs` (train.epochs) into params.yaml, all of
+    them or, when one is refused, none."""
+    overrides = [*(set_params or []), *([f"train.epochs={epochs}"] if epochs is not None else [])]
+    if overrides:
+        apply_params(overrides)

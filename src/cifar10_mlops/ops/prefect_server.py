@@ -28,3 +28,11 @@ def check_prefect(timeout: float = 5.0) -> None:
                 "PREFECT_API_AUTH_STRING to its auth string (`make services` keeps it in "
                 ".services/prefect.auth)"
             )
+
+
+def check_services() -> None:
+    """Fail before a flow runs when the MLflow or Prefect server it needs is down."""
+    from cifar10_mlops.core import tracking
+
+    tracking.check_reachable()
+    check_prefect()

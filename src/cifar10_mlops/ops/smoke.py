@@ -21,6 +21,7 @@ import yaml
 from cifar10_mlops.core import tracking
 from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.core.stage import run_stage
+from cifar10_mlops.core.repo import init_repository, tracked_files
 from cifar10_mlops.core.settings import PARAMS_FILE
 
 OVERRIDES = {
@@ -30,30 +31,18 @@ OVERRIDES = {
 }
 
 
-def tracked_files(repo: Path) -> list[str]:
-    try:
-        out = subprocess.run(
-            ["git", "ls-files", "-z"], cwd=repo, capture_output=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        raise PipelineError(
-            f"{repo} is not a git checkout: smoke copies its tracked files"
-        ) from None
-    return [name for name in out.decode().split("\0") if name and (repo / name).is_file()]
-
-
 def make_scratch(repo: Path, scratch: Path) -> None:
     """A fresh copy of the tracked files as its own git repository, with smoke params."""
     if scratch.exists():
         shutil.rmtree(scratch)
-    for name in tracked_files(repo):
+    for name in tracked_files(repo):  # a PipelineError outside a checkout
         (scratch / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo / name, scratch / name)
     params = yaml.safe_load((repo / PARAMS_FILE).read_text())
     for section, values in OVERRIDES.items():
         params[section].update(values)
     (scratch / PARAMS_FILE).write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=scratch, check=True)
+    init_repository(scratch)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,9 @@ from cifar10_mlops.core import tracking
 from cifar10_mlops.ops.checkout import LOCK, PARAMS, check_state, fetch_state, resolve
 from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.core.files import file_digest
-from cifar10_mlops.core.repo import dvc_env, error_line, redact
+from cifar10_mlops.core.repo import (
+    add_worktree, commit_exists, dvc_env, error_line, git, redact, remove_worktree,
+)  # fmt: skip
 from cifar10_mlops.training.weights import file_weights_sha256
 
 MODEL = Path("models/model.keras")
@@ -49,22 +51,21 @@ def code_commit(version) -> tuple[str, str | None]:
     """The commit whose code rebuilds `version`, and a note when it is not the version's own."""
     recorded = version.tags.get("git_commit", "unknown")
     commit = recorded.removesuffix("-dirty")
-    found = run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], Path.cwd())
-    if commit != "unknown" and found.returncode == 0:
+    if commit != "unknown" and commit_exists(commit):
         note = None
         if recorded.endswith("-dirty"):
             note = (
                 f"it was trained from uncommitted changes to {commit[:12]}; rebuilt from the commit"
             )
         return commit, note
-    head = checked(["git", "rev-parse", "HEAD"], Path.cwd(), "git rev-parse HEAD").strip()
+    head = git("rev-parse", "HEAD").strip()
     return head, f"its commit {recorded[:12]} is not in this clone; rebuilt with HEAD's code"
 
 
 def worktree(commit: str, dest: Path) -> None:
     """A detached git worktree of `commit` at `dest` sharing this repository's DVC cache and
     local DVC config (remote credentials)."""
-    checked(["git", "worktree", "add", "--detach", str(dest), commit], Path.cwd(), "git worktree")
+    add_worktree(dest, commit)
     local = Path(".dvc/config.local")
     if local.is_file():
         shutil.copyfile(local, dest / ".dvc/config.local")
@@ -124,7 +125,7 @@ def verify(uri: str, *, with_tune: bool = False, remote: str | None = None) -> d
             )
             got, md5 = file_weights_sha256(model), file_digest(model, "md5")
         finally:
-            run(["git", "worktree", "remove", "--force", str(work)], Path.cwd())
+            remove_worktree(work)
     return {
         "label": label, "commit": commit, "note": note, "match": got == want,
         "weights_sha256": got, "registered_sha256": want,

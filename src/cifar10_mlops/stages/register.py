@@ -35,6 +35,7 @@ from cifar10_mlops.training import gate
 from cifar10_mlops.core import tracking
 from cifar10_mlops.core.settings import RegisterConfig, load_params
 from cifar10_mlops.core.errors import PipelineError
+from cifar10_mlops.core.repo import head_commit, uncached_outputs
 from cifar10_mlops.core.files import file_digest, require_files, text_digest, write_json
 from cifar10_mlops.core.splits import load_split
 from cifar10_mlops.core.stage import run_stage, stage_parser
@@ -244,24 +245,6 @@ def _version_of(client, name: str, run_id: str, metrics: dict, lineage: dict[str
         raise PipelineError(f"cannot register the model of run {run_id}: {exc.message}") from None
 
 
-def uncached_outputs(dvc_yaml: Path) -> list[Path]:
-    """dvc.yaml's `cache: false` outputs (metrics, plot data, registry.json), in its order:
-    git holds them, not the DVC cache or remote, so each version keeps its own copy."""
-    import yaml
-
-    if not dvc_yaml.is_file():
-        return []
-    found = []
-    for stage in (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).values():
-        for kind in ("outs", "metrics", "plots"):
-            for entry in stage.get(kind) or []:
-                if isinstance(entry, dict):
-                    found += [
-                        Path(p) for p, props in entry.items() if (props or {}).get("cache") is False
-                    ]
-    return found
-
-
 def keep_pipeline_state(result: dict, params: Path, lock: Path, outputs: list[Path]) -> None:
     """Log params.yaml, dvc.lock (every stage before this one, as DVC recorded them) and the
     uncached outputs (under `outputs/<their path>`) into the version's run under `pipeline/`,
@@ -315,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             "rerun the evaluate stage"
         )
     lineage = {
-        "git_commit": tracking.git_commit(),
+        "git_commit": head_commit(),
         "model_md5": file_digest(args.model, "md5"),  # = the train stage's out in dvc.lock
         "dvc_lock_sha256": lock_digest(args.lock),
     }

@@ -32,6 +32,7 @@ from cifar10_mlops.core.settings import (
     replace_checked,
 )
 from cifar10_mlops.core.errors import ConfigError, PipelineError
+from cifar10_mlops.core.repo import head_commit
 from cifar10_mlops.core.files import replacing, write_json
 from cifar10_mlops.training.callbacks import (
     LearningRateLog,
@@ -210,7 +211,7 @@ def run_training(
     uri = tracking.tracking_uri()
     experiment_id = tracking.configure(params.mlflow.experiment, uri)
     tracking.end_orphaned_runs(experiment_id)
-    commit = tracking.git_commit()
+    commit = head_commit()
     cfg = params.train
     with tracking.start_run(
         experiment_id=experiment_id, run_name=lineage.run_name("train", recipe(cfg), commit),

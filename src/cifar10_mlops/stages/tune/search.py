@@ -14,6 +14,7 @@ from pathlib import Path
 from cifar10_mlops.core import lineage, tracking
 from cifar10_mlops.core.settings import TUNABLE, IntRange, Params, flatten
 from cifar10_mlops.core.errors import ConfigError
+from cifar10_mlops.core.repo import head_commit
 from cifar10_mlops.core.files import text_digest, write_json
 from cifar10_mlops.core.splits import load_manifest
 from cifar10_mlops.stages.tune import noise
@@ -117,7 +118,7 @@ def log_settings(params: Params, *, seed: int, train_images: int, search: str, r
             "stage": "tune",
             "search_id": search,
             "resumed": str(resumed).lower(),
-            "git_commit": tracking.git_commit(),
+            "git_commit": head_commit(),
             **tracking.orchestration_tags(),
         }
     )
@@ -138,7 +139,7 @@ def run_search(
     experiment_id = tracking.configure(params.mlflow.experiment, tracking.tracking_uri())
     tracking.end_orphaned_runs(experiment_id)
 
-    commit = tracking.git_commit()
+    commit = head_commit()
     searched_keys = "+".join(searched(params.tune.space)) or "nothing"
     name = lineage.run_name("tune", f"{params.train.architecture}-{searched_keys}", commit)
     description = (
