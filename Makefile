@@ -13,7 +13,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .DEFAULT_GOAL := help
 .PHONY: help venv repro smoke study tune-study tune-full test test-extended test-slow remote-local push pull lock mlflow-ui flow services \
   services-stop services-status mlflow-server prefect-server deployment deploy-pool worker serve-model \
-  tune-worker stack-env stack-check compose-check bench airbench airbench-muon plots publish-data notify-webhook settings-doc
+  tune-worker stack-env stack-check compose-check bench airbench airbench-muon plots publish-data notify-webhook reference-pages
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -263,8 +263,8 @@ compose-check:  ## validate docker-compose.yml and .env with Docker Compose (no 
 UV_COMPILE := uv pip compile pyproject.toml --extra dev --python-version 3.11 \
   --python-platform x86_64-manylinux_2_28 --no-header
 
-settings-doc: $(STAMP)  ## regenerate docs/settings.md from the settings' descriptions (settings.py)
-	$(BIN)/python -m cifar10_mlops.ops.settings_reference
+reference-pages: $(STAMP)  ## regenerate docs/settings.md and docs/modules.md from the code
+	$(BIN)/python -m cifar10_mlops.ops.reference_pages
 
 lock:  ## re-resolve requirements.lock (CPU) and requirements-gpu.lock from pyproject.toml (needs uv)
 	$(UV_COMPILE) --extra cpu -o requirements.lock
