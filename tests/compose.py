@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from helpers import REPO
 
 COMPOSE_FILES = ("docker-compose.yml", "Dockerfile", ".env.example", "docker")
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, bench_module, error_line
+from helpers import REPO, bench_module, error_line
 
 pytestmark = pytest.mark.integration
 

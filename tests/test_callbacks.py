@@ -9,7 +9,7 @@ from cifar10_mlops.training import callbacks, network
 from cifar10_mlops.training.callbacks import Lookahead
 from cifar10_mlops.training.data import make_dataset
 from cifar10_mlops.training.model import WHITEN_LAYER
-from conftest import REPO
+from helpers import REPO
 
 
 def test_lookahead_ends_on_the_averaged_weights():

@@ -8,7 +8,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import error_line, run_dvc
+from helpers import error_line, run_dvc
 from servers import BIN, env_with_bin
 
 pytestmark = pytest.mark.integration

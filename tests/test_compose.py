@@ -3,7 +3,7 @@
 import pytest
 
 from compose import compose, example_env, project_copy, resolved
-from conftest import REPO
+from helpers import REPO
 
 pytestmark = pytest.mark.integration
 

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from cifar10_mlops.core.settings import ConfigError, Params, flatten, load_params
-from conftest import REPO, tiny_params
+from helpers import REPO, tiny_params
 
 
 def write(tmp_path: Path, params: dict) -> Path:

@@ -6,7 +6,7 @@ import numpy as np
 from cifar10_mlops.core.settings import AugmentConfig, load_params
 from cifar10_mlops.training import data
 from cifar10_mlops.training.data import make_dataset
-from conftest import REPO
+from helpers import REPO
 
 
 def test_augmented_dataset_yields_shuffled_uint8_batches_with_one_hot_labels():

@@ -16,7 +16,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import git, git_commit_all, run_dvc, tiny_params, write_image_archive
+from helpers import git, git_commit_all, run_dvc, tiny_params, write_image_archive
 from servers import start, stop, wait_for, webhook_receiver
 
 pytestmark = pytest.mark.integration

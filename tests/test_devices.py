@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from conftest import error_line, stage_args
+from helpers import error_line, stage_args
 
 pytestmark = pytest.mark.integration
 

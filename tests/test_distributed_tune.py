@@ -12,7 +12,7 @@ import time
 import mlflow
 import pytest
 
-from conftest import error_line, place_store, stage_args
+from helpers import error_line, place_store, stage_args
 from servers import env_with_bin, free_port, mlflow_server, start, stop, tail, wait_for
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ import pytest
 from cifar10_mlops.core.archive import extract
 from cifar10_mlops.stages.download import describe_source, download
 from cifar10_mlops.core.errors import PipelineError
-from conftest import add_bytes, error_line, write_image_archive, write_python_archive
+from helpers import add_bytes, error_line, write_image_archive, write_python_archive
 
 
 def run(archive: Path, out: Path, checksum: str | None = None, retries: int = 1) -> dict:

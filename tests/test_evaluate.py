@@ -9,7 +9,7 @@ from cifar10_mlops.stages import evaluate, train
 from cifar10_mlops.training import gate
 from cifar10_mlops.core.dataset import CLASSES
 from cifar10_mlops.core.splits import load_split
-from conftest import error_line, stage_args
+from helpers import error_line, stage_args
 
 
 def test_score_matches_hand_computed_metrics():

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prefect.testing.utilities import prefect_test_harness
 
-from conftest import error_line, git, git_commit_all, run_dvc
+from helpers import error_line, git, git_commit_all, run_dvc
 from servers import webhook_receiver
 from cifar10_mlops.core import repo
 from cifar10_mlops.ops.overrides import apply_params

@@ -18,8 +18,8 @@ import yaml
 
 from cifar10_mlops.core.repo import uncached_outputs
 from cifar10_mlops.stages.register import lock_digest
-from conftest import ran
-from conftest import run_dvc as dvc
+from helpers import ran
+from helpers import run_dvc as dvc
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import pytest
 from cifar10_mlops.ops import plots_template
 from cifar10_mlops.ops.plots_template import Bundle, build_template
 from cifar10_mlops.core.stage import run_stage
-from conftest import REPO, add_bytes
+from helpers import REPO, add_bytes
 
 SCRIPTS = {
     "vega": "window.vega = {version: 'fake-vega'};",

@@ -15,7 +15,7 @@ from cifar10_mlops.serving import predict
 from cifar10_mlops.core import quiet
 from cifar10_mlops.stages import register
 from cifar10_mlops.core.errors import PipelineError
-from conftest import error_line, stage_args
+from helpers import error_line, stage_args
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ import pytest
 
 from cifar10_mlops.stages.download import download
 from cifar10_mlops.core.splits import load_split
-from conftest import add_bytes, encode, make_images, write_image_archive
+from helpers import add_bytes, encode, make_images, write_image_archive
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import tarfile
 import pytest
 import yaml
 
-from conftest import add_bytes, error_line, git, git_commit_all, run_dvc, write_image_archive
-from conftest import write_python_archive
+from helpers import add_bytes, error_line, git, git_commit_all, run_dvc, write_image_archive
+from helpers import write_python_archive
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,7 @@ import sys
 
 from cifar10_mlops.core.settings import flatten, load_params
 from cifar10_mlops.ops.reference_pages import MODULES_PAGE, PACKAGE, PAGE, render, render_modules
-from conftest import REPO
+from helpers import REPO
 
 CMD = [sys.executable, "-m", "cifar10_mlops.ops.reference_pages"]
 

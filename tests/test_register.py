@@ -14,7 +14,7 @@ from cifar10_mlops.training import gate
 from cifar10_mlops.stages import register
 from cifar10_mlops.core.settings import load_params
 from cifar10_mlops.core.splits import load_split
-from conftest import error_line, make_images, stage_args, write_prepared
+from helpers import error_line, make_images, stage_args, write_prepared
 
 NAME = "cifar10-cnn"
 

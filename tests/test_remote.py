@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import yaml
 
-from conftest import git, ran, run_dvc
+from helpers import git, ran, run_dvc
 from servers import BIN, s3_keys, s3_server
 
 pytestmark = pytest.mark.integration

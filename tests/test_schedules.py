@@ -6,7 +6,7 @@ import pytest
 from cifar10_mlops.core.settings import load_params
 from cifar10_mlops.training import schedules
 from cifar10_mlops.training.schedules import Triangle
-from conftest import REPO
+from helpers import REPO
 
 
 def test_step_schedule_reproduces_the_studys_first_phase():

@@ -16,7 +16,7 @@ import pytest
 from cifar10_mlops.stages import register
 from cifar10_mlops.serving import pyfunc as serving, server as serve
 from cifar10_mlops.core.health import answers
-from conftest import make_images, stage_args
+from helpers import make_images, stage_args
 from servers import BIN, env_with_bin, free_port, start, stop, wait_for
 
 JSON = {"content-type": "application/json"}

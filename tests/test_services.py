@@ -28,7 +28,7 @@ import yaml
 from compose import example_env, project_copy, resolved
 from cifar10_mlops.core import tracking
 from cifar10_mlops.core.errors import PipelineError
-from conftest import REPO, encode, error_line, git_commit_all, make_images, write_image_archive
+from helpers import REPO, encode, error_line, git_commit_all, make_images, write_image_archive
 from servers import env_with_bin, free_port, postgres_bin, postgres_server, s3_keys, s3_server
 from servers import start, stop, tail, wait_for
 

@@ -15,7 +15,7 @@ import pytest
 
 from cifar10_mlops.stages import register
 from cifar10_mlops.serving import pyfunc as serving
-from conftest import make_images, stage_args
+from helpers import make_images, stage_args
 from servers import free_port
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,7 @@ import yaml
 
 from cifar10_mlops.core.settings import TUNABLE
 from cifar10_mlops.stages.tune.space import TRAIN_KEYS
-from conftest import REPO
+from helpers import REPO
 
 PACKAGE = REPO / "src" / "cifar10_mlops"
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]

@@ -17,7 +17,7 @@ import time
 import mlflow
 from mlflow.entities import Metric
 
-from conftest import place_store, stage_args
+from helpers import place_store, stage_args
 from servers import env_with_bin, free_port, mlflow_server, start, stop, tail, wait_for
 import pytest
 

@@ -14,7 +14,7 @@ from cifar10_mlops.core import tracking
 from cifar10_mlops.stages import train
 from cifar10_mlops.training import weights
 from cifar10_mlops.core.files import file_digest
-from conftest import error_line, stage_args
+from helpers import error_line, stage_args
 
 
 def train_cli(in_project, prepared, params_file, **overrides):
@@ -171,7 +171,7 @@ def test_fast_network_saves_a_portable_model_that_averages_flips(
 def test_tuned_values_are_checked_like_params(tmp_path, values, message):
     from cifar10_mlops.core.settings import load_params
     from cifar10_mlops.core.errors import PipelineError
-    from conftest import REPO
+    from helpers import REPO
 
     path = tmp_path / "best_hparams.json"
     path.write_text(json.dumps({"hyperparameters": values}))

@@ -17,7 +17,7 @@ from cifar10_mlops.core.errors import ConfigError
 from cifar10_mlops.stages.tune import __main__ as tune
 from cifar10_mlops.stages.tune.oracle import BudgetedHyperbandOracle
 from cifar10_mlops.stages.tune.space import mflops
-from conftest import (
+from helpers import (
     REPO,
     bench_module,
     error_line,

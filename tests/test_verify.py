@@ -6,7 +6,7 @@ import subprocess
 import mlflow
 import pytest
 
-from conftest import git
+from helpers import git
 from servers import BIN, env_with_bin
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import git, place_store, run_dvc
+from helpers import git, place_store, run_dvc
 from servers import mlflow_server, start, stop, tail, wait_for
 
 pytestmark = pytest.mark.integration
