@@ -24,12 +24,10 @@ the test digest, and `replaced_by` on a champion that lost its alias) and in its
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 
-import numpy as np
 
 from cifar10_mlops.training import gate
 from cifar10_mlops.core import tracking
@@ -47,8 +45,6 @@ PIPELINE_ARTIFACTS, PIPELINE_TAG = "pipeline", "pipeline_state"
 DVC_YAML = Path("dvc.yaml")
 # Test metrics copied into version tags; `register.metric` is one of them.
 METRICS = gate.METRICS
-# Where `evaluate` logs each test image's predictions in the run (read for the champion).
-EVALUATION, PREDICTIONS = "evaluation", "test_predictions.npz"
 
 
 def lock_digest(path: Path, stage: str = "register") -> str:
@@ -88,52 +84,6 @@ def decide(
     return False, f"kept champion: {verdict} not above {cfg.min_delta:g} ({counts})", c
 
 
-def champion_predictions(
-    champion, challenger: gate.Predictions, test: tuple, batch_size: int = 500
-) -> tuple[gate.Predictions, str | None]:
-    """The champion's predictions on the challenger's test images: those its run logged when
-    they were made on the same images, else the champion model re-scored on `test`. Returns
-    them and why the champion was re-scored (None when it was not)."""
-    logged = _logged_predictions(champion.run_id)
-    if logged is not None and logged.test_sha256 == challenger.test_sha256:
-        return logged, None
-    why = (
-        f"its run logged no {PREDICTIONS}"
-        if logged is None
-        else f"it was tested on other images (sha256 {logged.test_sha256[:12]})"
-    )
-    print(f"re-scoring champion v{champion.version} on this test set: {why}")
-    import mlflow
-
-    uri = f"models:/{champion.name}/{champion.version}"
-    try:
-        model = mlflow.pyfunc.load_model(uri).unwrap_python_model().model
-    except Exception as exc:  # MlflowException, OSError, Keras' errors: no loadable model
-        reason = " ".join(str(exc).split())[:200]
-        raise PipelineError(f"cannot re-score the champion {uri}: {reason}") from None
-    x, y = test
-    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
-    return gate.Predictions(y.astype(np.int64), probabilities, challenger.test_sha256), why
-
-
-def _logged_predictions(run_id: str) -> gate.Predictions | None:
-    """The test predictions `evaluate` logged into the run, or None when it logged none."""
-    import mlflow
-
-    with tempfile.TemporaryDirectory(prefix="cifar10-champion-") as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path=f"{EVALUATION}/{PREDICTIONS}", dst_path=tmp
-            )
-        except Exception:  # MlflowException, OSError: no such artifact
-            return None
-        try:
-            return gate.load_predictions(Path(path))
-        except PipelineError as exc:
-            print(f"ignoring the champion's logged predictions: {exc}")
-            return None
-
-
 def register(
     cfg: RegisterConfig,
     run_id: str,
@@ -160,7 +110,7 @@ def register(
     else:
         theirs = None
         if champion is not None:
-            theirs, rescored = champion_predictions(champion, predictions, test)
+            theirs, rescored = gate.champion_predictions(champion, predictions, test)
         promoted, reason, comparison = decide(cfg, predictions, champion, theirs, seed)
     client.set_registered_model_alias(name, CHALLENGER, version.version)
     if promoted and (champion is None or champion.version != version.version):

@@ -19,6 +19,7 @@ labels they were made on.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -225,3 +226,53 @@ def _f1(labels: np.ndarray, predicted: np.ndarray, classes: int, macro: bool) ->
     if macro:
         return scores.mean(axis=0)
     return (scores * supports).sum(axis=0) / np.maximum(supports.sum(axis=0), 1)
+
+
+# Where `evaluate` logs each test image's predictions in the run (read for the champion).
+EVALUATION, PREDICTIONS = "evaluation", "test_predictions.npz"
+
+
+def champion_predictions(
+    champion, challenger: Predictions, test: tuple, batch_size: int = 500
+) -> tuple[Predictions, str | None]:
+    """The champion's predictions on the challenger's test images: those its run logged when
+    they were made on the same images, else the champion model re-scored on `test`. Returns
+    them and why the champion was re-scored (None when it was not)."""
+    logged = _logged_predictions(champion.run_id)
+    if logged is not None and logged.test_sha256 == challenger.test_sha256:
+        return logged, None
+    why = (
+        f"its run logged no {PREDICTIONS}"
+        if logged is None
+        else f"it was tested on other images (sha256 {logged.test_sha256[:12]})"
+    )
+    print(f"re-scoring champion v{champion.version} on this test set: {why}")
+    import mlflow
+
+    uri = f"models:/{champion.name}/{champion.version}"
+    try:
+        model = mlflow.pyfunc.load_model(uri).unwrap_python_model().model
+    except Exception as exc:  # MlflowException, OSError, Keras' errors: no loadable model
+        reason = " ".join(str(exc).split())[:200]
+        raise PipelineError(f"cannot re-score the champion {uri}: {reason}") from None
+    x, y = test
+    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+    return Predictions(y.astype(np.int64), probabilities, challenger.test_sha256), why
+
+
+def _logged_predictions(run_id: str) -> Predictions | None:
+    """The test predictions `evaluate` logged into the run, or None when it logged none."""
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="cifar10-champion-") as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=f"{EVALUATION}/{PREDICTIONS}", dst_path=tmp
+            )
+        except Exception:  # MlflowException, OSError: no such artifact
+            return None
+        try:
+            return load_predictions(Path(path))
+        except PipelineError as exc:
+            print(f"ignoring the champion's logged predictions: {exc}")
+            return None
