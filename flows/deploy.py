@@ -28,7 +28,7 @@ from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL
 
 from cifar10_mlops.ops import publish
-from cifar10_mlops.core.validation import check_name
+from cifar10_mlops.core.validation import checked, valid_name
 from cifar10_mlops.core.settings import load_params
 from cifar10_mlops.core.errors import ConfigError, PipelineError
 from cifar10_mlops.ops.prefect_server import check_prefect
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.pool is not None:
-            check_name("--pool", args.pool)
+            checked("--pool", valid_name, args.pool)
         deployment_settings()  # params.yaml's `retrain` is valid
         if not PREFECT_API_URL.value():
             raise PipelineError(

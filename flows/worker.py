@@ -23,7 +23,7 @@ from pathlib import Path
 from prefect.settings import PREFECT_API_URL
 
 from cifar10_mlops.core import tracking
-from cifar10_mlops.core.validation import check_name
+from cifar10_mlops.core.validation import checked, valid_name
 from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.ops.pool import CHECKOUT_VAR, enter_checkout
 from flows.deploy import ensure_pool
@@ -33,8 +33,8 @@ from cifar10_mlops.ops.prefect_server import check_services
 
 
 def check_worker(pool: str, name: str) -> None:
-    check_name("--pool", pool)
-    check_name("--name", name)
+    checked("--pool", valid_name, pool)
+    checked("--name", valid_name, name)
     enter_checkout()  # this folder is a checkout (CIFAR10_MLOPS_CHECKOUT is set by the caller)
     if not PREFECT_API_URL.value():
         raise PipelineError(

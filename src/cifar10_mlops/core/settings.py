@@ -9,67 +9,50 @@ before a stage does any work.
 
 from __future__ import annotations
 
-import typing
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, model_validator
 
 from cifar10_mlops.core import validation as checks
 from cifar10_mlops.core.validation import KeyedError
 from cifar10_mlops.core.errors import ConfigError
 
+
+from cifar10_mlops.core.fields import (  # noqa: F401 (re-exported: one import for users)
+    ARCHITECTURES,
+    MAX_BATCH,
+    MAX_DEADLINE,
+    MAX_EPOCHS,
+    MAX_FILTERS,
+    MAX_SEED,
+    MAX_TIMEOUT,
+    MAX_UNITS,
+    OPTIMIZERS,
+    Architecture,
+    Batch,
+    Confidence,
+    Count,
+    Epochs,
+    F,
+    Filters,
+    Fraction,
+    Head,
+    Name,
+    Optimizer,
+    Positive,
+    Schedule,
+    Section,
+    Seed,
+    within,
+)
+from cifar10_mlops.core.search_space import (  # noqa: F401 (re-exported)
+    TUNABLE, FilterRange, FloatRange, FractionRange, IntRange, OptimizerChoice, SearchSpace,
+)  # fmt: skip
+
 PARAMS_FILE = Path("params.yaml")
-
-# The names the code dispatches on have one home each: these types. model.py builds the
-# architectures, training/optimizers.py and schedules.py the optimizers and schedules.
-Architecture = Literal["baseline", "deeper", "fast"]
-Optimizer = Literal["adam", "sgd", "nesterov", "airbench", "muon"]
-Head = Literal["airbench94", "airbench94_muon"]
-Schedule = Literal["step", "cosine", "triangle"]
-ARCHITECTURES: tuple[str, ...] = typing.get_args(Architecture)
-OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
-
-# Upper bounds: values above them cannot run (NumPy takes seeds below 2**32) or would exhaust
-# a machine's memory or time before doing anything useful. Far above any sensible setting.
-MAX_SEED = 2**32 - 1  # also every other integer's backstop
-MAX_FILTERS = 4096  # conv filters per layer
-MAX_UNITS = 65536  # dense units (and a searched integer's max)
-MAX_BATCH = 65536  # images per step: the whole training split of CIFAR-10 is 50,000
-MAX_EPOCHS = 10_000
-MAX_TIMEOUT = 3600.0  # seconds one network read may wait
-MAX_DEADLINE = 7 * 24 * 3600.0  # seconds: a week
-
-
-def F(description: str) -> Any:
-    """A required field (params.yaml gives every value) with its one-line description."""
-    return Field(description=description)
-
-
-def within(interval: str, says: str | None = None) -> Any:
-    """Both bounds of "[0, 1)"-style `interval`; a value outside is told as that interval (or
-    as `says`) rather than as the one bound it crossed."""
-    low, high = (float(v) if "." in v else int(v) for v in interval[1:-1].split(", "))
-    low_key, high_key = "gt" if interval[0] == "(" else "ge", "lt" if interval[-1] == ")" else "le"
-    extra = {"within": says or f"in {interval}"}
-    return Field(json_schema_extra=extra, **{low_key: low, high_key: high})
-
-
-Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
-Count = Annotated[int, Field(ge=1, le=MAX_SEED)]
-Filters = Annotated[int, Field(ge=1, le=MAX_FILTERS)]
-Batch = Annotated[int, Field(ge=1, le=MAX_BATCH)]
-Epochs = Annotated[int, Field(ge=1, le=MAX_EPOCHS)]
-Positive = Annotated[float, Field(gt=0)]
-Fraction = Annotated[float, within("[0, 1)")]
-Confidence = Annotated[float, within("[0.5, 1)", "at least 0.5 and below 1")]
-Name = Annotated[str, AfterValidator(checks.valid_name)]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class DownloadConfig(Section):
@@ -158,90 +141,6 @@ class TrainConfig(Section):
         if self.lr_min > self.learning_rate:
             raise KeyedError("lr_min", f"must be in [0, learning_rate], got {self.lr_min}")
         return self
-
-
-def ordered(low: float, high: float) -> None:
-    """A search range's min below its max."""
-    if low > high:
-        raise KeyedError("", f"inverted range, min {low} > max {high}")
-    if low == high:
-        hint = "set the entry to null to keep the train value"
-        raise KeyedError("", f"empty range, min == max == {low} ({hint})")
-
-
-class IntRange(Section):
-    """Integers min, min + step, ... up to max (keras_tuner.HyperParameters.Int)."""
-
-    min: Count = F("the smallest value")
-    max: Annotated[int, Field(ge=1, le=MAX_UNITS)] = F("the largest value")
-    step: Count = F("the spacing of the values, at most max - min")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> IntRange:
-        ordered(self.min, self.max)
-        if self.step > self.max - self.min:
-            most = f"max - min = {self.max - self.min}"
-            raise KeyedError("step", f"must be in [1, {most}], got {self.step}")
-        return self
-
-
-class FloatRange(Section):
-    """Floats in [min, max], sampled uniformly or log-uniformly (HyperParameters.Float)."""
-
-    min: Positive = F("the smallest value")
-    max: float = F("the largest value")
-    sampling: Literal["linear", "log"] = F("linear: uniform | log: log-uniform")
-
-    @model_validator(mode="after")
-    def _ordered(self) -> FloatRange:
-        ordered(self.min, self.max)
-        return self
-
-
-class FilterRange(IntRange):
-    """Conv filters to search, at most 4096 (MAX_FILTERS) as train's own."""
-
-    max: Filters = F("the largest value")
-
-
-class FractionRange(FloatRange):
-    """A rate below 1 to search, as train's own."""
-
-    max: Annotated[float, Field(lt=1)] = F("the largest value, below 1")
-
-
-class OptimizerChoice(Section):
-    """Optimizer names to choose from (HyperParameters.Choice)."""
-
-    values: Annotated[list[str], AfterValidator(checks.valid_optimizers(OPTIMIZERS))] = F(
-        "names to try"
-    )
-
-
-class SearchSpace(Section):
-    """What Hyperband searches; a null entry is not searched and keeps its `train` value.
-    Each range stays within train's own bounds: a search must not end in values train refuses.
-    """
-
-    conv_1_filters: FilterRange | None = F("train.conv_1_filters' range")
-    conv_2_filters: FilterRange | None = F("train.conv_2_filters' range")
-    conv_3_filters: FilterRange | None = F("train.conv_3_filters' range")
-    dense_units: IntRange | None = F("train.dense_units' range")
-    learning_rate: FloatRange | None = F("train.learning_rate's range")
-    muon_learning_rate: FloatRange | None = F("train.muon_learning_rate's range")
-    weight_decay: FractionRange | None = F("train.weight_decay's range")
-    label_smoothing: FractionRange | None = F("train.label_smoothing's range")
-    optimizer: OptimizerChoice | None = F("train.optimizer's choices")
-
-    @model_validator(mode="after")
-    def _runnable(self) -> SearchSpace:
-        if all(getattr(self, name) is None for name in type(self).model_fields):
-            raise KeyedError("", "every entry is null; nothing to search")
-        return self
-
-
-# The `train` values a search may replace: one entry of `tune.space` each.
-TUNABLE: tuple[str, ...] = tuple(SearchSpace.model_fields)
 
 
 class TuneConfig(Section):

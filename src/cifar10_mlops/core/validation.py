@@ -39,10 +39,11 @@ def valid_name(value: str) -> str:
     return value
 
 
-def check_name(key: str, value: str) -> None:
-    """valid_name for a command-line option: a ConfigError naming `key` (e.g. --pool)."""
+def checked(key: str, valid: Callable[[str], str], value: str) -> str:
+    """`valid(value)` for a value given outside params.yaml (a command-line option, an
+    environment variable): its ValueError becomes a ConfigError naming `key`."""
     try:
-        valid_name(value)
+        return valid(value)
     except ValueError as exc:
         raise ConfigError(f"{key}: {exc}") from None
 
@@ -84,14 +85,6 @@ def valid_checksum(value: str) -> str:
     if algo not in lengths or len(digest) != lengths[algo] or not _is_hex(digest):
         raise ValueError(f"expected 'md5:<32 hex>' or 'sha256:<64 hex>', got {value!r}")
     return value
-
-
-def check_checksum(value: str, key: str) -> None:
-    """valid_checksum for a command-line option: a ConfigError naming `key`."""
-    try:
-        valid_checksum(value)
-    except ValueError as exc:
-        raise ConfigError(f"{key}: {exc}") from None
 
 
 def valid_timezone(value: str) -> str:

@@ -28,7 +28,7 @@ from pathlib import Path
 from cifar10_mlops.core import dataset
 from cifar10_mlops.stages import download
 from cifar10_mlops.core.archive import extract
-from cifar10_mlops.core.validation import check_checksum
+from cifar10_mlops.core.validation import checked, valid_checksum
 from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.core.files import scratch
 from cifar10_mlops.ops.overrides import apply_params
@@ -55,7 +55,7 @@ def check_file(archive: Path, checksum: str | None) -> None:
             "(it becomes part of params.yaml's download.source)"
         )
     if checksum:
-        check_checksum(checksum, "--checksum")
+        checked("--checksum", valid_checksum, checksum)
     download.check_size(str(archive), archive.stat().st_size)
 
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from cifar10_mlops.core import dataset
 from cifar10_mlops.core.archive import extract
-from cifar10_mlops.core.validation import check_checksum
+from cifar10_mlops.core.validation import checked, valid_checksum
 from cifar10_mlops.core.settings import load_params
 from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.core.files import file_digests, scratch, write_json
@@ -69,7 +69,7 @@ def resolve_source(source: str, checksum: str | None) -> tuple[str, str | None]:
     elif override:
         checksum = os.environ.get(CHECKSUM_ENV, "").strip() or None
         if checksum:
-            check_checksum(checksum, CHECKSUM_ENV)
+            checked(CHECKSUM_ENV, valid_checksum, checksum)
         return override, checksum
     return source, checksum
 
