@@ -193,12 +193,17 @@ def test_stack_retrains_through_its_worker_with_logins_on_postgres_and_s3(
     ]  # fmt: skip
 
 
+# A server's workers may still be importing when its health check first answers: under CI's
+# load one request waited over 10 s. MLflow's own client waits 120 s.
+REQUEST_TIMEOUT = 60
+
+
 def host_header_status(url: str, host: str) -> int:
     request = urllib.request.Request(
         f"{url}/api/2.0/mlflow/experiments/search?max_results=1", headers={"Host": host}
     )
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -211,7 +216,7 @@ def call(url: str, method: str = "GET", body=None, **headers: str):
         headers.setdefault("Content-Type", "application/json")
     request = urllib.request.Request(url, data, headers, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
             text = response.read()
             status, answer = response.status, response.headers
     except urllib.error.HTTPError as exc:
