@@ -29,8 +29,13 @@ $(STAMP): $(LOCK_FILE) pyproject.toml
 
 venv: $(STAMP)  ## create .venv from requirements.lock (LOCK_FILE=requirements-gpu.lock for GPUs)
 
-repro: $(STAMP)  ## run the whole pipeline (dvc repro) with params.yaml
-	$(BIN)/dvc repro
+# Each run of a recipe below leaves a record of what it measured in reports/runs/ (commit,
+# params digest, hardware, stage times, test metrics): `make results` renders docs/results.md
+# and README's results block from them.
+RECORD = $(BIN)/python -m cifar10_mlops.ops.runs
+
+repro: $(STAMP)  ## run the whole pipeline (dvc repro) with params.yaml; records it in reports/runs/
+	$(RECORD) repro -- $(BIN)/dvc repro
 
 smoke: $(STAMP)  ## the pipeline on a few hundred images, 1 epoch, in a scratch copy
 	$(BIN)/python -m cifar10_mlops.ops.smoke
@@ -53,7 +58,7 @@ STUDY := $(STUDY_TRAINING) -S tune.enabled=false -S train.conv_1_filters=32 \
   -S train.early_stopping_patience=null
 
 study: $(STAMP)  ## the study's exact first-phase recipe as a DVC experiment (see `dvc exp show`)
-	$(BIN)/dvc exp run --temp -n study-phase1 $(STUDY)
+	$(RECORD) study -- $(BIN)/dvc exp run --temp -n study-phase1 $(STUDY)
 
 # The study's search and final training (§4.4-4.5): Hyperband over the study's space with
 # max_epochs 10, factor 3 and 2 iterations (60 trials, 240 epochs) on the whole training split,
@@ -73,7 +78,7 @@ STUDY_TUNE := $(STUDY_TRAINING) -S tune.enabled=true -S tune.max_epochs=10 -S tu
   -S train.use_tuned=true
 
 tune-study: $(STAMP)  ## the study's exact Hyperband search + final training as a DVC experiment
-	$(BIN)/dvc exp run --temp -n study-tuning $(STUDY_TUNE)
+	$(RECORD) tune-study -- $(BIN)/dvc exp run --temp -n study-tuning $(STUDY_TUNE)
 
 # The budget at which the search can correct a mis-set value (docs/decisions.md: search
 # recovery): 2,000 images per class, Hyperband max_epochs 4, factor 4 (7 trials, 15 epochs).
@@ -81,7 +86,7 @@ tune-study: $(STAMP)  ## the study's exact Hyperband search + final training as 
 TUNE_FULL := -S tune.train_per_class=2000 -S tune.max_epochs=4 -S tune.factor=4
 
 tune-full: $(STAMP)  ## the pipeline with the search at the budget that can rank, as a DVC experiment
-	$(BIN)/dvc exp run --temp -n tune-full $(TUNE_FULL)
+	$(RECORD) tune-full -- $(BIN)/dvc exp run --temp -n tune-full $(TUNE_FULL)
 
 # airbench94 (KellerJordan/cifar10-airbench, legacy/airbench94.py) exactly: 64/256/256 filters,
 # batch 1024, 10 epochs of its schedule, optimizer and tricks (benchmarks/bench.py AIRBENCH94
@@ -111,10 +116,10 @@ AIRBENCH_MUON := -S tune.enabled=false -S train.architecture=fast -S train.conv_
   -S train.dropout=0.0 -S train.early_stopping_patience=null
 
 airbench: $(STAMP)  ## airbench94's reference recipe as a DVC experiment (see `dvc exp show`)
-	$(BIN)/dvc exp run --temp -n airbench94 $(AIRBENCH)
+	$(RECORD) airbench -- $(BIN)/dvc exp run --temp -n airbench94 $(AIRBENCH)
 
 airbench-muon: $(STAMP)  ## airbench94_muon's recipe (Muon optimizer) as a DVC experiment
-	$(BIN)/dvc exp run --temp -n airbench94-muon $(AIRBENCH_MUON)
+	$(RECORD) airbench-muon -- $(BIN)/dvc exp run --temp -n airbench94-muon $(AIRBENCH_MUON)
 
 bench: $(STAMP)  ## training speed vs the study's pipeline (benchmarks/bench.py; needs `make repro` first)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
