@@ -13,7 +13,8 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .DEFAULT_GOAL := help
 .PHONY: help venv repro smoke study tune-study tune-full test test-extended test-slow remote-local push pull lock mlflow-ui flow services \
   services-stop services-status mlflow-server prefect-server deployment deploy-pool worker serve-model \
-  tune-worker stack-env stack-check compose-check bench airbench airbench-muon plots publish-data notify-webhook reference-pages
+  tune-worker stack-env stack-check compose-check bench airbench airbench-muon plots publish-data notify-webhook reference-pages \
+  results docs docs-serve
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -270,6 +271,19 @@ UV_COMPILE := uv pip compile pyproject.toml --extra dev --python-version 3.11 \
 
 reference-pages: $(STAMP)  ## regenerate docs/settings.md and docs/modules.md from the code
 	$(BIN)/python -m cifar10_mlops.ops.reference_pages
+
+results: $(STAMP)  ## render README's results block and docs/results.md from reports/runs/
+	$(BIN)/python -m cifar10_mlops.ops.results
+
+# The docs site (mkdocs.yml): built strict, so a broken link or a page missing from the nav
+# fails; served on 127.0.0.1 only. DOCS_PORT for another port.
+DOCS_PORT ?= 8000
+export NO_MKDOCS_2_WARNING := 1
+docs: $(STAMP)  ## build the docs site into site/ (strict; open site/index.html)
+	$(BIN)/mkdocs build --strict --quiet
+
+docs-serve: $(STAMP)  ## serve the docs site at http://127.0.0.1:8000 (DOCS_PORT), rebuilt on edit
+	$(BIN)/mkdocs serve --strict --dev-addr 127.0.0.1:$(DOCS_PORT)
 
 lock:  ## re-resolve requirements.lock (CPU) and requirements-gpu.lock from pyproject.toml (needs uv)
 	$(UV_COMPILE) --extra cpu -o requirements.lock

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
+import shlex
 import shutil
 import socket
 import statistics
@@ -58,6 +58,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from cifar10_mlops.core.files import write_json  # noqa: E402
+from cifar10_mlops.ops import runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_ACCURACY = 0.8015  # the study's test accuracy
@@ -148,20 +149,10 @@ def ablations(train) -> dict[str, dict]:
 def machine() -> dict:
     import tensorflow as tf
 
-    cpu = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        **runs.hardware(),
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
+        **runs.software(),
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
     }
@@ -637,8 +628,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"{', '.join(sorted(needs_data))} needs {args.data}: run `dvc repro prepare`")
 
     results: dict = {}
+    # What a run record says about this run (reports/runs/): only a run at params.yaml as it
+    # stands measures today's recipe.
+    described = runs.describe("bench", shlex.join(["benchmarks/bench.py", *sys.argv[1:]]),
+                              args.params, []) if not args.set else None  # fmt: skip
+    seconds: dict[str, float] = {}
     for name in dict.fromkeys(sections):
         print(f"[bench] {name} ...", flush=True)
+        started = time.monotonic()
         if name == "throughput":
             results[name] = throughput(data, params, images=args.images, rounds=args.repeats)
         elif name == "time_to_accuracy":
@@ -655,6 +652,7 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = determinism(args, repeats=min(args.repeats, 3))
         else:
             results[name] = noop_repro()
+        seconds[name] = round(time.monotonic() - started, 1)
     report = {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": machine(),
@@ -666,6 +664,11 @@ def main(argv: list[str] | None = None) -> None:
     write_json(out, report)  # first: the measurements outlast any error in printing them
     print(table(results))
     print(f"-> {out}")
+    if described and "time_to_accuracy" in results:
+        accuracy = results["time_to_accuracy"]["final_test_accuracy"]
+        runs.write_record(described | {
+            "stages": seconds, "wall_seconds": round(sum(seconds.values()), 1),
+            "test": {"accuracy": accuracy}}, ROOT / runs.RUNS_DIR)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -142,25 +142,6 @@ def test_a_changed_param_reruns_only_the_stages_it_feeds(retrained, retrained_on
     assert run.data.params["train.conv_1_filters"] == str(params["train"]["conv_1_filters"])
 
 
-def test_dvc_exp_run_logs_to_the_repository_store_and_leaves_the_workspace(reproduced):
-    pipeline = reproduced  # committed after its `dvc repro`: the experiment's baseline
-    exp = dvc(pipeline, "exp", "run", "--temp", "-n", "two-epochs", "-S", "train.epochs=2")
-    assert ran(exp) == ["train", "evaluate", "register"]
-    assert yaml.safe_load((pipeline / "params.yaml").read_text())["train"]["epochs"] == 1
-    shown = json.loads(dvc(pipeline, "exp", "show", "--json").stdout)
-    [experiment] = [e for rev in shown for e in (rev.get("experiments") or [])]
-    [exp_rev] = experiment["revs"]
-    assert exp_rev["name"] == "two-epochs"
-    data = exp_rev["data"]
-    assert data["params"]["params.yaml"]["data"]["train"]["epochs"] == 2
-    accuracy = data["metrics"]["reports/metrics.json"]["data"]["accuracy"]
-    # The temporary copy is gone, but its MLflow run is in the repository's own store.
-    mlflow.set_tracking_uri(f"sqlite:///{pipeline}/mlruns/mlflow.db")
-    runs = mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
-    [exp_run] = [r for r in runs if r.data.params.get("train.epochs") == "2"]
-    assert exp_run.data.metrics["test_accuracy"] == pytest.approx(accuracy)
-
-
 @pytest.mark.extended
 def test_search_killed_under_dvc_repro_resumes_on_the_next_repro(reproduced):
     """What a user does: `dvc repro`, the search dies (kill -9), `dvc repro` again: the

@@ -104,16 +104,6 @@ def head_commit() -> str:
     return commit + ("-dirty" if dirty else "")
 
 
-def experiment_file(name: str, path: str) -> str | None:
-    """`path` as the DVC experiment `name`, run from HEAD, committed it; None if it did not."""
-    head = git("rev-parse", "HEAD").strip()
-    shown = subprocess.run(
-        ["git", "show", f"refs/exps/{head[:2]}/{head[2:]}/{name}:{path}"],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    return shown.stdout if shown.returncode == 0 else None
-
-
 def tracked_files(repo: Path) -> list[str]:
     """The files git tracks in `repo` (a checkout), relative to it."""
     try:

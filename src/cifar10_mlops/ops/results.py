@@ -71,10 +71,15 @@ def minutes(seconds: list[float | None]) -> str:
     return f"{statistics.median(known) / 60:.1f} min" if known else "—"
 
 
+def number(value: float | None) -> str:
+    """A metric to four places, '—' when the run did not measure it."""
+    return "—" if value is None else f"{value:.4f}"
+
+
 def machine(record: dict) -> str:
     """'2 cores of an Intel Xeon Processor, no GPU' from a record's hardware."""
     hardware = record.get("hardware") or {}
-    cpu = re.sub(r"\((?:R|TM)\)|\bCPU\b|@.*$", "", hardware.get("cpu") or "unknown CPU")
+    cpu = re.sub(r"\((?:R|TM)\)|\b(?:CPU|Processor)\b|@.*$", "", hardware.get("cpu") or "unknown")
     gpus = ", ".join(hardware.get("gpus") or []) or "no GPU"
     return f"{hardware.get('cores', '?')} cores of {' '.join(cpu.split())}, {gpus}"
 
@@ -141,7 +146,7 @@ def results_page(records: list[dict], digests: dict[str, str]) -> str:
         lines.append(
             f"| {r['date'][:10]} | `{r['config']}`{note} | `{r.get('commit', '?')[:7]}` "
             f"| {r.get('seed', '?')} | {current} | {r['test']['accuracy']:.4f} "
-            f"| {r['test'].get('f1_weighted', float('nan')):.4f} "
+            f"| {number(r['test'].get('f1_weighted'))} "
             f"| {minutes([stages.get('tune')])} | {minutes([stages.get('train')])} "
             f"| {minutes([r.get('wall_seconds')])} | {'—' if load is None else f'{load:.1f}'} "
             f"| {machine(r)} |"

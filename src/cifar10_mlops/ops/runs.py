@@ -140,48 +140,57 @@ def run_timed(command: list[str]) -> tuple[int, dict, float]:
     return code, stages, round(end - started, 1)
 
 
+def experiment_file(name: str, path: str) -> str | None:
+    """`path` as the DVC experiment `name`, run from HEAD, committed it; None if it did not."""
+    try:
+        head = repo.git("rev-parse", "HEAD").strip()
+        return repo.git("show", f"refs/exps/{head[:2]}/{head[2:]}/{name}:{path}")
+    except PipelineError:
+        return None
+
+
 def test_metrics(experiment: str | None) -> dict:
     """The test metrics the run left: the workspace's, or its experiment's commit's."""
     if experiment is None:
         text = Path(METRICS_FILE).read_text() if Path(METRICS_FILE).exists() else None
     else:
-        text = repo.experiment_file(experiment, METRICS_FILE)
+        text = experiment_file(experiment, METRICS_FILE)
     if text is None:
         raise PipelineError(f"the run left no {METRICS_FILE}: nothing to record")
     metrics = json.loads(text)
     return {key: metrics[key] for key in TEST_METRICS if key in metrics}
 
 
-def record(config: str, command: list[str], out_dir: Path = RUNS_DIR) -> tuple[int, Path | None]:
-    """Run `command` as configuration `config` and write its record; (exit code, record)."""
-    experiment = experiment_name(command)
-    commit, date = repo.head_commit(), datetime.now(UTC)
-    params = effective_params(PARAMS_FILE, overrides_of(command))
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    code, stages, seconds = run_timed(command)
-    if code != 0 or not any(value is not None for value in stages.values()):
-        reason = f"exit code {code}" if code else "no stage ran"
-        print(f"[runs] no record: {reason}", file=sys.stderr)
-        return code, None
-    try:
-        metrics = test_metrics(experiment)
-    except PipelineError as exc:
-        print(f"[runs] no record: {exc}", file=sys.stderr)
-        return code, None
-    entry = {
+def describe(config: str, command: str, params_file: Path, overrides: list[str]) -> dict:
+    """A record's first fields, taken before the run: what ran, from which commit and params,
+    on which machine, how loaded."""
+    params = effective_params(params_file, overrides)
+    return {
         "config": config,
-        "command": shlex.join(command),
-        "commit": commit,
-        "date": date.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": command,
+        "commit": repo.head_commit(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "seed": params.get("seed"),
         "params_digest": params_digest(params),
         "hardware": hardware(),
         "software": software(),
-        "load_before": load,
-        "stages": stages,
-        "wall_seconds": seconds,
-        "test": metrics,
+        "load_before": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
+
+
+def record(config: str, command: list[str], out_dir: Path = RUNS_DIR) -> tuple[int, Path | None]:
+    """Run `command` as configuration `config` and write its record; (exit code, record)."""
+    experiment = experiment_name(command)
+    entry = describe(config, shlex.join(command), PARAMS_FILE, overrides_of(command))
+    code, stages, seconds = run_timed(command)
+    try:
+        if code != 0 or not any(value is not None for value in stages.values()):
+            raise PipelineError(f"exit code {code}" if code else "no stage ran")
+        metrics = test_metrics(experiment)
+    except PipelineError as exc:
+        print(f"[runs] no record: {exc}", file=sys.stderr)
+        return code, None
+    entry |= {"stages": stages, "wall_seconds": seconds, "test": metrics}
     if experiment:
         entry["experiment"] = experiment
     return code, write_record(entry, out_dir)
@@ -214,7 +223,8 @@ def load_records(folder: Path = RUNS_DIR) -> list[dict]:
         if missing or "accuracy" not in entry["test"]:
             raise PipelineError(f"{path}: not a run record (missing {sorted(missing) or 'test'})")
         records.append({**entry, "file": path.name})
-    return sorted(records, key=lambda entry: entry["date"])
+    # in order of date, then of writing: name-2.json after name.json, name-10 after name-9
+    return sorted(records, key=lambda entry: (entry["date"], len(entry["file"]), entry["file"]))
 
 
 def main(argv: list[str] | None = None) -> None:
