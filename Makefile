@@ -125,8 +125,8 @@ airbench-muon: $(STAMP)  ## airbench94_muon's recipe (Muon optimizer) as a DVC e
 bench: $(STAMP)  ## training speed vs the study's pipeline (benchmarks/bench.py; needs `make repro` first)
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
-# Most tests wait on subprocesses and servers, so more workers than cores pays (README:
-# Development has the measurements).
+# Most tests wait on subprocesses and servers, so more workers than cores pays
+# (docs/development.md has the measurements).
 TEST_WORKERS ?= 4
 test: $(STAMP)  ## the offline test suite (tiny synthetic data), TEST_WORKERS in parallel
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxschedchunk 1
@@ -140,7 +140,7 @@ test-slow: $(STAMP)  ## tests that need the full dataset or minutes of training
 	$(BIN)/python -m pytest -m slow
 
 # The DVC remote: this clone's default, unless DVC_REMOTE names another (`s3`: endpoint and keys
-# from AWS_*; README "Sharing: the DVC remote"). Without a default, `remote-local` sets one: a
+# from AWS_*; docs/pipeline.md). Without a default, `remote-local` sets one: a
 # folder beside the clone, shared by the clones next to it. Absolute, in .dvc/config.local: DVC
 # resolves a relative local remote against the wrong folder in `dvc exp push` and `fetch -a`
 # (treeverse/dvc#10054).
@@ -217,7 +217,7 @@ deployment: $(STAMP)  ## serve the scheduled retraining deployment (needs the Pr
 	scripts/services.sh start deployment
 
 # Prefect's production path: the deployment on a process work pool, run by workers, each in
-# its own checkout (README "Workers on other machines").
+# its own checkout (docs/scale-out.md).
 POOL ?= cpu
 deploy-pool: $(STAMP)  ## deploy the scheduled retraining to the Prefect work pool POOL (cpu)
 	$(BIN)/python -m flows.deploy --pool $(POOL)
@@ -226,7 +226,7 @@ worker: $(STAMP)  ## a Prefect worker of POOL (cpu) that runs retrains in this c
 	$(BIN)/python -m flows.worker --pool $(POOL)
 
 # A new version of the dataset: verified, tracked and pushed with DVC, committed, and announced
-# to the Prefect server, whose deployment trigger retrains on it (README "New data").
+# to the Prefect server, whose deployment trigger retrains on it (docs/orchestration.md).
 ARCHIVE ?=
 publish-data: $(STAMP)  ## publish ARCHIVE as the dataset and announce it (retrains on it)
 	@[ -n "$(ARCHIVE)" ] || { echo "usage: make publish-data ARCHIVE=path/to/cifar10.tar.gz" >&2; exit 2; }
@@ -240,7 +240,7 @@ notify-webhook: $(STAMP)  ## save the webhook that retrain failures and new cham
 # The model name has one home, params.yaml `register.model_name`.
 MODEL_URI ?= $$($(BIN)/python -c 'from cifar10_mlops.core import settings, tracking; \
   print(tracking.champion_uri(settings.load_params().register.model_name))')
-# MLflow's scoring app with request limits (README "Bad input and limits"), not `mlflow models serve`.
+# MLflow's scoring app with request limits (docs/limits.md), not `mlflow models serve`.
 SERVE_PORT ?= 5001
 serve-model: $(STAMP)  ## serve MODEL_URI (default: the champion) at http://127.0.0.1:5001/invocations (SERVE_PORT)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE_URI)} \
@@ -248,7 +248,7 @@ serve-model: $(STAMP)  ## serve MODEL_URI (default: the champion) at http://127.
 
 # Keras Tuner's distributed mode: `KERASTUNER_TUNER_ID=chief dvc repro tune` serves the search,
 # each worker runs trials (KERASTUNER_ORACLE_IP/PORT reach the chief; the --state folder and the
-# MLflow server are shared). See README "Distributed tuning".
+# MLflow server are shared). See docs/scale-out.md.
 tune-worker: $(STAMP)  ## a worker for a distributed search (KERASTUNER_* set, see README)
 	KERASTUNER_TUNER_ID=$${KERASTUNER_TUNER_ID:-worker-$$(hostname)-$$$$} \
 	  $(BIN)/python -m cifar10_mlops.stages.tune --worker --data data/prepared --state models/tuner

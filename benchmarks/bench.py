@@ -90,7 +90,7 @@ AIRBENCH94_MUON = {
 }  # fmt: skip
 # The study's 0.8015 in the least training measured here: airbench94's recipe at a quarter of
 # the widths (32/64/128) for 4 epochs, its warm-up at the same 23 % (0.8214 +- 0.0023 over
-# 3 seeds in 131 s on 2 CPU cores, README: Training speed). The `study_speed` section.
+# 3 seeds in 131 s on 2 CPU cores, docs/benchmarks.md). The `study_speed` section.
 STUDY_SPEED = {
     **AIRBENCH94, "conv_1_filters": 32, "conv_2_filters": 64, "conv_3_filters": 128,
     "epochs": 4, "warmup_epochs": 0.9,

@@ -29,9 +29,9 @@ def test_readme_shows_each_recipe_with_its_spread_time_and_hardware():
 @pytest.fixture
 def checkout(tmp_path):
     """The files the results are rendered from, in a scratch folder."""
-    for name in ("README.md", "Makefile", "params.yaml"):
-        shutil.copy(REPO / name, tmp_path / name)
     (tmp_path / "docs").mkdir()
+    for name in ("README.md", "Makefile", "params.yaml", "docs/index.md"):
+        shutil.copy(REPO / name, tmp_path / name)
     (tmp_path / "reports" / "runs").mkdir(parents=True)
     return tmp_path
 

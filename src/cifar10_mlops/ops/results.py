@@ -32,6 +32,9 @@ from cifar10_mlops.ops.runs import (
 )
 
 README = Path("README.md")
+# The pages that show today's recipes between the markers: the repository's and the site's
+# front doors.
+FRONT_PAGES = (README, Path("docs/index.md"))
 RESULTS_PAGE = Path("docs/results.md")
 START, END = "<!-- results: start (make results) -->", "<!-- results: end -->"
 # The recipes of README's table: their make target, as the records name them.
@@ -90,10 +93,13 @@ def recipe_row(recipe: str, records: list[dict], digest: str) -> str:
     today = [r for r in records if r["config"] == recipe and r["params_digest"] == digest]
     if not today:
         return f"| {name} | no run recorded at today's params | | | | | |"
-    accuracy = [r["test"]["accuracy"] for r in today]
-    f1 = [r["test"]["f1_weighted"] for r in today if "f1_weighted" in r["test"]]
-    seeds = sorted({r.get("seed") for r in today}, key=str)
-    runs = f"{len(today)} (seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))})"
+    # One score per seed, its newest run's: a seed's runs repeat it bit for bit (or, with
+    # `deterministic: false`, differ less than seeds do), so the spread is over seeds.
+    by_seed = {r.get("seed"): r["test"] for r in today}
+    accuracy = [test["accuracy"] for test in by_seed.values()]
+    f1 = [test["f1_weighted"] for test in by_seed.values() if "f1_weighted" in test]
+    seeds = ", ".join(map(str, sorted(by_seed, key=str)))
+    runs = f"{len(today)} (seed{'s' * (len(by_seed) > 1)} {seeds})"
     train = minutes([(r.get("stages") or {}).get("train") for r in today])
     whole = minutes([r.get("wall_seconds") for r in today])
     hardware = Counter(machine(r) for r in today).most_common(1)[0][0]
@@ -119,7 +125,8 @@ def results_page(records: list[dict], digests: dict[str, str]) -> str:
         "this page. `make repro`, `make airbench`, `make study` (and the other recipes of the",
         "Makefile) each write one record when they finish; `make bench` writes one too.",
         "Test accuracy is on the 10,000 test images, which no training or model selection sees;",
-        "mean ± standard deviation over the recorded runs, times as medians.",
+        "mean ± standard deviation over seeds (each seed's newest run), times as medians of",
+        "every run.",
         "",
         "## Today's recipes",
         "",
@@ -160,18 +167,21 @@ def results_page(records: list[dict], digests: dict[str, str]) -> str:
 
 
 def render(root: Path = Path("."), runs: Path = RUNS_DIR) -> dict[Path, str]:
-    """{file: its rendered text} for README.md and docs/results.md under `root`."""
+    """{file: its rendered text} for the FRONT_PAGES and RESULTS_PAGE under `root`."""
     records = load_records(root / runs)
     digests = {recipe: recipe_digest(recipe, root) for recipe in RECIPES}
-    readme = (root / README).read_text()
-    if readme.count(START) != 1 or readme.count(END) != 1:
-        raise PipelineError(f"{README}: needs one {START} and one {END} line")
-    head, rest = readme.split(START)
-    tail = rest.split(END)[1]
-    return {
-        root / README: head + readme_block(records, digests) + tail,
-        root / RESULTS_PAGE: results_page(records, digests),
-    }
+    block = readme_block(records, digests)
+    rendered = {root / page: with_block((root / page), block) for page in FRONT_PAGES}
+    return rendered | {root / RESULTS_PAGE: results_page(records, digests)}
+
+
+def with_block(page: Path, block: str) -> str:
+    """`page`'s text with `block` between its markers."""
+    text = page.read_text()
+    if text.count(START) != 1 or text.count(END) != 1:
+        raise PipelineError(f"{page.name}: needs one {START} and one {END} line")
+    head, rest = text.split(START)
+    return head + block + rest.split(END)[1]
 
 
 def main(argv: list[str] | None = None) -> None:
