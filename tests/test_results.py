@@ -23,7 +23,7 @@ def test_readme_shows_each_recipe_with_its_spread_time_and_hardware():
     assert [row.split("`")[1] for row in rows] == ["make repro", "make airbench", "make study"]
     for row in rows:
         cells = [cell.strip() for cell in row.strip("|").split("|")]
-        assert cells[1].startswith("**0.") and " min" in cells[5] and "cores of" in cells[6], row
+        assert cells[1].startswith("**0.") and " min" in cells[4] and "-core " in cells[5], row
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_a_changed_default_empties_its_row_and_keeps_the_runs_in_the_history(che
     add_run(checkout, 0.9002, 44)
     row = repro_row(render(checkout), checkout)
     assert "**0.9009 ± 0.0009**" in row and "3 (seeds 42, 43, 44)" in row
-    assert "10.0 min" in row and "15.0 min" in row and "2 cores of Intel Xeon, no GPU" in row
+    assert "| 10.0 / 15.0 min |" in row and "| 2-core Intel Xeon, no GPU |" in row
 
     params = yaml.safe_load((checkout / "params.yaml").read_text())
     params["train"]["epochs"] += 1

@@ -19,35 +19,11 @@ from pydantic import AfterValidator, BaseModel, Field, ValidationError, model_va
 from cifar10_mlops.core import validation as checks
 from cifar10_mlops.core.validation import KeyedError
 from cifar10_mlops.core.errors import ConfigError
-
-
 from cifar10_mlops.core.fields import (  # noqa: F401 (re-exported: one import for users)
-    ARCHITECTURES,
-    MAX_BATCH,
-    MAX_DEADLINE,
-    MAX_EPOCHS,
-    MAX_FILTERS,
-    MAX_SEED,
-    MAX_TIMEOUT,
-    MAX_UNITS,
-    OPTIMIZERS,
-    Architecture,
-    Batch,
-    Confidence,
-    Count,
-    Epochs,
-    F,
-    Filters,
-    Fraction,
-    Head,
-    Name,
-    Optimizer,
-    Positive,
-    Schedule,
-    Section,
-    Seed,
-    within,
-)
+    ARCHITECTURES, MAX_BATCH, MAX_DEADLINE, MAX_EPOCHS, MAX_FILTERS, MAX_SEED, MAX_TIMEOUT,
+    MAX_UNITS, OPTIMIZERS, Architecture, Batch, Confidence, Count, Epochs, F, Filters, Fraction,
+    Head, Name, Optimizer, Positive, Schedule, Section, Seed, within,
+)  # fmt: skip
 from cifar10_mlops.core.search_space import (  # noqa: F401 (re-exported)
     TUNABLE, FilterRange, FloatRange, FractionRange, IntRange, OptimizerChoice, SearchSpace,
 )  # fmt: skip
@@ -190,7 +166,7 @@ with warnings.catch_warnings():
 
     class Params(Section):
         seed: Seed = F("one seed for the split, weight init, shuffling and augmentation")
-        deterministic: bool = F("tune and train repeat bit for bit; false: faster, runs differ")
+        deterministic: bool = F("tune and train repeat bit for bit; false: runs differ")
         download: DownloadConfig = F("The download stage: fetch and verify the archive")
         prepare: PrepareConfig = F("The prepare stage: decode, split and subsample")
         tune: TuneConfig = F("The tune stage: a Keras Tuner Hyperband search on validation")

@@ -41,9 +41,10 @@ START, END = "<!-- results: start (make results) -->", "<!-- results: end -->"
 README_RECIPES = ("repro", "airbench", "study")
 RECIPES = (*README_RECIPES, "airbench-muon", "tune-full", "tune-study", "bench")
 HEADER = (
-    "| recipe | test accuracy | weighted F1 | runs | `train` stage | whole run | hardware |\n"
-    "|---|---|---|---|---|---|---|"
+    "| recipe | test accuracy | weighted F1 | runs | time: `train` / whole | hardware |\n"
+    "|---|---|---|---|---|---|"
 )
+NO_RUN = "no run recorded at today's params"
 
 
 def recipe_digest(recipe: str, makefile_dir: Path = Path(".")) -> str:
@@ -80,11 +81,11 @@ def number(value: float | None) -> str:
 
 
 def machine(record: dict) -> str:
-    """'2 cores of an Intel Xeon Processor, no GPU' from a record's hardware."""
+    """'2-core Intel Xeon, no GPU' from a record's hardware."""
     hardware = record.get("hardware") or {}
     cpu = re.sub(r"\((?:R|TM)\)|\b(?:CPU|Processor)\b|@.*$", "", hardware.get("cpu") or "unknown")
     gpus = ", ".join(hardware.get("gpus") or []) or "no GPU"
-    return f"{hardware.get('cores', '?')} cores of {' '.join(cpu.split())}, {gpus}"
+    return f"{hardware.get('cores', '?')}-core {' '.join(cpu.split())}, {gpus}"
 
 
 def recipe_row(recipe: str, records: list[dict], digest: str) -> str:
@@ -92,7 +93,7 @@ def recipe_row(recipe: str, records: list[dict], digest: str) -> str:
     name = f"`make {recipe}`"
     today = [r for r in records if r["config"] == recipe and r["params_digest"] == digest]
     if not today:
-        return f"| {name} | no run recorded at today's params | | | | | |"
+        return f"| {name} | {NO_RUN} | | | | |"
     # One score per seed, its newest run's: a seed's runs repeat it bit for bit (or, with
     # `deterministic: false`, differ less than seeds do), so the spread is over seeds.
     by_seed = {r.get("seed"): r["test"] for r in today}
@@ -103,9 +104,10 @@ def recipe_row(recipe: str, records: list[dict], digest: str) -> str:
     train = minutes([(r.get("stages") or {}).get("train") for r in today])
     whole = minutes([r.get("wall_seconds") for r in today])
     hardware = Counter(machine(r) for r in today).most_common(1)[0][0]
+    mean_f1 = number(statistics.mean(f1)) if f1 else "—"
     return (
-        f"| {name} | **{spread(accuracy)}** | {spread(f1) if f1 else '—'} | {runs} | {train} "
-        f"| {whole} | {hardware} |"
+        f"| {name} | **{spread(accuracy)}** | {mean_f1} | {runs} "
+        f"| {train.removesuffix(' min')} / {whole} | {hardware} |"
     )
 
 
@@ -117,7 +119,9 @@ def readme_block(records: list[dict], digests: dict[str, str]) -> str:
 
 def results_page(records: list[dict], digests: dict[str, str]) -> str:
     """docs/results.md: today's recipes, then every recorded run, newest first."""
-    today = [recipe_row(recipe, records, digests[recipe]) for recipe in RECIPES]
+    rows = {recipe: recipe_row(recipe, records, digests[recipe]) for recipe in RECIPES}
+    today = [row for row in rows.values() if NO_RUN not in row]
+    missing = ", ".join(f"`make {recipe}`" for recipe, row in rows.items() if NO_RUN in row)
     lines = [
         "# Results",
         "",
@@ -134,6 +138,8 @@ def results_page(records: list[dict], digests: dict[str, str]) -> str:
         "",
         HEADER,
         *today,
+        "",
+        f"No run recorded at today's params yet: {missing}." if missing else "",
         "",
         "## Every recorded run",
         "",

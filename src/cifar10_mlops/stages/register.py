@@ -112,11 +112,7 @@ def register(
         if champion is not None:
             theirs, rescored = gate.champion_predictions(champion, predictions, test)
         promoted, reason, comparison = decide(cfg, predictions, champion, theirs, seed)
-    client.set_registered_model_alias(name, CHALLENGER, version.version)
-    if promoted and (champion is None or champion.version != version.version):
-        client.set_registered_model_alias(name, CHAMPION, version.version)
-        if champion is not None:
-            client.set_model_version_tag(name, champion.version, "replaced_by", version.version)
+    _move_aliases(client, name, version.version, champion, promoted)
     tags = {
         "promotion": CHAMPION if promoted else CHALLENGER,
         "promotion_reason": reason,
@@ -132,18 +128,7 @@ def register(
         client.update_model_version(
             name, version.version, description=describe(promoted, champion, comparison, cfg)
         )
-    return {
-        "model_name": name,
-        "version": int(version.version),
-        "model_uri": f"models:/{name}/{version.version}",
-        "run_id": run_id,
-        "aliases": [CHAMPION, CHALLENGER] if promoted else [CHALLENGER],
-        "promoted": promoted,
-        "reason": reason,
-        "metric": f"test_{cfg.metric}",
-        "score": metrics[cfg.metric],
-        "champion_before": None if champion is None else int(champion.version),
-        "champion": int(version.version if promoted else champion.version),
+    return _entry(cfg, version.version, run_id, metrics, champion, promoted, reason) | {
         "gate": None if comparison is None else {
             **asdict(comparison), "min_delta": cfg.min_delta, "champion_rescored": rescored,
         },
@@ -152,6 +137,34 @@ def register(
         "tracking_uri": tracking_uri,
         "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }  # fmt: skip
+
+
+def _move_aliases(client, name: str, version: str, champion, promoted: bool) -> None:
+    """`challenger` to the new version; `champion` too when promoted, the old champion's
+    version tagged with what replaced it."""
+    client.set_registered_model_alias(name, CHALLENGER, version)
+    if promoted and (champion is None or champion.version != version):
+        client.set_registered_model_alias(name, CHAMPION, version)
+        if champion is not None:
+            client.set_model_version_tag(name, champion.version, "replaced_by", version)
+
+
+def _entry(cfg, version: str, run_id: str, metrics: dict, champion, promoted, reason) -> dict:
+    """registry.json's fields about the version and the aliases."""
+    name = cfg.model_name
+    return {
+        "model_name": name,
+        "version": int(version),
+        "model_uri": f"models:/{name}/{version}",
+        "run_id": run_id,
+        "aliases": [CHAMPION, CHALLENGER] if promoted else [CHALLENGER],
+        "promoted": promoted,
+        "reason": reason,
+        "metric": f"test_{cfg.metric}",
+        "score": metrics[cfg.metric],
+        "champion_before": None if champion is None else int(champion.version),
+        "champion": int(version if promoted else champion.version),
+    }
 
 
 def describe(promoted: bool, champion, comparison: gate.Comparison | None, cfg) -> str:

@@ -229,31 +229,36 @@ def run_training(
             callbacks=[MlflowEpochLogger()], strategy=placement.strategy,
         )  # fmt: skip
         seconds = time.perf_counter() - start
-        best = max(history, key=lambda h: h["val_accuracy"])
-        mlflow.log_metrics(
-            lineage.rounded(
-                {
-                    "train_time_s": seconds,
-                    "train_images_per_s": len(history) * len(train_split[1]) / seconds,
-                    "epochs_run": len(history),
-                    "best_val_accuracy": best["val_accuracy"],
-                    "best_epoch": best["epoch"],
-                }
-            )
-        )
+        best = log_summary(history, seconds, len(train_split[1]))
         saved = portable_copy(model, params.train)
         digest = weights_sha256(saved)
         mlflow.set_tag("weights_sha256", digest)  # `cifar10-mlops verify` rebuilds to match it
         save_model(saved, model_path)
         write_history(history, history_path)
         info = {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri}
-        info["weights_sha256"] = digest
-        write_json(run_info_path, info)
+        write_json(run_info_path, info | {"weights_sha256": digest})
     print(
         f"trained {len(history)} epochs in {seconds:.0f}s; best val_accuracy "
         f"{best['val_accuracy']:.4f} at epoch {best['epoch'] + 1} -> {model_path} "
         f"(weights sha256 {digest[:16]})"
     )
+    return best
+
+
+def log_summary(history: list[dict], seconds: float, images: int) -> dict:
+    """Log the training's time, speed and best epoch to the active MLflow run; returns the
+    best epoch's history row."""
+    import mlflow
+
+    best = max(history, key=lambda h: h["val_accuracy"])
+    summary = {
+        "train_time_s": seconds,
+        "train_images_per_s": len(history) * images / seconds,
+        "epochs_run": len(history),
+        "best_val_accuracy": best["val_accuracy"],
+        "best_epoch": best["epoch"],
+    }
+    mlflow.log_metrics(lineage.rounded(summary))
     return best
 
 

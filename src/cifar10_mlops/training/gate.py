@@ -155,20 +155,7 @@ def compare(
     discordant = only_new + only_old
     p_value = stats.binomtest(only_new, discordant, 0.5).pvalue if discordant else 1.0
 
-    if metric in ("accuracy", "loss"):
-        if metric == "accuracy":
-            per_image = right_new.astype(np.float64) - right_old
-        else:  # loss: the champion's minus the challenger's, so that positive is better
-            per_image = _log_loss(champion, y) - _log_loss(challenger, y)
-        data, statistic = (per_image,), _mean
-    else:
-        data = (y, challenger.predicted, champion.predicted)
-        macro = metric == "f1_macro"
-        classes = challenger.probabilities.shape[1]
-
-        def statistic(labels, new, old, axis=-1):
-            return _f1(labels, new, classes, macro) - _f1(labels, old, classes, macro)
-
+    data, statistic = _paired_gain(metric, challenger, champion)
     values = (_metric(metric, y, challenger), _metric(metric, y, champion))
     gain = values[0] - values[1] if metric != "loss" else values[1] - values[0]
     same = np.array_equal(challenger.predicted, champion.predicted)
@@ -191,6 +178,23 @@ def compare(
         challenger_only=only_new, champion_only=only_old, images=len(y),
         test_sha256=challenger.test_sha256,
     )  # fmt: skip
+
+
+def _paired_gain(metric: str, challenger: Predictions, champion: Predictions):
+    """(per-image data, statistic) whose bootstrap gives the gain's interval: the mean of
+    per-image differences for accuracy and loss, the F1 difference on resampled images."""
+    y = challenger.labels
+    if metric == "accuracy":
+        return ((challenger.predicted == y).astype(np.float64) - (champion.predicted == y),), _mean
+    if metric == "loss":  # the champion's minus the challenger's, so that positive is better
+        return (_log_loss(champion, y) - _log_loss(challenger, y),), _mean
+    macro = metric == "f1_macro"
+    classes = challenger.probabilities.shape[1]
+
+    def statistic(labels, new, old, axis=-1):
+        return _f1(labels, new, classes, macro) - _f1(labels, old, classes, macro)
+
+    return (y, challenger.predicted, champion.predicted), statistic
 
 
 def _mean(x, axis=-1):

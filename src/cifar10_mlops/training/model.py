@@ -107,19 +107,7 @@ def build_model(
     widths = block_widths(conv_1_filters, conv_2_filters, conv_3_filters)
     if architecture == "fast":
         return _fast(x, inputs, widths, dropout, num_classes, norm, head)
-    if architecture == "baseline":
-        x = _conv_bn_relu(x, conv_1_filters, "valid", norm)
-        x = layers.MaxPooling2D(2)(x)
-        x = _conv_bn_relu(x, conv_2_filters, "valid", norm)
-        x = layers.MaxPooling2D(2)(x)
-        x = _conv_bn_relu(x, conv_2_filters, "valid", norm)
-    else:
-        for filters in widths:
-            x = _conv_bn_relu(x, filters, "same", norm)
-            x = _conv_bn_relu(x, filters, "same", norm)
-            x = layers.MaxPooling2D(2)(x)
-            if dropout > 0:
-                x = layers.Dropout(dropout)(x)
+    x = _study_features(x, architecture, widths, dropout, norm)
     x = layers.Flatten()(x)
     x = layers.Dense(dense_units, use_bias=False)(x)
     x = norm(momentum=BN_MOMENTUM)(x)
@@ -129,6 +117,24 @@ def build_model(
     x = layers.Dense(num_classes, name="logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probs")(x)
     return keras.Model(inputs, outputs, name=f"cifar10_{architecture}")
+
+
+def _study_features(x, architecture: str, widths: tuple[int, int, int], dropout: float, norm):
+    """The convolutions of the study's networks: baseline's three valid convolutions (c1,
+    c2, c2) or deeper's three VGG blocks."""
+    if architecture == "baseline":
+        x = _conv_bn_relu(x, widths[0], "valid", norm)
+        x = layers.MaxPooling2D(2)(x)
+        x = _conv_bn_relu(x, widths[1], "valid", norm)
+        x = layers.MaxPooling2D(2)(x)
+        return _conv_bn_relu(x, widths[1], "valid", norm)
+    for filters in widths:
+        x = _conv_bn_relu(x, filters, "same", norm)
+        x = _conv_bn_relu(x, filters, "same", norm)
+        x = layers.MaxPooling2D(2)(x)
+        if dropout > 0:
+            x = layers.Dropout(dropout)(x)
+    return x
 
 
 def _conv_bn_relu(x, filters: int, padding: str, norm):

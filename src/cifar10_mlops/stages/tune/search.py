@@ -139,15 +139,7 @@ def run_search(
     experiment_id = tracking.configure(params.mlflow.experiment, tracking.tracking_uri())
     tracking.end_orphaned_runs(experiment_id)
 
-    commit = head_commit()
-    searched_keys = "+".join(searched(params.tune.space)) or "nothing"
-    name = lineage.run_name("tune", f"{params.train.architecture}-{searched_keys}", commit)
-    description = (
-        f"Hyperband over {searched_keys.replace('+', ', ')} of {params.train.architecture} "
-        f"(max_epochs {params.tune.max_epochs}, factor {params.tune.factor}) on "
-        f"{len(search.images)} training images, objective {params.tune.objective} on the "
-        f"validation split; data {manifest['source']}; commit {lineage.short_commit(commit)}"
-    )
+    name, description = run_label(params, len(search.images), manifest["source"])
     with tracking.start_run(
         experiment_id=experiment_id, run_name=name, description=description,
         log_system_metrics=True,
@@ -180,6 +172,20 @@ def run_search(
     return best
 
 
+def run_label(params: Params, images: int, source: str) -> tuple[str, str]:
+    """The search's MLflow run name and description."""
+    commit = head_commit()
+    searched_keys = "+".join(searched(params.tune.space)) or "nothing"
+    name = lineage.run_name("tune", f"{params.train.architecture}-{searched_keys}", commit)
+    description = (
+        f"Hyperband over {searched_keys.replace('+', ', ')} of {params.train.architecture} "
+        f"(max_epochs {params.tune.max_epochs}, factor {params.tune.factor}) on "
+        f"{images} training images, objective {params.tune.objective} on the "
+        f"validation split; data {source}; commit {lineage.short_commit(commit)}"
+    )
+    return name, description
+
+
 def announce_search(params: Params, tuner, log: SearchLog, search, run_id: str, resuming: bool):
     """The search's first progress line: its size, data, objective, MLflow run."""
     done = sum(t.status == "COMPLETED" for t in tuner.oracle.trials.values())
@@ -190,6 +196,20 @@ def announce_search(params: Params, tuner, log: SearchLog, search, run_id: str, 
         + (f"; resuming after {done} finished trials" if resuming else ""),
         flush=True,
     )
+
+
+def write_reports(rows: list[dict], curves, summary: dict, objective: str, reports: Path):
+    """trials.csv, summary.json and the two plots into `reports`, logged to the active run."""
+    import mlflow
+
+    write_trials_csv(rows, reports / "trials.csv")
+    write_json(reports / "summary.json", summary)
+    plot_trials(rows, curves, objective, reports / "trials.png")
+    plot_table(rows, reports / "trials_table.png")
+    mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+    mlflow.log_table({c: [r[c] for r in rows] for c in TRIALS_FIELDS}, "trials.json")
+    for name in REPORTS:
+        mlflow.log_artifact(str(reports / name))
 
 
 def finish(
@@ -233,16 +253,9 @@ def finish(
         "epochs": best.hyperparameters.values.get("tuner/epochs"), "trials": len(completed),
         "search_id": sid, "mlflow_run_id": run_id,
     }  # fmt: skip
-    write_trials_csv(rows, reports / "trials.csv")
-    write_json(reports / "summary.json", summary)
-    plot_trials(rows, curves, tune.objective, reports / "trials.png")
-    plot_table(rows, reports / "trials_table.png")
+    write_reports(rows, curves, summary, tune.objective, reports)
     mlflow.log_params({f"best.{k}": v for k, v in values.items()})
-    mlflow.log_metrics({k: float(v) for k, v in summary.items()})
     noise.log(decision)
-    mlflow.log_table({c: [r[c] for r in rows] for c in TRIALS_FIELDS}, "trials.json")
-    for name in REPORTS:
-        mlflow.log_artifact(str(reports / name))
     write_json(best_path, result)
     mlflow.log_artifact(str(best_path))
     shown = ", ".join(f"{k}={fmt(v)}" for k, v in values.items())
