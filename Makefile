@@ -249,7 +249,7 @@ serve-model: $(STAMP)  ## serve MODEL_URI (default: the champion) at http://127.
 # Keras Tuner's distributed mode: `KERASTUNER_TUNER_ID=chief dvc repro tune` serves the search,
 # each worker runs trials (KERASTUNER_ORACLE_IP/PORT reach the chief; the --state folder and the
 # MLflow server are shared). See docs/scale-out.md.
-tune-worker: $(STAMP)  ## a worker for a distributed search (KERASTUNER_* set, see README)
+tune-worker: $(STAMP)  ## a worker for a distributed search (KERASTUNER_* set, see docs/scale-out.md)
 	KERASTUNER_TUNER_ID=$${KERASTUNER_TUNER_ID:-worker-$$(hostname)-$$$$} \
 	  $(BIN)/python -m cifar10_mlops.stages.tune --worker --data data/prepared --state models/tuner
 
