@@ -125,6 +125,15 @@ def pipeline(project, tmp_path, monkeypatch):
     return project
 
 
+@pytest.fixture
+def flow_project(pipeline, monkeypatch):
+    """A fresh project copy (nothing run yet, committed) as the working directory, as
+    `python -m flows.retrain` runs."""
+    git_commit_all(pipeline, "tiny params")
+    monkeypatch.chdir(pipeline)
+    return pipeline
+
+
 @pytest.fixture(scope="session")
 def reproduced_once(tmp_path_factory, migrated_store) -> Path:
     """A folder with `project`: the tiny pipeline after one `dvc repro` from scratch (its
@@ -150,6 +159,15 @@ def reproduced(reproduced_once, tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("CIFAR10_SOURCE", str(reproduced_once / "cifar10-jpg.tar.gz"))
     forget_tracking_uri(monkeypatch)
     return dest
+
+
+@pytest.fixture
+def reproduced_flow_project(reproduced, monkeypatch):
+    """A copy of the reproduced pipeline (a clone after `make repro`) as the working
+    directory. A flow run from scratch runs every stage: tests/test_services.py checks that
+    through the deployment."""
+    monkeypatch.chdir(reproduced)
+    return reproduced
 
 
 @pytest.fixture(scope="session")

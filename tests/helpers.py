@@ -46,13 +46,23 @@ def forget_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def bench_module():
-    """benchmarks/bench.py as a module (it is a script, not part of the package)."""
+    """benchmarks/bench.py as a module (it is a script, not part of the package); loading it
+    puts benchmarks/ on sys.path, as running it as a script does, for its `sections`."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench
+
+
+def bench_section(name: str):
+    """benchmarks/sections/<name>.py, the module of one of bench.py's sections, as bench.py
+    imports it."""
+    import importlib
+
+    bench_module()  # puts benchmarks/ on sys.path, where bench.py finds `sections`
+    return importlib.import_module(f"sections.{name}")
 
 
 def stage_args(stage: str) -> list[str]:
@@ -74,6 +84,49 @@ def add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
+
+
+def evil_tar(path: Path, member: tarfile.TarInfo) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        add_bytes(tar, "cifar10/train/cat/0000.png", b"x")
+        tar.addfile(member, io.BytesIO(b"owned") if member.isfile() else None)
+    return path
+
+
+def file_member(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = 5
+    return info
+
+
+def link_member(name: str, target: str, kind=tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+def zeros_tar(path: Path, sizes: dict[str, int]) -> Path:
+    """A tar.gz of members full of zeros (a few KB compressed per 100 MB)."""
+
+    class Zeros(io.RawIOBase):
+        def __init__(self, size):
+            self.left = size
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            n = min(len(buffer), self.left)
+            buffer[:n] = bytes(n)
+            self.left -= n
+            return n
+
+    with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+        for name, size in sizes.items():
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BufferedReader(Zeros(size)))
+    return path
 
 
 def write_python_archive(
@@ -337,3 +390,21 @@ def once(tmp_path_factory, name: str, make: Callable[[Path], None]) -> Path:
             make(path)
             done.touch()
     return path
+
+
+def tune_cli(params_file, **overrides) -> None:
+    """The `tune` stage in this process, on tiny params with `overrides`, as dvc.yaml runs it."""
+    from cifar10_mlops.stages.tune import __main__ as tune
+
+    tune.main(["--params", str(params_file(**overrides)), *stage_args("tune")])
+
+
+def runs(**filters) -> list:
+    """The runs of the cifar10-cnn experiment whose tags have these values."""
+    import mlflow
+
+    from cifar10_mlops.core import tracking
+
+    tracking.connect()  # this test's store, also when the stage under test never opened it
+    found = mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
+    return [r for r in found if all(r.data.tags.get(k) == v for k, v in filters.items())]

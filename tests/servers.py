@@ -208,3 +208,31 @@ def webhook_receiver():
         yield f"http://127.0.0.1:{server.server_port}/hook", received
     finally:
         server.shutdown()
+
+
+@contextmanager
+def answering(statuses: dict[str, int]):
+    """An HTTP server on a free port of 127.0.0.1 answering a GET of each path with its status
+    (404 for any other path); yields (its base URL, the headers of each request received)."""
+    import http.server
+    import threading
+
+    received: list = []
+
+    class Answerer(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            received.append(dict(self.headers))
+            self.send_response(statuses.get(self.path, 404))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answerer)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", received
+    finally:
+        server.shutdown()
+        server.server_close()

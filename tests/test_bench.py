@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, bench_module, error_line
+from helpers import REPO, bench_module, bench_section, error_line
 
 pytestmark = pytest.mark.integration
 
@@ -90,22 +90,22 @@ def test_ablation_rows_follow_the_defaults_optimizer():
     from cifar10_mlops.core.settings import load_params
     from cifar10_mlops.training.optimizers import airbench_step_gain
 
-    bench = bench_module()
+    ablation, common = bench_section("ablation"), bench_section("common")
     train = load_params(REPO / "params.yaml").train
 
     def recipe(values):
         return train.model_copy(
-            update={k: v for k, v in values.items() if k in bench.OPTIMIZER_RECIPE}
+            update={k: v for k, v in values.items() if k in ablation.OPTIMIZER_RECIPE}
         )
 
-    sgd, muon = recipe(bench.AIRBENCH94), recipe(bench.AIRBENCH94_MUON)
+    sgd, muon = recipe(common.AIRBENCH94), recipe(common.AIRBENCH94_MUON)
     # An SGD default: every ingredient's row, and the swap to Muon's recipe.
-    rows = bench.ablations(sgd)
-    assert set(bench.ABLATIONS) <= set(rows)
+    rows = ablation.ablations(sgd)
+    assert set(ablation.ABLATIONS) <= set(rows)
     assert rows["Muon, not airbench94 SGD"]["optimizer"] == "muon"
     # A Muon default: no row that changes nothing (it has no lookahead) or that Muon lacks
     # (one weights' rate for the biases to match); the SGD rows start from airbench94's SGD.
-    rows = bench.ablations(muon)
+    rows = ablation.ablations(muon)
     assert "no lookahead" not in rows and "bias lr x1" not in rows
     swap = rows["airbench94 SGD, not Muon"]
     assert (swap["optimizer"], swap["learning_rate"]) == ("airbench", 11.5)
@@ -123,15 +123,15 @@ def test_study_speed_is_airbench94_at_a_quarter_width_for_four_epochs():
     # params.yaml is), airbench94's in all but widths, epochs and its warm-up's share of them.
     from cifar10_mlops.core.settings import load_params, replace_checked
 
-    bench = bench_module()
+    common, study_speed = bench_section("common"), bench_section("study_speed")
     params = load_params(REPO / "params.yaml")
-    train = replace_checked(bench.with_train(params, **bench.STUDY_SPEED).train, "train")
-    changed = {k for k, v in bench.STUDY_SPEED.items() if bench.AIRBENCH94[k] != v}
+    train = replace_checked(common.with_train(params, **study_speed.STUDY_SPEED).train, "train")
+    changed = {k for k, v in study_speed.STUDY_SPEED.items() if common.AIRBENCH94[k] != v}
     assert changed == {"conv_1_filters", "conv_2_filters", "conv_3_filters", "epochs",
                        "warmup_epochs"}  # fmt: skip
     assert train.widths == (32, 64, 128) and train.epochs == 4
     assert train.warmup_epochs / train.epochs == pytest.approx(
-        bench.AIRBENCH94["warmup_epochs"] / bench.AIRBENCH94["epochs"], abs=0.01
+        common.AIRBENCH94["warmup_epochs"] / common.AIRBENCH94["epochs"], abs=0.01
     )
 
 

@@ -13,10 +13,8 @@ import pytest
 import yaml
 from prefect.testing.utilities import prefect_test_harness
 
-from helpers import error_line, git, git_commit_all, run_dvc
+from helpers import error_line, git, run_dvc
 from servers import webhook_receiver
-from cifar10_mlops.core import repo
-from cifar10_mlops.ops.overrides import apply_params
 from flows import retrain as flow_module
 
 pytestmark = pytest.mark.integration
@@ -26,24 +24,6 @@ pytestmark = pytest.mark.integration
 def harness():
     with prefect_test_harness(server_startup_timeout=120):
         yield
-
-
-@pytest.fixture
-def flow_project(pipeline, monkeypatch):
-    """A fresh project copy (nothing run yet, committed) as the working directory, as
-    `python -m flows.retrain` runs."""
-    git_commit_all(pipeline, "tiny params")
-    monkeypatch.chdir(pipeline)
-    return pipeline
-
-
-@pytest.fixture
-def reproduced_flow_project(reproduced, monkeypatch):
-    """A copy of the reproduced pipeline (a clone after `make repro`) as the working
-    directory. A flow run from scratch runs every stage: tests/test_services.py checks that
-    through the deployment."""
-    monkeypatch.chdir(reproduced)
-    return reproduced
 
 
 def dvc_status(project: Path) -> str:
@@ -177,22 +157,6 @@ def test_a_checkout_without_a_git_identity_is_refused_before_anything_runs(flow_
     assert not (flow_project / "data" / "raw").exists()
 
 
-def test_bad_override_leaves_params_unchanged(flow_project):
-    before, written = Path("params.yaml").read_bytes(), Path("params.yaml").stat().st_mtime_ns
-    with pytest.raises(flow_module.PipelineError, match=r"train.epochs: must be >= 1, got 0"):
-        apply_params(["train.epochs=0"])
-    with pytest.raises(flow_module.PipelineError, match=r"has no train.epoch \(train: .*epochs"):
-        apply_params(["train.epoch=3"])
-    with pytest.raises(flow_module.PipelineError, match="train.epochs=1,2: one value per key"):
-        apply_params(["train.epochs=1,2"])
-    for adds_or_deletes in ("++register.min_delta=0.5", "~register.min_delta"):
-        with pytest.raises(flow_module.PipelineError, match=r"not added \(\+KEY="):
-            apply_params([adds_or_deletes])
-    assert Path("params.yaml").read_bytes() == before
-    assert Path("params.yaml").stat().st_mtime_ns == written  # not even rewritten
-    assert sorted(p.name for p in Path().glob(".params*")) == []
-
-
 # What anyone allowed to start a run can pass; the run fails before params.yaml is written.
 REFUSED = {
     "+register.new=1": r"^bad parameter override \+register.new=1: params.yaml's keys can be "
@@ -261,19 +225,3 @@ def test_unreachable_server_fails_before_anything_runs(flow_project, variable):
     last = error_line(result)
     assert last.startswith("error: ") and f"{url} is unreachable" in last, result.stderr
     assert not (flow_project / "data" / "raw").exists()  # download never ran
-
-
-def test_the_reset_after_a_run_leaves_work_outside_the_pipeline_alone(reproduced_flow_project):
-    project = reproduced_flow_project
-    readme = (project / "README.md").read_text()
-    (project / "README.md").write_text(readme + "\nsomeone's edit during the run\n")
-    params = (project / "params.yaml").read_text()
-    (project / "params.yaml").write_text(params.replace("epochs: 1", "epochs: 3"))
-    git(project, "add", "params.yaml")  # DVC's autostage does this to dvc.lock
-    assert repo.foreign_changes(Path("params.yaml"), Path("dvc.yaml")) == [
-        "README.md"
-    ]  # so the run records nothing
-    repo.reset_workspace(Path("params.yaml"), Path("dvc.yaml"))
-    assert (project / "params.yaml").read_text() == params
-    assert (project / "README.md").read_text().endswith("someone's edit during the run\n")
-    assert git(project, "status", "--porcelain", "--untracked-files=no") == " M README.md\n"

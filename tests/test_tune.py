@@ -10,7 +10,6 @@ import mlflow
 import pytest
 import yaml
 
-from cifar10_mlops.core import tracking
 from cifar10_mlops.core.lineage import dvc_hash
 from cifar10_mlops.core.settings import Params, load_params
 from cifar10_mlops.core.errors import ConfigError
@@ -25,8 +24,10 @@ from helpers import (
     once,
     place_store,
     relocate,
+    runs,
     stage_args,
     tiny_params,
+    tune_cli,
     write_prepared,
 )
 
@@ -35,19 +36,9 @@ TRIALS, EPOCHS = 5, 7
 SEARCHED = ("conv_1_filters", "conv_2_filters", "dense_units", "learning_rate", "optimizer")
 
 
-def tune_cli(params_file, **overrides):
-    tune.main(["--params", str(params_file(**overrides)), *stage_args("tune")])
-
-
 def trials_csv(root):
     with open(root / "reports" / "tune" / "trials.csv") as fh:
         return list(csv.DictReader(fh))
-
-
-def runs(**filters):
-    tracking.connect()  # this test's store, also when the stage under test never opened it
-    found = mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
-    return [r for r in found if all(r.data.tags.get(k) == v for k, v in filters.items())]
 
 
 @pytest.fixture(scope="session")
@@ -155,60 +146,6 @@ def test_train_uses_the_tuned_values_unless_told_not_to(searched, params_file):
     assert run.data.params["train.conv_1_filters"] == "8"
 
 
-def search_learning_rate(params_file, low: float, high: float, **overrides) -> dict:
-    """A tiny search over Adam's learning rate alone; returns best_hparams.json."""
-    space = {k: None for k in tiny_params()["tune"]["space"]}
-    space["learning_rate"] = {"min": low, "max": high, "sampling": "log"}
-    tune_cli(params_file, **{"tune.space": space, **overrides})
-    return json.loads(Path("models/best_hparams.json").read_text())
-
-
-def test_tied_trials_keep_trains_values(in_project, prepared, params_file, capsys):
-    """Every trial within 1 % of train's learning rate: whatever trial scores best, the check
-    trains both at the trial budget, finds no gain beyond noise and keeps train's values."""
-    from cifar10_mlops.stages import train
-
-    best = search_learning_rate(params_file, 0.001, 0.00101)
-    assert best["adopted"] is False and best["hyperparameters"] == {}
-    check = best["noise_check"]
-    if check is None:  # the best trial was train's own configuration
-        assert best["reason"] == "kept train's values: the best trial is train's own configuration"
-    else:
-        assert check["low"] <= 0 <= check["high"] and check["images"] == 50
-        assert best["reason"].startswith("kept train's values (learning_rate 0.001 -> ")
-        assert f"McNemar p {check['p_value']:.3g}" in best["reason"]
-    [parent] = runs(stage="tune")
-    assert parent.data.tags["decision"] == "kept train's values"
-
-    capsys.readouterr()
-    train.main(["--params", str(params_file()), *stage_args("train")])
-    assert "training with the params.yaml train values: the search kept train's values" in (
-        capsys.readouterr().out
-    )
-    run = mlflow.get_run(json.loads(Path("models/run.json").read_text())["run_id"])
-    assert run.data.tags["hparams_source"] == "params"
-    assert run.data.params["train.learning_rate"] == "0.001"
-
-
-def test_a_clearly_better_value_is_adopted(in_project, params_file):
-    """train's learning rate mis-set to 1e-7 (nothing is learnt in two epochs): the search's
-    rates learn, and the check adopts them with the numbers behind it. On 60 images per class
-    (150 for validation): at 20 per class, two epochs of 9 steps leave the gain inside the
-    noise of 50 validation images, and the check rightly keeps train's values."""
-    write_prepared(in_project / "data" / "prepared", per_class=60)
-    best = search_learning_rate(
-        params_file, 0.003, 0.01, **{"train.learning_rate": 1e-7, "train.weight_decay": 0.0}
-    )
-    check = best["noise_check"]
-    assert best["adopted"] is True, best["reason"]
-    assert best["hyperparameters"] == best["best_trial_values"]
-    assert 0.003 <= best["hyperparameters"]["learning_rate"] <= 0.01
-    assert check["low"] > 0 and check["challenger_only"] > check["champion_only"]
-    assert best["reason"].startswith("adopted the searched values (learning_rate 1e-07 -> ")
-    [parent] = runs(stage="tune")
-    assert parent.data.metrics["noise_check_low"] == pytest.approx(check["low"])
-
-
 def test_disabled_tuning_skips_the_search_and_train_keeps_its_values(
     in_project, prepared, params_file
 ):
@@ -272,24 +209,6 @@ def test_stage_reports_a_bad_setting_in_one_line(
     assert "Traceback" not in result.stderr
     assert not (in_empty_project / "models").exists()
     assert not (in_empty_project / "mlruns").exists()
-
-
-def test_budget_that_admits_nothing_is_an_error(in_project, prepared, params_file):
-    with pytest.raises(ConfigError, match="tune.max_mflops: 0.1 admits no configuration"):
-        tune_cli(params_file, **{"tune.max_mflops": 0.1})
-    assert not (in_project / "models").exists()
-
-
-def test_plan_counts_the_studys_search():
-    # Study §4.4: max_epochs 10, factor 3, 2 iterations: 60 trials, 240 epochs.
-    oracle = BudgetedHyperbandOracle(
-        objective="val_accuracy",
-        max_epochs=10,
-        factor=3,
-        hyperband_iterations=2,
-        worker_timeout=900,
-    )
-    assert oracle.plan() == (60, 240)
 
 
 def params_with_makefile_overrides(

@@ -1,4 +1,5 @@
-"""A real MLflow server that goes away while `train` logs to it.
+"""Logging to MLflow (core/tracking.py) through a real MLflow server that goes away while
+`train` logs to it.
 
 MLflow's client retries a failed request with exponential backoff (7 retries, about 4 minutes,
 by default): a server restarted within that time loses nothing; one that stays down stops the

@@ -1,4 +1,5 @@
-"""`mlflow models serve` on the registered champion: right answers, HTTP 400 for bad input."""
+"""The registered model's MLflow pyfunc (serving/pyfunc.py): `mlflow models serve` on the
+registered champion gives right answers, and HTTP 400 for bad input."""
 
 import json
 import os

@@ -1,3 +1,6 @@
+"""params.yaml parsed into frozen settings (core/settings.py): the repository's values, dotted
+keys for MLflow, and every wrong key, type or value refused in one line naming it."""
+
 import re
 from pathlib import Path
 
@@ -182,17 +185,6 @@ def test_values_the_code_cannot_run_are_refused(tmp_path, override, message):
         load_params(path)
 
 
-def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
-    path = tmp_path / "params.yaml"
-    text = yaml.safe_dump(tiny_params(), sort_keys=False)
-    text = text.replace("  epochs: ", "  epochs: 3\n  epochs: ", 1)
-    path.write_text(text)
-    line = text.splitlines().index("  epochs: 3") + 2
-    with pytest.raises(ConfigError) as err:
-        load_params(path)
-    assert str(err.value) == f"{path}: key 'epochs' given twice (line {line})"
-
-
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -220,20 +212,3 @@ def test_stages_refuse_them_in_one_line(tmp_path, run_module, text, message):
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {path}: ") and message in line, line
     assert not (tmp_path / "raw").exists()
-
-
-def test_merge_keys_are_yaml_not_repeated_keys(tmp_path):
-    """DVC accepts YAML anchors and merge keys; so must the stages."""
-    path = tmp_path / "params.yaml"
-    text = yaml.safe_dump(tiny_params(), sort_keys=False)
-    text = text.replace("evaluate:\n", "evaluate: &evaluate\n", 1) + "other:\n  <<: *evaluate\n"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match="unknown key other"):  # parsed; then refused as a key
-        load_params(path)
-
-
-def test_a_key_that_is_a_list_is_one_line(tmp_path):
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(tiny_params(), sort_keys=False) + "? [a, b]\n: 1\n")
-    with pytest.raises(ConfigError, match=r"params.yaml: a key that is a list \(line \d+\)"):
-        load_params(path)

@@ -1,0 +1,35 @@
+"""The `cifar10-mlops` command (cli.py): its usage, and what it answers to a command it does not
+have. The commands themselves are tested in the files of their modules (test_predict.py,
+test_server.py, test_checkout.py, test_verify.py, test_publish.py)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cifar10_mlops.cli import COMMANDS, main
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cifar10_mlops.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_unknown_command_prints_usage(tmp_path):
+    result = cli("train", cwd=tmp_path)
+    assert result.returncode == 2 and "cifar10-mlops predict" in result.stderr
+
+
+def test_help_names_every_command_and_exits_zero(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    usage = capsys.readouterr().err
+    for command in COMMANDS:
+        assert f"cifar10-mlops {command} " in usage, command
