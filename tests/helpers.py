@@ -264,6 +264,14 @@ def git_commit_all(folder: Path, message: str) -> None:
     git(folder, "commit", "-qm", message)
 
 
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`cifar10-mlops <args>` in `cwd`, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "cifar10_mlops.cli", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
 def ran(result: subprocess.CompletedProcess | str) -> list[str]:
     """The stages `dvc repro` or `dvc exp run` ran, from its output."""
     output = result if isinstance(result, str) else result.stdout

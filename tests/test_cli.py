@@ -2,23 +2,10 @@
 have. The commands themselves are tested in the files of their modules (test_predict.py,
 test_server.py, test_checkout.py, test_verify.py, test_publish.py)."""
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from cifar10_mlops.cli import COMMANDS, main
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cifar10_mlops.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from helpers import cli
 
 
 def test_unknown_command_prints_usage(tmp_path):

@@ -13,17 +13,7 @@ from PIL import Image
 from cifar10_mlops.serving import predict
 from cifar10_mlops.stages import register
 from cifar10_mlops.core.errors import PipelineError
-from helpers import error_line, stage_args
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cifar10_mlops.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from helpers import cli, error_line, stage_args
 
 
 def save(path: Path, size=(32, 32), mode="RGB", seed=0) -> Path:
