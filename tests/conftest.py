@@ -41,6 +41,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Training and tuning runs log system metrics every 10 s; the tests' runs last seconds.
 os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+# MLflow's usage telemetry thread, on in a process that imported MLflow before a test began,
+# sets and unsets an environment variable while other threads read os.environ (a KeyError in
+# `requests`), and it would call out to the internet from every test run.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

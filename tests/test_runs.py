@@ -27,21 +27,23 @@ def record(cwd: Path, config: str, *command: str) -> subprocess.CompletedProcess
     )  # fmt: skip
 
 
-def only_record(folder: Path) -> dict:
-    [path] = (folder / "reports" / "runs").glob("*.json")
+def only_record(folder: Path, before: set[Path] = frozenset()) -> dict:
+    """The one record in `folder`'s reports/runs/ that is not in `before`."""
+    [path] = set((folder / "reports" / "runs").glob("*.json")) - before
     return json.loads(path.read_text())
 
 
 @pytest.mark.integration
 def test_a_recorded_experiment_names_its_commit_params_stage_times_and_test_metrics(reproduced):
     pipeline = reproduced  # committed after its `dvc repro`: the experiment's baseline
+    committed = set((pipeline / "reports" / "runs").glob("*.json"))  # the repository's
     exp = ["dvc", "exp", "run", "--temp", "-n", "two-epochs", "-S", "train.epochs=2"]
     result = record(pipeline, "two-epochs", *exp)
     assert result.returncode == 0, result.stdout + result.stderr
     assert ran(result) == ["train", "evaluate", "register"]  # DVC's output passed through
     assert yaml.safe_load((pipeline / "params.yaml").read_text())["train"]["epochs"] == 1
 
-    entry = only_record(pipeline)
+    entry = only_record(pipeline, committed)
     assert entry["commit"] == git(pipeline, "rev-parse", "HEAD").strip()
     assert entry["experiment"] == "two-epochs" and entry["command"] == " ".join(exp)
     # the stages the experiment ran have their times; the ones it reused, none
