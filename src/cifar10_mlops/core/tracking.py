@@ -224,10 +224,16 @@ def check_reachable(uri: str | None = None, timeout: float = 5.0) -> None:
         "start it, or unset MLFLOW_TRACKING_URI to log to the embedded store",
         timeout,
     )
-    check_login(uri, timeout)
+    check_login(uri)
 
 
-def check_login(uri: str, timeout: float = 5.0) -> None:
+# A server that answered its health check is up; its first logged-in request per worker
+# process opens the user store and, on a loaded machine, has taken over 10 s. A dead server
+# still fails at once (connection refused).
+LOGIN_TIMEOUT = 60.0
+
+
+def check_login(uri: str, timeout: float = LOGIN_TIMEOUT) -> None:
     """Fail fast, naming the server and the variables, when a server with logins (MLflow's
     basic-auth app) refuses the credentials in MLFLOW_TRACKING_USERNAME/PASSWORD, or was given
     none, instead of a stage failing on its first write after minutes of work."""
