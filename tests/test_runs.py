@@ -138,3 +138,8 @@ def test_records_are_numbered_not_overwritten_and_a_broken_one_is_named(tmp_path
     (tmp_path / "2026-12-07-x.json").write_text('{"config": "repro"}')
     with pytest.raises(PipelineError, match=r"2026-12-07-x.json: not a run record \(missing"):
         load_records(tmp_path)
+    (tmp_path / "2026-12-07-x.json").write_text(
+        '{"config": "repro", "date": "d", "params_digest": "a", "test": {"accuracy": "0.9"}}'
+    )
+    with pytest.raises(PipelineError, match=r"2026-12-07-x.json: .*wrong type: \['accuracy'\]"):
+        load_records(tmp_path)

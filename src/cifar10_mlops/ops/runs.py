@@ -220,11 +220,19 @@ def load_records(folder: Path = RUNS_DIR) -> list[dict]:
             missing = {"config", "date", "params_digest", "test"} - set(entry)
         except (OSError, ValueError) as exc:
             raise PipelineError(f"{path}: not a run record ({exc})") from exc
-        if missing or "accuracy" not in entry["test"]:
+        if missing or not isinstance(entry["test"], dict) or "accuracy" not in entry["test"]:
             raise PipelineError(f"{path}: not a run record (missing {sorted(missing) or 'test'})")
+        bad = [k for k, v in entry["test"].items() if not _is_score(v)]
+        if bad or not all(isinstance(entry[k], str) for k in ("config", "date", "params_digest")):
+            raise PipelineError(f"{path}: not a run record (a value of the wrong type: {bad})")
         records.append({**entry, "file": path.name})
     # in order of date, then of writing: name-2.json after name.json, name-10 after name-9
     return sorted(records, key=lambda entry: (entry["date"], len(entry["file"]), entry["file"]))
+
+
+def _is_score(value) -> bool:
+    """A finite number, as the tables format it (a hand-edited record may hold anything)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and value == value
 
 
 def main(argv: list[str] | None = None) -> None:
