@@ -22,7 +22,7 @@ def test_benchmark_measures_throughput_and_tracking_side_by_side(tmp_path, param
             "--only", "throughput", "tracking",
             "--data", str(tmp_path / "absent"),  # random images of CIFAR-10's shape
             "--params", str(params_file()),  # the tracking section trains the tiny network
-            "--images", "512", "--repeats", "1", "--out", str(out),
+            "--images", "256", "--repeats", "1", "--out", str(out),
         ],
         capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp_path)},
     )  # fmt: skip
@@ -161,7 +161,7 @@ def test_determinism_section_times_both_modes_and_compares_their_weights(tmp_pat
         [
             sys.executable, str(REPO / "benchmarks" / "bench.py"), "--only", "determinism",
             "--data", str(tmp_path / "absent"), "--params", str(params_file()),
-            "--images", "512", "--repeats", "2", "--out", str(out),
+            "--images", "256", "--repeats", "2", "--out", str(out),
         ],
         capture_output=True, text=True, timeout=600, env={**os.environ, "TMPDIR": str(tmp_path)},
     )  # fmt: skip
