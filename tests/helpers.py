@@ -366,7 +366,7 @@ def make_candidate(experiment_id: str, accuracy: float = 0.5, *, right=None, con
     Path("models").mkdir(exist_ok=True)
     model.save("models/model.keras")
     with mlflow.start_run(experiment_id=experiment_id) as run:
-        mlflow.log_metric("best_val_accuracy", metrics["accuracy"] + 0.01)
+        mlflow.log_metric("val/best_accuracy", metrics["accuracy"] + 0.01)
         mlflow.set_tag("data_sha256", "ab" * 32)
     run_info = {
         "run_id": run.info.run_id,

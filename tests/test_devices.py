@@ -42,9 +42,9 @@ def test_two_logical_devices_train_under_mirrored_strategy(
     info = logged_run(in_project)
     run = mlflow.get_run(info["run_id"])
     assert run.data.tags["replicas"] == "2" and run.data.tags["precision"] == "float32"
-    assert run.data.metrics["epochs_run"] == 2
-    history = mlflow.MlflowClient().get_metric_history(info["run_id"], "loss")
-    assert [m.step for m in history] == [0, 1] and all(np.isfinite(m.value) for m in history)
+    assert run.data.metrics["train/epochs"] == 2
+    history = mlflow.MlflowClient().get_metric_history(info["run_id"], "train/loss")
+    assert [m.step for m in history] == [1, 2] and all(np.isfinite(m.value) for m in history)
 
     # The saved model is an ordinary one: it loads and predicts with no strategy around it.
     model = keras.models.load_model(in_project / "models" / "model.keras")
@@ -81,7 +81,7 @@ def test_mixed_precision_training_saves_a_float32_model(
     # A loss scale keeps float16 gradients from underflowing; the learning rate still logs.
     # (The step schedule: the cosine one counts applied steps, and the loss scale skips the
     # first few while it finds its level.)
-    rates = mlflow.MlflowClient().get_metric_history(info["run_id"], "learning_rate")
+    rates = mlflow.MlflowClient().get_metric_history(info["run_id"], "train/learning_rate")
     assert [m.value for m in rates] == pytest.approx([0.001, 0.001])
 
     model = keras.models.load_model(in_project / "models" / "model.keras")

@@ -88,7 +88,7 @@ def test_chief_and_two_workers_share_one_search(cluster, in_project):
     assert {r.info.status for r in runs} == {"FINISHED"}
     by_worker = {r.data.tags["tuner_id"] for r in runs}
     assert by_worker == {"worker-1", "worker-2"}, "the trials were not spread over both workers"
-    scores = {r.data.tags["trial_id"]: r.data.metrics["score"] for r in runs}
+    scores = {r.data.tags["trial_id"]: r.data.metrics["trial/score"] for r in runs}
     assert scores[best["trial"]] == pytest.approx(best["score"])
     # The search state is gone once the chief has written the results.
     assert not (in_project / "models" / "tuner").exists()

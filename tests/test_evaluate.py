@@ -65,9 +65,9 @@ def test_evaluate_writes_reports_and_logs_into_the_training_run(in_project, prep
         for r in mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
     ] == [run_id]
     assert run.info.status == "FINISHED"
-    assert run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
-    assert run.data.metrics["test_f1_weighted"] == pytest.approx(metrics["f1_weighted"])
-    assert "test_recall_cat" in run.data.metrics
+    assert run.data.metrics["test/accuracy"] == pytest.approx(metrics["accuracy"])
+    assert run.data.metrics["test/f1_weighted"] == pytest.approx(metrics["f1_weighted"])
+    assert "test/recall/cat" in run.data.metrics
     assert "train.epochs" in run.data.params  # still the training run
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
     assert artifacts == {

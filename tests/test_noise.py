@@ -61,4 +61,4 @@ def test_a_clearly_better_value_is_adopted(in_project, params_file):
     assert check["low"] > 0 and check["challenger_only"] > check["champion_only"]
     assert best["reason"].startswith("adopted the searched values (learning_rate 1e-07 -> ")
     [parent] = runs(stage="tune")
-    assert parent.data.metrics["noise_check_low"] == pytest.approx(check["low"])
+    assert parent.data.metrics["search/noise_check_low"] == pytest.approx(check["low"])

@@ -176,7 +176,7 @@ def test_loss_is_minimised_and_metric_and_margin_come_from_params(candidate, par
     run_register(candidate.params)
     candidate(0.6, confidence=0.5)  # the same classes, hedged: a much lower log loss
     result = run_register(params_file(**{"register.metric": "loss"}))
-    assert result["promoted"] is True and result["metric"] == "test_loss"
+    assert result["promoted"] is True and result["metric"] == "test/loss"
     g = result["gate"]
     assert g["champion"] > g["challenger"] and g["gain"] == pytest.approx(
         g["champion"] - g["challenger"]

@@ -68,7 +68,7 @@ def test_a_recorded_experiment_names_its_commit_params_stage_times_and_test_metr
     mlflow.set_tracking_uri(f"sqlite:///{pipeline}/mlruns/mlflow.db")
     runs = mlflow.search_runs(experiment_names=["cifar10-cnn"], output_format="list")
     [exp_run] = [r for r in runs if r.data.params.get("train.epochs") == "2"]
-    assert exp_run.data.metrics["test_accuracy"] == pytest.approx(metrics["accuracy"])
+    assert exp_run.data.metrics["test/accuracy"] == pytest.approx(metrics["accuracy"])
 
 
 def test_stage_times_come_from_the_commands_output_as_it_is_passed_through(tmp_path):

@@ -36,7 +36,7 @@ def logged_steps(url: str) -> int:
     runs = client.search_runs([experiment.experiment_id], max_results=1)
     if not runs:
         return 0
-    return len(client.get_metric_history(runs[0].info.run_id, "val_accuracy"))
+    return len(client.get_metric_history(runs[0].info.run_id, "val/accuracy"))
 
 
 def start_train(in_project, params_file, url, tmp_path, **env):
@@ -74,9 +74,9 @@ def test_server_restarted_mid_training_loses_no_metric(
         client = mlflow.MlflowClient(url)
         run = client.get_run(info["run_id"])
         assert run.info.status == "FINISHED"
-        for key in ("loss", "val_accuracy", "learning_rate"):
+        for key in ("train/loss", "val/accuracy", "train/learning_rate"):
             steps = [m.step for m in client.get_metric_history(info["run_id"], key)]
-            assert steps == list(range(EPOCHS)), key
+            assert steps == list(range(1, EPOCHS + 1)), key
 
 
 @pytest.mark.long(seconds=55)

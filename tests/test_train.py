@@ -32,7 +32,7 @@ def test_training_writes_model_history_and_one_mlflow_run(in_project, prepared, 
     assert model.predict(np.zeros((1, 32, 32, 3), np.uint8), verbose=0).shape == (1, 10)
     with open(in_project / "reports" / "train" / "history.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["epoch"] for r in rows] == ["0", "1"]
+    assert [r["epoch"] for r in rows] == ["1", "2"]  # epochs counted from 1, as Keras prints them
     assert set(rows[0]) == {
         "epoch",
         "loss",
@@ -51,9 +51,10 @@ def test_training_writes_model_history_and_one_mlflow_run(in_project, prepared, 
     assert run.data.tags["data_sha256"] == "ab" * 32
     assert len(run.data.tags["git_commit"]) >= 7
     client = mlflow.MlflowClient()
-    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
-        assert [m.step for m in client.get_metric_history(info["run_id"], key)] == [0, 1], key
-    assert run.data.metrics["epochs_run"] == 2
+    for key in ("train/loss", "train/accuracy", "val/loss", "val/accuracy", "train/learning_rate"):
+        assert [m.step for m in client.get_metric_history(info["run_id"], key)] == [1, 2], key
+    assert run.data.metrics["train/epochs"] == 2
+    assert info["epoch"] == 2  # no early stopping: the last epoch's weights
 
 
 def test_early_stopping_ends_training_and_keeps_the_best_epoch(in_project, prepared, params_file):
@@ -64,10 +65,11 @@ def test_early_stopping_ends_training_and_keeps_the_best_epoch(in_project, prepa
         **{"train.epochs": 30, "train.early_stopping_patience": 1, "train.learning_rate": 0.5},
     )
     run = mlflow.get_run(info["run_id"])
-    assert run.data.metrics["epochs_run"] < 30
+    assert run.data.metrics["train/epochs"] < 30
     history = list(csv.DictReader(open(in_project / "reports" / "train" / "history.csv")))
     best = max(history, key=lambda r: float(r["val_accuracy"]))
-    assert run.data.metrics["best_epoch"] == int(best["epoch"])
+    assert run.data.metrics["val/best_epoch"] == int(best["epoch"]) == info["epoch"]
+    assert int(history[0]["epoch"]) == 1
 
 
 def test_interrupted_training_ends_its_run_killed(in_project, prepared, params_file, monkeypatch):

@@ -10,9 +10,10 @@ import mlflow
 import pytest
 import yaml
 
-from cifar10_mlops.core.lineage import dvc_hash
+from cifar10_mlops.core.lineage import dvc_hash, split_digest
 from cifar10_mlops.core.settings import Params, load_params
 from cifar10_mlops.core.errors import ConfigError
+from cifar10_mlops.core.splits import load_split
 from cifar10_mlops.stages.tune import __main__ as tune
 from cifar10_mlops.stages.tune.oracle import BudgetedHyperbandOracle
 from cifar10_mlops.stages.tune.space import mflops
@@ -95,16 +96,20 @@ def test_search_writes_best_values_trials_and_nested_mlflow_runs(searched):
     assert parent.data.params["tune.space.learning_rate.sampling"] == "log"
     assert parent.data.params["best.optimizer"] == best["best_trial_values"]["optimizer"]
     assert parent.data.tags["decision_reason"] == best["reason"]
-    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(best["score"], abs=1e-4)
+    assert parent.data.metrics["search/best_val_accuracy"] == pytest.approx(best["score"], abs=1e-4)
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
-    assert {"trials.json", "trials.csv", "trials.png", "trials_table.png"} <= artifacts
-    # what a person sees in the runs table: a name saying what was searched, a description,
-    # the data as MLflow datasets, the machine's load
-    assert parent.info.run_name.startswith("tune-baseline-conv_1_filters+")
+    assert {"trials.json", "trials.csv", "searched.csv", "trials.png"} <= artifacts
+    # what a person sees in the runs table: a short name, a description saying what was
+    # searched, the data as MLflow datasets, the machine's load
+    assert parent.info.run_name.startswith("tune-baseline-")
     assert "Hyperband over conv_1_filters" in parent.data.tags["mlflow.note.content"]
     inputs = {d.dataset.name: d for d in parent.inputs.dataset_inputs}
     assert set(inputs) == {"cifar10-train", "cifar10-val"}
-    assert inputs["cifar10-val"].dataset.digest == dvc_hash(in_project / "data" / "prepared")
+    assert inputs["cifar10-val"].dataset.digest == split_digest(
+        *load_split(in_project / "data" / "prepared", "val")
+    )
+    folder = dvc_hash(in_project / "data" / "prepared")
+    assert {t.key: t.value for t in inputs["cifar10-val"].tags}["dvc_md5"] == folder
     assert {m for m in parent.data.metrics if m.startswith("system/")} >= {
         "system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"
     }  # fmt: skip
@@ -117,11 +122,11 @@ def test_search_writes_best_values_trials_and_nested_mlflow_runs(searched):
         # under training's keys, so the compare view lines trials and trainings up
         assert set(child.data.params) == {f"train.{k}" for k in SEARCHED}  # no tuner/* entries
         assert {"tuner/epochs", "tuner/initial_epoch", "tuner/bracket"} <= set(child.data.tags)
-        assert "score" in child.data.metrics
+        assert "trial/score" in child.data.metrics
         epochs = int(child.data.tags["tuner/epochs"])
         start = int(child.data.tags["tuner/initial_epoch"])
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy")]
-        assert steps == list(range(start, epochs))
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/accuracy")]
+        assert steps == list(range(start + 1, epochs + 1))  # epochs counted from 1
 
 
 def test_train_uses_the_tuned_values_unless_told_not_to(searched, params_file):

@@ -16,7 +16,8 @@ def tracking(data, params, *, images: int, repeats: int, epochs: int = 2) -> dic
     import mlflow
 
     from cifar10_mlops.core.settings import flatten
-    from cifar10_mlops.stages.train import MlflowEpochLogger, train
+    from cifar10_mlops.stages.train import train
+    from cifar10_mlops.training.callbacks import MlflowEpochLogger
 
     (x, y), val = data[0], data[1]
     cfg = params.train.model_copy(update={"epochs": epochs, "early_stopping_patience": None})

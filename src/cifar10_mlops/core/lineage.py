@@ -1,9 +1,10 @@
 """What ties an MLflow run to the pipeline state that made it, in MLflow's own terms.
 
-- The data splits as MLflow datasets (`mlflow.log_input`): digest = the DVC hash of
-  data/prepared (what dvc.lock records for it), source = the archive's name (or URL) with its
-  sha256 as a `#sha256=` fragment, as pip pins a download.
-- Run names a person can tell apart, and a one-line description.
+- The data splits as MLflow datasets (`mlflow.log_input`), each with its own digest (the md5
+  of its images and labels) and its class counts; source = the archive's name (or URL) with
+  its sha256 as a `#sha256=` fragment, as pip pins a download; the DVC hash of
+  data/prepared (what dvc.lock records for it) as a tag of each input.
+- Run names a person can tell apart in the runs list, and a one-line description.
 - Metric values as the decimal they stand for: Keras reports float32 values, which MLflow
   would show as 0.58799999952316284.
 """
@@ -55,8 +56,24 @@ def data_source(manifest: dict) -> str:
     return f"{manifest['source']}#sha256={manifest['source_sha256']}"
 
 
-def split_dataset(x: np.ndarray, y: np.ndarray, name: str, manifest: dict, digest: str):
-    """One split as an MLflow dataset called `name`, with the DVC digest."""
+def split_digest(x: np.ndarray, y: np.ndarray) -> str:
+    """A split's digest: the md5 of its images and labels (32 hex digits, within MLflow's
+    36-character limit)."""
+    digest = hashlib.md5(np.ascontiguousarray(x).view(np.uint8).ravel())
+    digest.update(np.ascontiguousarray(y).astype(np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def class_counts(y: np.ndarray) -> str:
+    """`airplane 450, automobile 450, …`: how many images of each class a split holds."""
+    from cifar10_mlops.core.dataset import CLASSES
+
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=len(CLASSES))
+    return ", ".join(f"{cls} {n}" for cls, n in zip(CLASSES, counts))
+
+
+def split_dataset(x: np.ndarray, y: np.ndarray, name: str, manifest: dict):
+    """One split as an MLflow dataset called `name`, with its own digest."""
     import mlflow
     from mlflow.data.http_dataset_source import HTTPDatasetSource
     from mlflow.data.sources import LocalArtifactDatasetSource
@@ -64,7 +81,7 @@ def split_dataset(x: np.ndarray, y: np.ndarray, name: str, manifest: dict, diges
     source = data_source(manifest)
     kind = HTTPDatasetSource if source.startswith(("http://", "https://")) else None
     return mlflow.data.from_numpy(
-        x, targets=y, name=name, digest=digest,
+        x, targets=y, name=name, digest=split_digest(x, y),
         source=(kind or LocalArtifactDatasetSource)(source),
     )  # fmt: skip
 
@@ -73,15 +90,16 @@ def log_splits(
     splits: dict[str, tuple[np.ndarray, np.ndarray]], manifest: dict, data: Path, suffix: str = ""
 ):
     """Log each split of `data` (prepare's folder) into the active run as an input with its
-    context, named `cifar10-<split><suffix>` (a subset needs a suffix: MLflow keeps one
-    profile per name and digest); returns the datasets."""
+    context, its class counts and the folder's DVC hash, named `cifar10-<split><suffix>` (a
+    subset has a suffix); returns the datasets."""
     import mlflow
 
-    digest = dvc_hash(data)
+    folder = dvc_hash(data)
     datasets = {}
     for split, (x, y) in splits.items():
-        datasets[split] = split_dataset(x, y, f"cifar10-{split}{suffix}", manifest, digest)
-        mlflow.log_input(datasets[split], context=CONTEXTS[split])
+        datasets[split] = split_dataset(x, y, f"cifar10-{split}{suffix}", manifest)
+        tags = {"class_counts": class_counts(y), "images": str(len(y)), "dvc_md5": folder}
+        mlflow.log_input(datasets[split], context=CONTEXTS[split], tags=tags)
     return datasets
 
 
@@ -97,7 +115,7 @@ def short_commit(commit: str) -> str:
     return commit[:7] + ("+" if commit.endswith("-dirty") else "")
 
 
-def run_name(stage: str, what: str, commit: str) -> str:
-    """`<stage>-<what>-<commit>-<UTC time>`, e.g. `train-fast-64.128.256-11ep-0b0cda9-1126T0403`:
-    two runs of the same recipe differ in commit or time."""
-    return f"{stage}-{what}-{short_commit(commit)}-{time.strftime('%m%dT%H%M', time.gmtime())}"
+def run_name(stage: str, what: str) -> str:
+    """`<stage>-<what>-<MMDD-HHMM UTC>`, e.g. `train-fast-16ep-1126-0403`: short enough for
+    the runs list; the commit and the values are in the run's description and tags."""
+    return f"{stage}-{what}-{time.strftime('%m%d-%H%M', time.gmtime())}"

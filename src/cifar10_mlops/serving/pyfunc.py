@@ -24,6 +24,29 @@ KERAS_ARTIFACT = "keras_model"  # key of the .keras file in the model's artifact
 # request computes long past MLflow's request timeout (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT,
 # 60 s); `cifar10-mlops serve` also limits the body's bytes, which MLflow parses first.
 MAX_IMAGES = 1024
+# The registered model's description (Markdown, as the MLflow UI shows it); `register` fills
+# in the names.
+DESCRIPTION = """\
+CIFAR-10 image classifier (a Keras CNN). The cifar10-mlops pipeline (`dvc repro`, or the
+Prefect `retrain` flow) registers every model it trains and tests here.
+
+**Input**: RGB pixels as integers 0-255, shape (n, 32, 32, 3), at most {max_images:,} images
+per call. **Output**: (n, 10) class probabilities, in the order {classes}.
+
+**Use the champion**: `mlflow.pyfunc.load_model("models:/{name}@{champion}").predict(images)`,
+or `cifar10-mlops predict IMAGES...`, or `cifar10-mlops serve` (HTTP: `POST /invocations` with
+`{{"inputs": <nested list of shape (n, 32, 32, 3)>}}`).
+
+**Aliases**: `{champion}` is the version to use. It moves to a new version only when that
+version scores better beyond noise on the same test images (each version's description gives
+its verdict, its `gate_*` tags the statistics). `{challenger}` is the latest version
+registered, whatever its verdict.
+
+**No MLflow signature, on purpose**: MLflow would cast the input to a signature's type before
+the model sees it, turning a normalised float such as 0.5 into the pixel 0. The model checks
+its input itself and answers anything but a batch of integer pixels of that shape with an
+error (HTTP 400) that says what was wrong.
+"""
 
 
 def check_images(data) -> np.ndarray:

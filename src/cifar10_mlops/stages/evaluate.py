@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
 
 from cifar10_mlops.training import gate
-from cifar10_mlops.core import lineage, tracking
+from cifar10_mlops.core import lineage, metric_names, tracking
 from cifar10_mlops.core.settings import load_params
 from cifar10_mlops.core.dataset import CLASSES
 from cifar10_mlops.core.errors import PipelineError
@@ -69,7 +69,8 @@ def score(y_true: np.ndarray, probs: np.ndarray) -> dict:
 
 
 def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> None:
-    """Annotated confusion matrix (counts), true classes in rows."""
+    """Annotated confusion matrix (counts): actual classes in rows, predicted in columns, as
+    dvc.yaml's confusion plot draws them."""
     cm = confusion_matrix(y_true, y_pred, labels=range(len(CLASSES)))
     fig = Figure(figsize=(9, 8))
     ax = fig.add_subplot()
@@ -80,8 +81,8 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> None:
         yticks=range(len(CLASSES)),
         xticklabels=CLASSES,
         yticklabels=CLASSES,
-        xlabel="Predicted",
-        ylabel="True",
+        xlabel="Predicted class",
+        ylabel="Actual class",
         title=f"Confusion matrix (test, accuracy {np.trace(cm) / max(cm.sum(), 1):.4f})",
     )
     ax.tick_params(axis="x", labelrotation=45)
@@ -103,7 +104,7 @@ def plot_confusion(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> None:
 
 def plot_curves(history: list[dict], path: Path) -> None:
     """The study's two panels: accuracy and loss per epoch, training vs validation."""
-    epochs = [int(h["epoch"]) + 1 for h in history]
+    epochs = [int(h["epoch"]) for h in history]  # counted from 1, as history.csv has them
     fig = Figure(figsize=(12, 4))
     for i, metric in enumerate(("accuracy", "loss"), 1):
         ax = fig.add_subplot(1, 2, i)
@@ -130,21 +131,34 @@ def log_to_mlflow(
 
     The model is logged as the pyfunc of serving/pyfunc.py around the .keras file, so that it loads
     with mlflow.pyfunc.load_model and serves with `mlflow models serve`, checking its input.
-    The test metrics are logged against that model and the test dataset (MLflow 3's
-    `model_id` and `dataset`), so `mlflow.search_logged_models` ranks models by them.
+    Its metrics in MLflow are what it scores, and only that: the test metrics (logged against
+    it and the test dataset, so `mlflow.search_logged_models` ranks models by them) and the
+    training and validation metrics of the epoch whose weights it holds (run.json's `epoch`).
+    MLflow's own `log_model(step=)` would also link every other metric of that step, such as
+    a system metrics sample.
     """
     import mlflow
+    from mlflow.entities import LoggedModelOutput
 
     tracking.connect(run_info["tracking_uri"])
-    with mlflow.start_run(run_id=run_info["run_id"]):
-        with warnings.catch_warnings():  # "add type hints to predict": pyfunc.py says why not
-            warnings.filterwarnings("ignore", message=".*type hints", category=UserWarning)
-            info = _log_model(model_path)
+    client = mlflow.MlflowClient()
+    run_id, epoch = run_info["run_id"], int(run_info.get("epoch", 0))
+    run = client.get_run(run_id)
+    model = mlflow.initialize_logged_model(
+        name="model", source_run_id=run_id, experiment_id=run.info.experiment_id,
+        params=run.data.params, model_type="keras image classifier",
+    )  # fmt: skip
+    with warnings.catch_warnings():  # "add type hints to predict": pyfunc.py says why not
+        warnings.filterwarnings("ignore", message=".*type hints", category=UserWarning)
+        info = _log_model(model_path, model.model_id)  # no active run: nothing linked yet
+    with mlflow.start_run(run_id=run_id):
+        client.log_outputs(run_id, models=[LoggedModelOutput(model.model_id, step=epoch)])
+        link_epoch(client, run_id, model.model_id, epoch)
         [dataset] = lineage.log_splits({"test": test}, load_manifest(data), data).values()
-        flat = {f"test_{k}": v for k, v in metrics.items() if k != "per_class"}
-        for cls, values in metrics["per_class"].items():
-            flat.update({f"test_{name}_{cls}": v for name, v in values.items()})
-        mlflow.log_metrics(lineage.rounded(flat), model_id=info.model_id, dataset=dataset)
+        mlflow.log_metrics(
+            lineage.rounded(metric_names.test(metrics)), step=epoch,
+            model_id=model.model_id, dataset=dataset,
+        )  # fmt: skip
         for path in files:
             mlflow.log_artifact(str(path), artifact_path="evaluation")
         mlflow.set_tag("model_uri", info.model_uri)  # what `register` registers
@@ -152,7 +166,22 @@ def log_to_mlflow(
     return info.model_uri
 
 
-def _log_model(model_path: Path):
+def link_epoch(client, run_id: str, model_id: str, epoch: int) -> None:
+    """Link the per-epoch training and validation metrics of `epoch` to the logged model, as
+    MLflow's `log_model(step=)` does, without the run's other metrics of that step."""
+    from mlflow.entities import Metric
+
+    linked = [
+        Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id, run_id=run_id)
+        for key in metric_names.EPOCH.values()
+        for m in client.get_metric_history(run_id, key)
+        if m.step == epoch
+    ]
+    if linked:
+        client.log_batch(run_id, metrics=linked)
+
+
+def _log_model(model_path: Path, model_id: str):
     import keras
     import mlflow
     import tensorflow as tf
@@ -161,6 +190,7 @@ def _log_model(model_path: Path):
 
     return mlflow.pyfunc.log_model(
         name="model",
+        model_id=model_id,
         python_model=serving.__file__,
         artifacts={serving.KERAS_ARTIFACT: str(model_path)},
         pip_requirements=[

@@ -30,7 +30,9 @@ from pathlib import Path, PurePosixPath
 
 
 from cifar10_mlops.training import gate
-from cifar10_mlops.core import tracking
+from cifar10_mlops.core import metric_names, tracking
+from cifar10_mlops.core.dataset import CLASSES
+from cifar10_mlops.serving import pyfunc
 from cifar10_mlops.core.settings import RegisterConfig, load_params
 from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.core.repo import head_commit, uncached_outputs
@@ -104,6 +106,11 @@ def register(
     name = cfg.model_name
     champion = _by_alias(client, name, CHAMPION)
     version = _version_of(client, name, run_id, metrics, lineage)
+    description = pyfunc.DESCRIPTION.format(
+        name=name, champion=CHAMPION, challenger=CHALLENGER, classes=", ".join(CLASSES),
+        max_images=pyfunc.MAX_IMAGES,
+    )  # fmt: skip
+    client.update_registered_model(name, description=description)
     comparison, rescored = None, None
     if champion is not None and champion.version == version.version:
         promoted, reason = True, f"already {CHAMPION}"
@@ -160,7 +167,7 @@ def _entry(cfg, version: str, run_id: str, metrics: dict, champion, promoted, re
         "aliases": [CHAMPION, CHALLENGER] if promoted else [CHALLENGER],
         "promoted": promoted,
         "reason": reason,
-        "metric": f"test_{cfg.metric}",
+        "metric": f"test/{cfg.metric}",
         "score": metrics[cfg.metric],
         "champion_before": None if champion is None else int(champion.version),
         "champion": int(version if promoted else champion.version),
@@ -191,8 +198,9 @@ def _version_of(client, name: str, run_id: str, metrics: dict, lineage: dict[str
         return existing[0]
     run = client.get_run(run_id)
     tags = {f"test_{k}": f"{metrics[k]:.6f}" for k in METRICS}
-    if "best_val_accuracy" in run.data.metrics:
-        tags["val_accuracy"] = f"{run.data.metrics['best_val_accuracy']:.6f}"
+    best_val = metric_names.SUMMARY["best_val_accuracy"]
+    if best_val in run.data.metrics:
+        tags["val_accuracy"] = f"{run.data.metrics[best_val]:.6f}"
     tags.update(lineage)
     tags.update(
         {

@@ -4,9 +4,11 @@ Reads  data/prepared/{train,val}.npz and manifest.json (from `prepare`), params.
        `mlflow` and `seed` (all sections are logged as MLflow params), and models/best_hparams.json
        (from `tune`), whose values replace train's when `train.use_tuned` is true.
 Writes models/model.keras (takes raw uint8 images), models/run.json (the MLflow run that
-       `evaluate` logs into) and reports/train/history.csv (per-epoch metrics).
-One MLflow run per training: params, data checksum and git commit tags, per-epoch loss,
-accuracy, val_loss, val_accuracy and learning_rate.
+       `evaluate` logs into, and the epoch whose weights were saved) and
+       reports/train/history.csv (per-epoch metrics, epochs counted from 1).
+One MLflow run per training: params, data checksum and git commit tags, per-epoch
+`train/loss`, `train/accuracy`, `val/loss`, `val/accuracy` and `train/learning_rate` at steps
+1, 2, … (core/metric_names.py).
 Devices: every GPU (MirroredStrategy over several, mixed precision per `train.precision`), else
 the CPU; see devices.py. The saved model computes in float32 wherever it trained.
 """
@@ -22,7 +24,7 @@ import keras
 import tensorflow as tf
 
 from cifar10_mlops.training import devices
-from cifar10_mlops.core import lineage, tracking
+from cifar10_mlops.core import lineage, metric_names, tracking
 from cifar10_mlops.core.settings import (
     TUNABLE,
     Params,
@@ -36,8 +38,8 @@ from cifar10_mlops.core.repo import head_commit
 from cifar10_mlops.core.files import replacing, write_json
 from cifar10_mlops.training.callbacks import (
     LearningRateLog,
+    MlflowEpochLogger,
     StopOnDivergence,
-    current_learning_rate,
     training_callbacks,
 )
 from cifar10_mlops.training.network import build_network, compile_model
@@ -51,18 +53,6 @@ from cifar10_mlops.training.weights import save_model, weights_sha256
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 
 
-class MlflowEpochLogger(keras.callbacks.Callback):
-    """Log each epoch's metrics and learning rate to the active MLflow run."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        import mlflow
-
-        metrics = {k: float(v) for k, v in (logs or {}).items() if k in HISTORY_KEYS}
-        metrics["learning_rate"] = current_learning_rate(self.model)
-        run_id = mlflow.active_run().info.run_id
-        tracking.log_metrics(run_id, lineage.rounded(metrics), step=epoch)
-
-
 def train(
     cfg: TrainConfig,
     train_split,
@@ -73,7 +63,8 @@ def train(
     strategy: tf.distribute.Strategy | None = None,
 ) -> tuple[keras.Model, list[dict]]:
     """Fit a fresh model under `strategy` (default: the current one); returns it (best
-    validation weights when early stopping is on) and one dict of HISTORY_KEYS per epoch.
+    validation weights when early stopping is on) and one dict of HISTORY_KEYS per epoch,
+    its `epoch` counted from 1.
     `cfg.batch_size` is the global batch, split between the strategy's replicas."""
     steps = steps_per_epoch(len(train_split[1]), cfg.batch_size)
     learning_rate = scheduled_rate(cfg, steps)
@@ -103,7 +94,8 @@ def train(
     )
     epochs = len(fit.history["loss"])
     history = [
-        {"epoch": e, **{k: float(fit.history[k][e]) for k in HISTORY_KEYS}} for e in range(epochs)
+        {"epoch": e + 1, **{k: float(fit.history[k][e]) for k in HISTORY_KEYS}}
+        for e in range(epochs)
     ]
     return model, history
 
@@ -182,13 +174,27 @@ def recipe(cfg: TrainConfig) -> str:
 
 
 def describe(params: Params, tuned: dict | None, manifest: dict, commit: str) -> str:
-    """The run's one-line description (MLflow's `mlflow.note.content`)."""
+    """The run's one-line description (MLflow's `mlflow.note.content`): the recipe, the
+    learning rates the optimizer used, where the values came from (the searched ones named),
+    the data and the commit."""
     cfg = params.train
-    values = "tuned values" if tuned and tuned["hyperparameters"] else "params.yaml values"
+    if cfg.optimizer == "muon":
+        rates = (
+            f"muon lr {cfg.muon_learning_rate:g} on the conv filters, sgd lr "
+            f"{cfg.learning_rate:g} on the rest"
+        )
+    else:
+        rates = f"{cfg.optimizer} lr {cfg.learning_rate:g}"
+    if tuned and tuned["hyperparameters"]:
+        searched = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in tuned["hyperparameters"].items())  # fmt: skip
+        origin = f"searched by tune: {searched}"
+    else:
+        origin = "params.yaml values"
     return (
-        f"{recipe(cfg)}, {cfg.optimizer} lr {cfg.learning_rate:g}, batch {cfg.batch_size}, "
-        f"seed {params.seed} ({values}); data {manifest['source']} "
-        f"sha256 {manifest['source_sha256'][:12]}; commit {lineage.short_commit(commit)}"
+        f"{recipe(cfg)}, {rates}, batch {cfg.batch_size}, seed {params.seed} ({origin}); data "
+        f"{manifest['source']} sha256 {manifest['source_sha256'][:12]}; commit "
+        f"{lineage.short_commit(commit)}"
     )
 
 
@@ -213,8 +219,9 @@ def run_training(
     tracking.end_orphaned_runs(experiment_id)
     commit = head_commit()
     cfg = params.train
+    name = lineage.run_name("train", f"{cfg.architecture}-{cfg.epochs}ep")
     with tracking.start_run(
-        experiment_id=experiment_id, run_name=lineage.run_name("train", recipe(cfg), commit),
+        experiment_id=experiment_id, run_name=name,
         description=describe(params, tuned, manifest, commit), log_system_metrics=True,
     ) as run:  # fmt: skip
         # The values trained with: params.yaml's, with the searched ones replaced when tuned,
@@ -235,11 +242,13 @@ def run_training(
         mlflow.set_tag("weights_sha256", digest)  # `cifar10-mlops verify` rebuilds to match it
         save_model(saved, model_path)
         write_history(history, history_path)
+        # The epoch whose weights were saved: early stopping restores the best one.
+        saved = best["epoch"] if cfg.early_stopping_patience is not None else len(history)
         info = {"run_id": run.info.run_id, "experiment_id": experiment_id, "tracking_uri": uri}
-        write_json(run_info_path, info | {"weights_sha256": digest})
+        write_json(run_info_path, info | {"weights_sha256": digest, "epoch": saved})
     print(
         f"trained {len(history)} epochs in {seconds:.0f}s; best val_accuracy "
-        f"{best['val_accuracy']:.4f} at epoch {best['epoch'] + 1} -> {model_path} "
+        f"{best['val_accuracy']:.4f} at epoch {best['epoch']} -> {model_path} "
         f"(weights sha256 {digest[:16]})"
     )
     return best
@@ -258,7 +267,7 @@ def log_summary(history: list[dict], seconds: float, images: int) -> dict:
         "best_val_accuracy": best["val_accuracy"],
         "best_epoch": best["epoch"],
     }
-    mlflow.log_metrics(lineage.rounded(summary))
+    mlflow.log_metrics(lineage.rounded(metric_names.summary(summary)), step=len(history))
     return best
 
 

@@ -1,5 +1,6 @@
 """The callbacks a recipe trains with: the learning-rate log, airbench's lookahead, the
-whitening bias's freeze, and a stop with an error on a non-finite loss."""
+whitening bias's freeze, a stop with an error on a non-finite loss, and the per-epoch MLflow
+log."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import keras
 import tensorflow as tf
 
+from cifar10_mlops.core import lineage, metric_names, tracking
 from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.core.settings import TrainConfig
 from cifar10_mlops.training.model import WHITEN_LAYER
@@ -24,6 +26,18 @@ class LearningRateLog(keras.callbacks.Callback):
 
 def current_learning_rate(model: keras.Model) -> float:
     return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+class MlflowEpochLogger(keras.callbacks.Callback):
+    """Log each epoch's metrics and learning rate to the active MLflow run, at the epoch's
+    number counted from 1."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        import mlflow
+
+        logs = {**(logs or {}), "learning_rate": current_learning_rate(self.model)}
+        run_id = mlflow.active_run().info.run_id
+        tracking.log_metrics(run_id, lineage.rounded(metric_names.epoch(logs)), step=epoch + 1)
 
 
 class Lookahead(keras.callbacks.Callback):

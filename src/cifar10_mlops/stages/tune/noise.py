@@ -20,6 +20,7 @@ from dataclasses import asdict
 import numpy as np
 
 from cifar10_mlops.training import gate
+from cifar10_mlops.core import metric_names
 from cifar10_mlops.core.settings import Params
 from cifar10_mlops.training.network import compile_model
 from cifar10_mlops.training.schedules import scheduled_rate
@@ -96,12 +97,14 @@ def log(decision: dict) -> None:
     c = decision["comparison"]
     if c is not None:
         mlflow.log_metrics(
-            {
-                "noise_check_gain": c.gain,
-                "noise_check_low": c.low,
-                "noise_check_high": c.high,
-                "noise_check_p_value": c.p_value,
-                "noise_check_best_only": c.challenger_only,
-                "noise_check_train_only": c.champion_only,
-            }
+            metric_names.search(
+                {
+                    "noise_check_gain": c.gain,
+                    "noise_check_low": c.low,
+                    "noise_check_high": c.high,
+                    "noise_check_p_value": c.p_value,
+                    "noise_check_best_only": c.challenger_only,
+                    "noise_check_train_only": c.champion_only,
+                }
+            )
         )

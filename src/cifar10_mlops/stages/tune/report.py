@@ -1,4 +1,5 @@
-"""The search's reports: trials.csv, the per-epoch curves and the two images.
+"""The search's reports: trials.csv, searched.csv (each trial's score by searched value, for
+`dvc plots`), the per-epoch curves and the two images.
 
 Curves and trial durations are read from the search's state folder (runs.SearchLog appends
 them there), so a resumed search reports the trials run before the interruption too.
@@ -13,6 +14,7 @@ from pathlib import Path
 from cifar10_mlops.core.settings import TUNABLE, TrainConfig
 from cifar10_mlops.core.files import replacing
 from cifar10_mlops.stages.tune.space import fmt, mflops
+from cifar10_mlops.core.search_space import OptimizerChoice
 
 
 TRIALS_FIELDS = (
@@ -87,8 +89,49 @@ def write_trials_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def plot_trials(rows: list[dict], curves: list[dict], objective: str, path: Path) -> None:
-    """The study's "combos" figure: the objective per epoch of every trial, best in bold."""
+SEARCHED_FIELDS = ("trial", "parameter", "value", "label", "score")
+
+
+def searched_rows(rows: list[dict], space: dict) -> list[dict]:
+    """One row per scored trial and searched parameter (`space`: stages.tune.space.searched):
+    its value, as a number (a choice's position in its list, named in `parameter`) and as
+    text, and the trial's score."""
+    out = []
+    for name, spec in space.items():
+        choices = spec.values if isinstance(spec, OptimizerChoice) else None
+        shown = (
+            name
+            if choices is None
+            else f"{name} ({', '.join(f'{i}={c}' for i, c in enumerate(choices))})"
+        )
+        for row in rows:
+            if row["score"] is None:
+                continue
+            value = row[name]
+            number = choices.index(value) if choices is not None else value
+            out.append({"trial": row["trial"], "parameter": shown, "value": number,
+                        "label": fmt(value), "score": row["score"]})  # fmt: skip
+    return out
+
+
+def write_searched_csv(rows: list[dict], path: Path) -> None:
+    with replacing(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SEARCHED_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def trial_label(row: dict, searched: list[str]) -> str:
+    """`0003: muon_learning_rate 0.21`: a trial and the values searched in it."""
+    values = ", ".join(f"{k} {fmt(row[k])}" for k in searched) or "train's values"
+    return f"{row['trial']}: {values}"
+
+
+def plot_trials(
+    rows: list[dict], curves: list[dict], objective: str, path: Path, searched: list[str] = ()
+) -> None:
+    """The study's "combos" figure: the objective per epoch of every trial (epochs counted
+    from 1), labelled with its `searched` values, best in bold."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,10 +153,7 @@ def plot_trials(rows: list[dict], curves: list[dict], objective: str, path: Path
         # A trial that continues another starts from that trial's last point.
         start = [p for p in by_trial.get(row["continues"], []) if p[0] == row["initial_epoch"]]
         points = start[-1:] + points
-        label = (
-            f"{row['trial']}: {row['conv_1_filters']}/{row['conv_2_filters']}/"
-            f"{row['dense_units']} {row['optimizer']} lr {row['learning_rate']:.1e}"
-        )
+        label = trial_label(row, list(searched))
         is_best = best is not None and row["trial"] == best["trial"]
         ax.plot(
             *zip(*points),
@@ -126,7 +166,7 @@ def plot_trials(rows: list[dict], curves: list[dict], objective: str, path: Path
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(objective)
-    ax.set_title(f"Hyperband trials: {objective} per epoch (filters/filters/dense)")
+    ax.set_title(f"Hyperband trials: {objective} per epoch (best in bold)")
     ax.grid(alpha=0.3)
     if not rows:
         ax.text(0.5, 0.5, "no trials", ha="center", va="center", transform=ax.transAxes)

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from cifar10_mlops.core import lineage, tracking
+from cifar10_mlops.core import lineage, metric_names, tracking
 from cifar10_mlops.core.settings import Params
 from cifar10_mlops.stages.tune.oracle import BudgetedHyperbandOracle, kt_distributed
 from cifar10_mlops.stages.tune.space import TUNER_KEYS, fmt, mflops
@@ -80,7 +80,7 @@ class SearchLog:
         for key, value in params.items():
             self.client.log_param(run.info.run_id, f"train.{key}", value)
         cost = mflops(self.cfg.train, values)
-        self.client.log_metric(run.info.run_id, "mflops", cost)
+        self.client.log_metric(run.info.run_id, metric_names.TRIAL["mflops"], cost)
         self.trial_started[trial.trial_id] = time.perf_counter()
         self._append("curves.jsonl", {"trial": trial.trial_id, "begin": True})
         start, stop = values.get("tuner/initial_epoch", 0), values.get("tuner/epochs", "?")
@@ -94,10 +94,12 @@ class SearchLog:
         )
 
     def epoch_end(self, trial, epoch: int, logs: dict) -> None:
-        metrics = lineage.rounded(
-            {k: v for k, v in logs.items() if k in ("loss", "accuracy", "val_loss", "val_accuracy")}
-        )
-        tracking.log_metrics(self.run_ids[trial.trial_id], metrics, step=epoch)
+        # Keras' `epoch` counts from 0 (from the initial epoch of a continued trial); steps
+        # and curves count from 1, as training's do.
+        keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+        metrics = lineage.rounded({k: v for k, v in logs.items() if k in keys})
+        logged = metric_names.epoch(metrics)
+        tracking.log_metrics(self.run_ids[trial.trial_id], logged, step=epoch + 1)
         if self.objective in metrics:
             value, best = metrics[self.objective], self.scores.get(trial.trial_id)
             if best is None or (value > best if self.maximize else value < best):
@@ -118,10 +120,10 @@ class SearchLog:
         score = self.scores.pop(trial.trial_id, None)
         ok = trial.status == "COMPLETED" and score is not None
         if ok:
-            self.client.log_metric(run_id, "score", score)
+            self.client.log_metric(run_id, metric_names.TRIAL["score"], score)
         else:
             self.client.set_tag(run_id, "error", _last_line(trial.message))
-        self.client.log_metric(run_id, "trial_time_s", seconds)
+        self.client.log_metric(run_id, metric_names.TRIAL["trial_time_s"], seconds)
         self.client.set_tag(run_id, "trial_status", trial.status)
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
         result = f"{self.objective} {score:.4f}" if ok else f"{trial.status}"

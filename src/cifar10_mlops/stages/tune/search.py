@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from cifar10_mlops.core import lineage, tracking
+from cifar10_mlops.core import lineage, metric_names, tracking
 from cifar10_mlops.core.settings import TUNABLE, IntRange, Params, flatten
 from cifar10_mlops.core.errors import ConfigError
 from cifar10_mlops.core.repo import head_commit
@@ -26,14 +26,16 @@ from cifar10_mlops.stages.tune.report import (
     plot_table,
     plot_trials,
     read_curves,
+    searched_rows,
     trial_rows,
     trial_workers,
+    write_searched_csv,
     write_trials_csv,
 )
 from cifar10_mlops.stages.tune.trials import prepare_search, run_trials
 from cifar10_mlops.stages.tune.space import TRAIN_KEYS, fmt, in_space, mflops, searched
 
-REPORTS = ("trials.csv", "trials.png", "trials_table.png")  # besides summary.json
+REPORTS = ("trials.csv", "searched.csv", "trials.png", "trials_table.png")  # and summary.json
 
 
 def search_id(params: Params, data_sha256: str) -> str:
@@ -76,6 +78,7 @@ def write_disabled(best_path: Path, reports: Path) -> None:
     """tune.enabled is false: outputs that say so, and train keeps its own values."""
     write_json(best_path, {"enabled": False, "hyperparameters": {}})
     write_trials_csv([], reports / "trials.csv")
+    write_searched_csv([], reports / "searched.csv")
     write_json(reports / "summary.json", {"trials": 0})
     plot_trials([], [], "val_accuracy", reports / "trials.png")
     plot_table([], reports / "trials_table.png")
@@ -176,7 +179,7 @@ def run_label(params: Params, images: int, source: str) -> tuple[str, str]:
     """The search's MLflow run name and description."""
     commit = head_commit()
     searched_keys = "+".join(searched(params.tune.space)) or "nothing"
-    name = lineage.run_name("tune", f"{params.train.architecture}-{searched_keys}", commit)
+    name = lineage.run_name("tune", params.train.architecture)
     description = (
         f"Hyperband over {searched_keys.replace('+', ', ')} of {params.train.architecture} "
         f"(max_epochs {params.tune.max_epochs}, factor {params.tune.factor}) on "
@@ -198,15 +201,19 @@ def announce_search(params: Params, tuner, log: SearchLog, search, run_id: str, 
     )
 
 
-def write_reports(rows: list[dict], curves, summary: dict, objective: str, reports: Path):
-    """trials.csv, summary.json and the two plots into `reports`, logged to the active run."""
+def write_reports(
+    rows: list[dict], curves, summary: dict, objective: str, reports: Path, space: dict
+):
+    """trials.csv, searched.csv, summary.json and the two plots into `reports`, logged to the
+    active run; `space`: the searched parameters (space.searched)."""
     import mlflow
 
     write_trials_csv(rows, reports / "trials.csv")
+    write_searched_csv(searched_rows(rows, space), reports / "searched.csv")
     write_json(reports / "summary.json", summary)
-    plot_trials(rows, curves, objective, reports / "trials.png")
+    plot_trials(rows, curves, objective, reports / "trials.png", list(space))
     plot_table(rows, reports / "trials_table.png")
-    mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+    mlflow.log_metrics(metric_names.search(summary))
     mlflow.log_table({c: [r[c] for r in rows] for c in TRIALS_FIELDS}, "trials.json")
     for name in REPORTS:
         mlflow.log_artifact(str(reports / name))
@@ -253,7 +260,7 @@ def finish(
         "epochs": best.hyperparameters.values.get("tuner/epochs"), "trials": len(completed),
         "search_id": sid, "mlflow_run_id": run_id,
     }  # fmt: skip
-    write_reports(rows, curves, summary, tune.objective, reports)
+    write_reports(rows, curves, summary, tune.objective, reports, searched(tune.space))
     mlflow.log_params({f"best.{k}": v for k, v in values.items()})
     noise.log(decision)
     write_json(best_path, result)
