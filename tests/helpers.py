@@ -291,21 +291,12 @@ def run_dvc(project: Path, *args: str, env: dict | None = None) -> subprocess.Co
 
 
 def relocate(source: Path, dest: Path) -> Path:
-    """Copy a project to `dest`, pointing its MLflow store's absolute paths (artifact
-    locations, model sources) at the copy, so that nothing the copy logs lands in `source`."""
-    import sqlite3
+    """Copy a project to `dest` and point its MLflow store's artifact paths at the copy
+    (`cifar10-mlops relocate-store`), so that nothing the copy logs lands in `source`."""
+    from cifar10_mlops.ops.relocate import relocate as relocate_store
 
     shutil.copytree(source, dest, symlinks=True, dirs_exist_ok=True)
-    with sqlite3.connect(dest / "mlruns" / "mlflow.db") as db:
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        for table in tables:
-            for _, name, kind, *_ in db.execute(f"PRAGMA table_info('{table}')").fetchall():
-                if "CHAR" in kind.upper() or "TEXT" in kind.upper():
-                    db.execute(
-                        f'UPDATE "{table}" SET "{name}" = REPLACE("{name}", ?, ?) '
-                        f'WHERE "{name}" LIKE ?',
-                        (str(source), str(dest), f"%{source}%"),
-                    )
+    relocate_store(dest / "mlruns" / "mlflow.db")
     return dest
 
 

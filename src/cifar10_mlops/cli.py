@@ -6,6 +6,7 @@ cifar10-mlops serve [--model URI] [--host 127.0.0.1] [--port 5001]   # MLflow's,
 cifar10-mlops checkout MODEL_URI [--remote NAME] [--force]   # the pipeline state of a version
 cifar10-mlops verify MODEL_URI [--tune] [--remote NAME]   # rebuild its weights, compare them
 cifar10-mlops publish-data ARCHIVE [--checksum sha256:HEX]   # a new dataset version, announced
+cifar10-mlops relocate-store [--store mlruns/mlflow.db]   # after moving the checkout
 """
 
 from __future__ import annotations
@@ -42,9 +43,16 @@ def _publish(argv: list[str]) -> None:
     publish.main(argv)
 
 
+def _relocate(argv: list[str]) -> None:
+    from cifar10_mlops.ops import relocate
+
+    relocate.main(argv)
+
+
 COMMANDS = {
     "predict": predict.main, "request": predict.request_main, "serve": _serve,
     "checkout": _checkout, "verify": _verify, "publish-data": _publish,
+    "relocate-store": _relocate,
 }  # fmt: skip
 
 
