@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections import Counter
 import shlex
 import statistics
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 from cifar10_mlops.core.errors import PipelineError
@@ -88,12 +88,20 @@ def machine(record: dict) -> str:
     return f"{hardware.get('cores', '?')}-core {' '.join(cpu.split())}, {gpus}"
 
 
-def recipe_row(recipe: str, records: list[dict], digest: str) -> str:
-    """One table row: the records of `recipe` at today's `digest`, summarised."""
+def recipe_rows(recipe: str, records: list[dict], digest: str) -> list[str]:
+    """The table rows of `recipe` at today's `digest`: one per kind of machine, since the same
+    seed trains other weights on another CPU and times only compare on one machine."""
     name = f"`make {recipe}`"
     today = [r for r in records if r["config"] == recipe and r["params_digest"] == digest]
     if not today:
-        return f"| {name} | {NO_RUN} | | | | |"
+        return [f"| {name} | {NO_RUN} | | | | |"]
+    counts = Counter(machine(r) for r in today)
+    machines = sorted(counts, key=lambda m: (-counts[m], m))  # most runs first
+    return [machine_row(name, [r for r in today if machine(r) == m], m) for m in machines]
+
+
+def machine_row(name: str, today: list[dict], hardware: str) -> str:
+    """One row: the records of one recipe on one kind of machine, summarised."""
     # One score per seed, its newest run's: a seed's runs repeat it bit for bit (or, with
     # `deterministic: false`, differ less than seeds do), so the spread is over seeds.
     by_seed = {r.get("seed"): r["test"] for r in today}
@@ -103,7 +111,6 @@ def recipe_row(recipe: str, records: list[dict], digest: str) -> str:
     runs = f"{len(today)} (seed{'s' * (len(by_seed) > 1)} {seeds})"
     train = minutes([(r.get("stages") or {}).get("train") for r in today])
     whole = minutes([r.get("wall_seconds") for r in today])
-    hardware = Counter(machine(r) for r in today).most_common(1)[0][0]
     mean_f1 = number(statistics.mean(f1)) if f1 else "—"
     return (
         f"| {name} | **{spread(accuracy)}** | {mean_f1} | {runs} "
@@ -113,15 +120,17 @@ def recipe_row(recipe: str, records: list[dict], digest: str) -> str:
 
 def readme_block(records: list[dict], digests: dict[str, str]) -> str:
     """The README's table of today's recipes, between its markers."""
-    rows = [recipe_row(recipe, records, digests[recipe]) for recipe in README_RECIPES]
+    rows = [
+        row for recipe in README_RECIPES for row in recipe_rows(recipe, records, digests[recipe])
+    ]
     return "\n".join([START, HEADER, *rows, END])
 
 
 def results_page(records: list[dict], digests: dict[str, str]) -> str:
     """docs/results.md: today's recipes, then every recorded run, newest first."""
-    rows = {recipe: recipe_row(recipe, records, digests[recipe]) for recipe in RECIPES}
-    today = [row for row in rows.values() if NO_RUN not in row]
-    missing = ", ".join(f"`make {recipe}`" for recipe, row in rows.items() if NO_RUN in row)
+    rows = {recipe: recipe_rows(recipe, records, digests[recipe]) for recipe in RECIPES}
+    today = [row for group in rows.values() for row in group if NO_RUN not in row]
+    missing = ", ".join(f"`make {r}`" for r, group in rows.items() if NO_RUN in group[0])
     lines = [
         "# Results",
         "",
