@@ -114,6 +114,31 @@ def test_the_registered_model_says_what_to_send_and_what_the_aliases_mean(reprod
     assert version.description.startswith("Champion: the first version of cifar10-cnn")
 
 
+def test_the_saved_views_name_metrics_and_params_the_runs_have(reproduced):
+    """The runs list and charts of `?viewStateShareKey=overview|leaderboard` show values, not
+    empty columns: every metric and param a view names was logged by a run of the pipeline."""
+    client = mlflow.MlflowClient(f"sqlite:///{reproduced}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name(MODEL)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
+    metrics = {key for run in runs for key in run.data.metrics}
+    params = {key for run in runs for key in run.data.params}
+    for key in ("overview", "leaderboard"):
+        view = json.loads(experiment.tags[f"mlflow.sharedViewState.{key}"])
+        named = [re.fullmatch(r"(\w+)\.`(.+)`", c).groups() for c in view["selectedColumns"]]
+        assert {name for group, name in named if group == "metrics"} <= metrics, key
+        assert {name for group, name in named if group == "params"} <= params, key
+        charted = {k for chart in view["compareRunCharts"] for k in
+                   chart.get("selectedMetricKeys", [chart["metricKey"]])}  # fmt: skip
+        assert {"train/accuracy", "val/accuracy", "train/loss", "val/loss"} <= charted <= metrics
+        shared = [c["selectedMetricKeys"] for c in view["compareRunCharts"] if c["type"] == "LINE"]
+        assert ["train/accuracy", "val/accuracy"] in shared, key  # one chart, both splits
+    leaderboard = json.loads(experiment.tags["mlflow.sharedViewState.leaderboard"])
+    assert leaderboard["orderByKey"] == "metrics.`test/accuracy`" and not leaderboard["orderByAsc"]
+    listed = client.search_runs([experiment.experiment_id], leaderboard["searchFilter"])
+    assert [r.info.run_id for r in listed] == [read(reproduced, "models/run.json")["run_id"]]
+
+
 def test_dvc_plots_label_every_axis_and_draw_the_searched_values(reproduced):
     project = reproduced
     plots = yaml.safe_load((project / "dvc.yaml").read_text())["plots"]

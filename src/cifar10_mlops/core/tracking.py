@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cifar10_mlops.core import health
+from cifar10_mlops.core import health, ui_view
 from cifar10_mlops.core.errors import PipelineError
 
 SQLITE = "sqlite:///"
@@ -108,8 +108,11 @@ def configure(experiment: str, uri: str | None = None) -> str:
         artifacts = (database.parent / "artifacts").as_uri()
     found = mlflow.get_experiment_by_name(experiment)
     if found is not None:
-        return found.experiment_id
-    return mlflow.create_experiment(experiment, artifact_location=artifacts)
+        experiment_id = found.experiment_id
+    else:
+        experiment_id = mlflow.create_experiment(experiment, artifact_location=artifacts)
+    ui_view.save(mlflow.MlflowClient(), experiment_id)
+    return experiment_id
 
 
 @contextmanager
