@@ -95,6 +95,9 @@ def test_the_logged_model_carries_its_own_final_metrics_only(reproduced):
     x, y = load_split(project / "data/prepared", "test")
     assert by_name["test/accuracy"].value == pytest.approx(metrics["accuracy"])
     assert by_name["test/accuracy"].dataset_digest == lineage.split_digest(x, y)
+    description = logged.tags["mlflow.note.content"]  # the model page's description
+    assert f"{run.info.run_name} after epoch {info['epoch']}" in description
+    assert f"test accuracy {metrics['accuracy']:.4f}" in description
     # the saved epoch's own validation score, not epoch 0's or a system sample's
     with open(project / "reports/train/history.csv", newline="") as fh:
         saved = [h for h in csv.DictReader(fh) if int(h["epoch"]) == info["epoch"]][0]

@@ -22,6 +22,13 @@ from __future__ import annotations
 import json
 
 PREFIX = "mlflow.sharedViewState."
+NOTE = "mlflow.note.content"  # the experiment's description, in the experiments list
+DESCRIPTION = (
+    "CIFAR-10 CNN: tune's searches (trial runs under each), training runs with their test "
+    "scores, logged models and datasets. Saved views: add ?viewStateShareKey=leaderboard "
+    "(trained models, best test accuracy first) or ?viewStateShareKey=overview (every run) to "
+    "the runs page's address."
+)
 # The UI opens an experiment of this kind on its runs, not on the GenAI (traces) overview.
 KIND = ("mlflow.experimentKind", "custom_model_development")
 
@@ -106,8 +113,11 @@ def views() -> dict[str, dict]:
 
 
 def save(client, experiment_id: str) -> None:
-    """Write the saved views and the experiment's kind to its tags, unless they are there."""
+    """Write the saved views and the experiment's kind to its tags, unless they are there, and
+    a description unless the experiment has one (someone may have written theirs)."""
     tags = client.get_experiment(experiment_id).tags
+    if not tags.get(NOTE):
+        client.set_experiment_tag(experiment_id, NOTE, DESCRIPTION)
     wanted = [KIND] + [
         (PREFIX + k, json.dumps(v, separators=(",", ":"))) for k, v in views().items()
     ]

@@ -118,6 +118,9 @@ def plot_curves(history: list[dict], path: Path) -> None:
         fig.savefig(tmp, dpi=100)
 
 
+NOTE = "mlflow.note.content"  # where the MLflow UI keeps a description
+
+
 def read_history(path: Path) -> list[dict]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
@@ -161,9 +164,21 @@ def log_to_mlflow(
         )  # fmt: skip
         for path in files:
             mlflow.log_artifact(str(path), artifact_path="evaluation")
+        client.set_logged_model_tags(model.model_id, {NOTE: describe_model(run, epoch, metrics)})
         mlflow.set_tag("model_uri", info.model_uri)  # what `register` registers
         mlflow.set_tag("test_sha256", gate.test_digest(*test))
     return info.model_uri
+
+
+def describe_model(run, epoch: int, metrics: dict) -> str:
+    """The logged model's description (the MLflow UI's, on the model's page)."""
+    weights = run.data.tags.get("weights_sha256", "")[:16]
+    return (
+        f"The weights of training run {run.info.run_name} after epoch {epoch} (sha256 "
+        f"{weights}): test accuracy {metrics['accuracy']:.4f}, weighted F1 "
+        f"{metrics['f1_weighted']:.4f} on the 10,000 test images. Takes uint8 RGB images of "
+        f"shape (n, 32, 32, 3); the registered model's description says how to load and call it."
+    )
 
 
 def link_epoch(client, run_id: str, model_id: str, epoch: int) -> None:
