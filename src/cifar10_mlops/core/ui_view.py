@@ -24,10 +24,8 @@ import json
 PREFIX = "mlflow.sharedViewState."
 NOTE = "mlflow.note.content"  # the experiment's description, in the experiments list
 DESCRIPTION = (
-    "CIFAR-10 CNN: tune's searches (trial runs under each), training runs with their test "
-    "scores, logged models and datasets. Saved views: add ?viewStateShareKey=leaderboard "
-    "(trained models, best test accuracy first) or ?viewStateShareKey=overview (every run) to "
-    "the runs page's address."
+    "CIFAR-10 CNN: searches, trainings, their models and datasets. Saved views: add "
+    "?viewStateShareKey=leaderboard (best test accuracy first) or =overview to this address."
 )
 # The UI opens an experiment of this kind on its runs, not on the GenAI (traces) overview.
 KIND = ("mlflow.experimentKind", "custom_model_development")
