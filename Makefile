@@ -13,7 +13,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .DEFAULT_GOAL := help
 .PHONY: help venv repro smoke study tune-study tune-full test test-extended test-slow remote-local push pull lock mlflow-ui flow services \
   services-stop services-status mlflow-server prefect-server deployment deploy-pool worker serve-model \
-  tune-worker stack-env stack-check compose-check bench airbench airbench-muon plots publish-data notify-webhook reference-pages \
+  tune-worker stack-env stack-check compose-check bench airbench airbench-muon plots screenshots publish-data notify-webhook reference-pages \
   results docs docs-serve
 
 help:  ## list the targets
@@ -181,6 +181,11 @@ $(PLOTS_TEMPLATE): src/cifar10_mlops/ops/plots_template.py | $(STAMP)
 
 plots: $(STAMP) $(PLOTS_TEMPLATE)  ## dvc plots show, with the Vega scripts inlined (renders offline)
 	$(BIN)/dvc plots show --html-template $(PLOTS_TEMPLATE)
+
+# After `make repro`: the pages a user opens, shot with headless Chromium (Debian's chromium).
+screenshots: $(STAMP) $(PLOTS_TEMPLATE)  ## the MLflow UI's and dvc plots' pages as PNGs in screenshots/
+	$(BIN)/dvc plots show --html-template $(PLOTS_TEMPLATE) --out dvc_plots >/dev/null
+	$(BIN)/python -m cifar10_mlops.ops.screenshots --out screenshots
 
 # Prefect: flows/retrain.py runs the stages as tasks; flows/deploy.py serves it on a schedule.
 # The local Prefect server keeps its database in .prefect/ of this checkout.
