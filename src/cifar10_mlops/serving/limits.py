@@ -1,0 +1,232 @@
+"""The request limits `cifar10-mlops serve` (server.py) puts in front of MLflow's scoring app,
+which `mlflow models serve` lacks, so that no request makes the server compute for long, past
+its request timeout, or grow by GBs:
+
+- a body over MAX_BODY_BYTES gets HTTP 413 before it is read (Content-Length) or as soon as it
+  grows past the limit (chunked), as nginx's client_max_body_size answers; MLflow would parse
+  any size into Python lists before the model could refuse it;
+- a body that is not JSON (CSV, Parquet) gets HTTP 415 unread;
+- a JSON body that is not `{"inputs": [...]}` (or `{"instances": [...]}`) and nothing else
+  gets HTTP 400 before MLflow parses it: `dataframe_split` and `dataframe_records` would reach
+  pandas, which builds a column per value (10 million columns: about 50 s and 5 GB);
+- a JSON body nested deeper than MAX_DEPTH, or with more lists than MAX_IMAGES images have, gets
+  HTTP 400 before MLflow parses it (deep nesting was a RecursionError, a 500; lists cost GBs);
+- a body still incomplete BODY_TIMEOUT seconds after its headers gets HTTP 408;
+- at most MAX_READING bodies being read and MAX_BUSY requests being predicted at once: more
+  get HTTP 503 with Retry-After, at once. /ping, /health and /version take no slot, so they
+  answer while the server is busy;
+- the model (pyfunc.py) refuses more than MAX_IMAGES images a request, or any other shape than
+  (n, 32, 32, 3), with HTTP 400, so a request's prediction is bounded too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+
+import numpy as np
+
+from cifar10_mlops.serving.pyfunc import IMAGE_SHAPE, MAX_IMAGES
+
+# Bytes a request's body may have: an image is at most 17,472 bytes of JSON (every pixel "255, ",
+# json.dumps's default separators; 14,401 compact), so MAX_IMAGES of them fit in 20 MiB.
+MAX_BODY_BYTES = MAX_IMAGES * 20 * 1024
+# MLflow turns every JSON list, object and string into Python objects, and copies them, before
+# the model sees them: 20 MiB of [0],[0],... took 1.9 GB and 20 s on 2 cores, of {"a":0},...
+# 2.3 GB and over 60 s. So a body may have only the lists MAX_IMAGES images need (1 + 32 + 32 * 32
+# each), one object and one string: {"inputs": [...]}.
+LISTS_PER_IMAGE = sum(math.prod(IMAGE_SHAPE[:axis]) for axis in range(len(IMAGE_SHAPE)))
+MAX_LISTS = 1 + MAX_IMAGES * LISTS_PER_IMAGE
+# Levels of JSON nesting: a request needs 5 ({"inputs": [images [rows [pixels [channels]]]]});
+# Python's json parser fails at about 1000 with a RecursionError, a 500.
+MAX_DEPTH = 32
+# The one form MLflow turns into an array without pandas: {"inputs": [...]} or
+# {"instances": [...]}, and nothing else in the object.
+_REQUEST = re.compile(rb'\s*\{\s*"(?:inputs|instances)"\s*:\s*\[')
+# Requests predicted at once: one within the limits took at most 0.55 GB while MLflow parsed it
+# (0.45 GB for MAX_IMAGES images), so 4 bound the server to about 2 GB more than idle.
+MAX_BUSY = 4
+# Bodies read at once, each at most MAX_BODY_BYTES: 320 MiB in all.
+MAX_READING = 16
+# Seconds to send a body once its headers are in (20 MiB in 30 s: 0.7 MB/s).
+BODY_TIMEOUT = 30.0
+
+# A JSON string, escapes and all; an unterminated one runs to the end (a parser stops there),
+# so that every quote matches and the scan stays linear.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # as int8: +1 opens, -1 closes
+_CHUNK = 1 << 20  # brackets summed at a time, bounding the temporary arrays
+
+
+def json_shape(body: bytes) -> tuple[int, int, int]:
+    """(nesting depth, lists, objects) of the JSON text `body`, counting brackets outside
+    strings (of invalid JSON too). C loops only: about 0.05 s for 18 MB of MAX_IMAGES images;
+    each string costs a Python object, so json_refusal counts them first."""
+    brackets = _STRING.sub(b"", body).translate(None, _NOT_BRACKET)
+    steps = np.frombuffer(brackets.translate(_STEP), np.int8)
+    level = depth = 0
+    for start in range(0, len(steps), _CHUNK):
+        levels = level + np.cumsum(steps[start : start + _CHUNK], dtype=np.int64)
+        depth, level = max(depth, int(levels.max())), int(levels[-1])
+    return depth, brackets.count(b"["), brackets.count(b"{")
+
+
+def json_refusal(body: bytes) -> str | None:
+    """Why the JSON `body` is refused before MLflow parses it (HTTP 400), or None."""
+    hint = 'send {"inputs": [...]} with shape (n, 32, 32, 3)'
+    if not _REQUEST.match(body):
+        start = body[:40].decode("utf-8", "replace").strip()
+        return f"bad input: the body must be an object of one key, inputs; {hint}, not {start!r}"
+    strings = body.count(b'"') // 2  # escaped quotes too: a request for images has none
+    if strings > 1:
+        return f"bad input: {strings} JSON strings, a request has one (inputs); {hint}"
+    depth, lists, objects = json_shape(body)
+    if depth > MAX_DEPTH:
+        return f"bad input: JSON nested {depth} levels deep, the limit is {MAX_DEPTH}; {hint}"
+    if objects > 1:
+        return f"bad input: {objects} JSON objects, a request has one; {hint}"
+    if lists > MAX_LISTS:
+        images = -(-(lists - 1) // LISTS_PER_IMAGE)
+        return (
+            f"bad input: {lists} JSON lists, as many as {images} images have, the limit is "
+            f"{MAX_IMAGES} images ({MAX_LISTS} lists); split the batch"
+        )
+    return None
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class Slots:
+    """At most `size` holders at once; `take` fails at once when all are held (no queue: a
+    client told 503 retries, one left waiting holds a connection)."""
+
+    def __init__(self, size: int):
+        self.size, self.held = size, 0
+
+    def take(self) -> bool:
+        if self.held >= self.size:
+            return False
+        self.held += 1
+        return True
+
+    def give(self) -> None:
+        self.held -= 1
+
+
+def limit_requests(app, timeout: float, max_bytes: int = MAX_BODY_BYTES, body_timeout=None):
+    """The ASGI app `app` behind the limits above: each HTTP request's body is read first, never
+    more than `max_bytes` of it, within `body_timeout` seconds (default BODY_TIMEOUT, at most
+    `timeout`), checked, then handed to `app` whole; `timeout` is MLflow's request timeout."""
+    body_timeout = min(timeout, BODY_TIMEOUT if body_timeout is None else body_timeout)
+    reading, busy = Slots(MAX_READING), Slots(MAX_BUSY)
+
+    async def limited(scope, receive, send) -> None:
+        if scope["type"] != "http":  # lifespan
+            return await app(scope, receive, send)
+        names = [name.lower() for name, _ in scope["headers"]]
+        repeated = sorted({n.decode() for n in names if n in _SINGLE and names.count(n) > 1})
+        if repeated:  # we would read the last, Starlette (MLflow) reads the first
+            return await _refuse(send, 400, f"bad input: header {repeated[0]} given twice")
+        if scope["path"] != "/invocations":  # /ping, /health, /version: no body, no slot
+            return await app(scope, receive, send)
+        if not _is_json(scope):
+            return await _refuse(send, 415, _NOT_JSON)
+        if not reading.take():
+            return await _refuse(send, 503, f"busy: {MAX_READING} requests arriving; retry")
+        try:
+            body = await asyncio.wait_for(_read_body(scope, receive, max_bytes), body_timeout)
+            if body is not None and (refusal := await asyncio.to_thread(json_refusal, body)):
+                raise _Refused(400, refusal)
+        except _Refused as refused:
+            return await _refuse(send, refused.status, str(refused))
+        except TimeoutError:
+            message = f"request body incomplete after {body_timeout:g} s"
+            return await _refuse(send, 408, message)
+        finally:
+            reading.give()
+        if body is None:  # the client went away
+            return
+        if not busy.take():
+            return await _refuse(send, 503, f"busy: {MAX_BUSY} requests being predicted; retry")
+        try:
+            await app(scope, _replay(body, receive), send)
+        finally:
+            busy.give()
+
+    return limited
+
+
+async def _read_body(scope, receive, max_bytes: int) -> bytes | None:
+    """The whole body, None if the client disconnects, _Refused (413) past `max_bytes`."""
+    too_large = _Refused(
+        413,
+        f"bad input: request body over the limit of {max_bytes} bytes "
+        f"({max_bytes / 2**20:g} MiB); send at most {MAX_IMAGES} images a request",
+    )
+    length = dict(scope["headers"]).get(b"content-length", b"")
+    if length.isdigit() and int(length) > max_bytes:
+        raise too_large  # before reading any of it
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk, more = message.get("body", b""), message.get("more_body", False)
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large  # chunked: as soon as it grows past the limit
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# pandas parses a CSV row of 100,000 columns (200 kB) for over a minute, a Parquet body may
+# inflate to any size, and the model takes neither: only JSON reaches MLflow.
+_NOT_JSON = (
+    "bad input: the model takes JSON only: send Content-Type: application/json and "
+    '{"inputs": [...]} with shape (n, 32, 32, 3)'
+)
+
+
+_SINGLE = (b"content-type", b"content-length", b"transfer-encoding")  # one of each, or 400
+
+
+def _is_json(scope) -> bool:
+    content_type = dict(scope["headers"]).get(b"content-type", b"")
+    return content_type.lower().startswith(b"application/json")
+
+
+def _replay(body: bytes, receive):
+    """An ASGI receive that gives `body` once, then waits on the client as `receive` does."""
+    given = False
+
+    async def replay():
+        nonlocal given
+        if given:
+            return await receive()
+        given = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay
+
+
+async def _refuse(send, status: int, message: str) -> None:
+    """Answer `status` with MLflow's error body; the connection closes, as the rest of a
+    refused body is never read."""
+    code = "TEMPORARILY_UNAVAILABLE" if status == 503 else "BAD_REQUEST"
+    body = json.dumps({"error_code": code, "message": message}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+    if status == 503:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
