@@ -13,6 +13,7 @@ from helpers import REPO, bench_module, bench_section, error_line
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.extended  # minutes of timed training: `make test-extended`, which CI runs
 @pytest.mark.long(seconds=55)
 def test_benchmark_measures_throughput_and_tracking_side_by_side(tmp_path, params_file):
     out = tmp_path / "bench.json"
@@ -158,6 +159,7 @@ def test_table_names_each_timed_training():
     assert rows["airbench94 on NVIDIA H100: time to test accuracy 0.9"] == "not reached"
 
 
+@pytest.mark.extended
 def test_determinism_section_times_both_modes_and_compares_their_weights(tmp_path, params_file):
     out = tmp_path / "bench.json"
     result = subprocess.run(
