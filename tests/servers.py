@@ -211,9 +211,10 @@ def webhook_receiver():
 
 
 @contextmanager
-def answering(statuses: dict[str, int]):
+def answering(statuses: dict[str, int], redirects: dict[str, str] | None = None):
     """An HTTP server on a free port of 127.0.0.1 answering a GET of each path with its status
-    (404 for any other path); yields (its base URL, the headers of each request received)."""
+    (404 for any other path), or 302 to the URL `redirects` gives it; yields (its base URL, the
+    headers of each request received)."""
     import http.server
     import threading
 
@@ -225,7 +226,10 @@ def answering(statuses: dict[str, int]):
 
         def do_GET(self):
             received.append(dict(self.headers))
-            self.send_response(statuses.get(self.path, 404))
+            location = (redirects or {}).get(self.path)
+            self.send_response(302 if location else statuses.get(self.path, 404))
+            if location:
+                self.send_header("Location", location)
             self.send_header("Content-Length", "0")
             self.end_headers()
 

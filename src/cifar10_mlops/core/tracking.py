@@ -251,9 +251,7 @@ def check_login(uri: str, timeout: float = LOGIN_TIMEOUT) -> None:
         headers["Authorization"] = f"Bearer {token}"
     probe = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search?max_results=1"
     try:
-        with urllib.request.urlopen(
-            urllib.request.Request(probe, headers=headers), timeout=timeout
-        ):
+        with health.open_url(urllib.request.Request(probe, headers=headers), timeout):
             return
     except urllib.error.HTTPError as exc:
         if exc.code != 401:
