@@ -18,6 +18,30 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["metrics.json"]
 
 
+def test_two_writers_of_one_file_never_share_a_temporary_one(tmp_path):
+    path = tmp_path / "model.keras"
+    with replacing(path) as first:
+        first.write_text("first")
+        with replacing(path) as second:
+            assert second != first and second.suffix == ".keras"  # Keras checks the suffix
+            second.write_text("second")
+        assert path.read_text() == "second"
+    assert path.read_text() == "first"  # each replaced it whole; neither lost its file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras"]
+
+
+def test_a_link_planted_beside_the_file_cannot_redirect_the_write(tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched")
+    path = tmp_path / "metrics.json"
+    for guess in (".metrics.tmp.json", ".metrics.json.tmp", "metrics.json.tmp"):
+        (tmp_path / guess).symlink_to(victim)  # where a fixed temporary name would be
+    with replacing(path) as tmp:
+        tmp.write_text("{}")
+    assert victim.read_text() == "untouched" and path.read_text() == "{}"
+    assert not path.is_symlink()
+
+
 def test_digests_are_computed_in_one_read(tmp_path):
     path = tmp_path / "archive.tar.gz"
     path.write_bytes(b"x" * (3 << 20))  # several chunks

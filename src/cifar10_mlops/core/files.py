@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import tempfile
 import time
@@ -31,9 +32,11 @@ LOCK = ".lock"  # in a scratch folder: held by its process while it runs
 @contextmanager
 def replacing(path: Path) -> Iterator[Path]:
     """A temporary sibling of `path` to write; it replaces `path` in one step on success, and
-    is removed on failure, so a reader never sees a half-written file."""
+    is removed on failure, so a reader never sees a half-written file. Its name is random (and
+    keeps the suffix, which writers such as Keras and numpy check): two writers never share
+    one, and a link planted in advance cannot point the write elsewhere."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(8)}.tmp{path.suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
