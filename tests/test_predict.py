@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar10_mlops.serving import predict
+from cifar10_mlops.serving import predict, pyfunc as serving
 from cifar10_mlops.stages import register
 from cifar10_mlops.core.errors import PipelineError
 from helpers import cli, error_line, stage_args
@@ -63,6 +63,23 @@ def test_predict_classifies_files_and_folders_of_any_size(champion, capsys):
     model, header, *lines = capsys.readouterr().out.splitlines()
     assert model.startswith("model: models:/cifar10-cnn/1 -> cifar10-cnn v1 (run ")
     assert header.split() == ["file", "class", "prob", "runner-up"] and len(lines) == 2
+
+
+def test_predict_takes_more_images_than_the_model_takes_in_one_call(champion, capsys):
+    """The model refuses over 1,024 images a call; predict sends them in batches."""
+    folder = champion / "many"
+    folder.mkdir()
+    count = serving.MAX_IMAGES + 6
+    for i in range(count):
+        save(folder / f"{i:04d}.png", seed=i)
+    predict.main(["many", "--format", "json"])
+    rows = json.loads(capsys.readouterr().out)["predictions"]
+    assert len(rows) == count and rows[-1]["file"].endswith(f"{count - 1:04d}.png")
+    import mlflow
+
+    model = mlflow.pyfunc.load_model("models:/cifar10-cnn@champion")
+    alone = model.predict(predict.load_image(folder / f"{count - 1:04d}.png")[None])[0]
+    assert list(rows[-1]["probabilities"].values()) == pytest.approx(alone.tolist(), abs=1e-5)
 
 
 def test_predict_names_the_version_that_answered(candidate, capsys, monkeypatch):

@@ -221,8 +221,12 @@ def load_resolved(uri: str) -> tuple[object, Source]:
 
 
 def classify(model, images: np.ndarray) -> np.ndarray:
-    """(n, 10) class probabilities."""
-    return np.asarray(model.predict(images), dtype=np.float64)
+    """(n, 10) class probabilities, for any n: the model takes at most MAX_IMAGES a call, so
+    they go in batches of that many."""
+    from cifar10_mlops.serving.pyfunc import MAX_IMAGES  # imports MLflow, loaded by now
+
+    batches = [images[i : i + MAX_IMAGES] for i in range(0, len(images), MAX_IMAGES)]
+    return np.concatenate([np.asarray(model.predict(b), dtype=np.float64) for b in batches])
 
 
 def format_table(files: list[Path], probs: np.ndarray, source: Source) -> str:
