@@ -421,3 +421,87 @@ def test_a_local_source_over_the_limit_is_refused_before_it_is_read(tmp_path, mo
     big.write_bytes(bytes(1001))
     with pytest.raises(PipelineError, match=r"big.tar.gz: 1,001 bytes or more, over the limit"):
         run(big, tmp_path / "raw")
+
+
+class OddHandler(http.server.BaseHTTPRequestHandler):
+    """Answers each path as `routes` says: (status, headers), with `payload` as the body of a
+    200; counts requests."""
+
+    routes, payload, requests = {}, b"", 0
+
+    def do_GET(self):
+        type(self).requests += 1
+        status, headers = self.routes.get(self.path, (200, {}))
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        if status == 200 and "Content-Length" not in headers:
+            self.send_header("Content-Length", str(len(self.payload)))
+        self.end_headers()
+        if status == 200:
+            self.wfile.write(self.payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def odd_server(python_archive, monkeypatch):
+    monkeypatch.setattr(OddHandler, "payload", python_archive.read_bytes())
+    monkeypatch.setattr(OddHandler, "requests", 0)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OddHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_a_content_length_that_is_not_a_number_is_one_line(tmp_path, odd_server, monkeypatch):
+    monkeypatch.setattr(OddHandler, "routes", {"/c.tar.gz": (200, {"Content-Length": "12abc"})})
+    with pytest.raises(PipelineError, match="sent Content-Length '12abc', not a number"):
+        run(f"{odd_server}/c.tar.gz", tmp_path / "raw", retries=3)
+    assert OddHandler.requests == 1
+    assert_nothing_written(tmp_path / "raw")
+
+
+def test_a_url_ending_in_dot_dot_saves_the_archive_under_a_plain_name(tmp_path, odd_server):
+    manifest = run(f"{odd_server}/data/..", tmp_path / "raw")
+    assert manifest["archive"] == "archive" and manifest["format"] == "python"
+    assert (tmp_path / "raw" / "archive").is_file()
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("http://no-such-host.invalid/c.tar.gz", "cannot download http://no-such-host.invalid"),
+        ("gopher://example.org/c.tar.gz", r"gopher:// is not http\(s\) or a file"),
+    ],
+    ids=["dns", "scheme"],
+)
+def test_a_failure_that_would_repeat_is_not_retried(tmp_path, capsys, url, message):
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match=message):
+        run(url, tmp_path / "raw", retries=5)  # retries wait 1, 2, 4, 8 s
+    assert "retry" not in capsys.readouterr().out and time.monotonic() - started < 5
+
+
+def test_redirects_to_internal_addresses_or_files_are_refused(tmp_path, odd_server, monkeypatch):
+    from cifar10_mlops.core import urls
+
+    internal = odd_server.replace("127.0.0.1", "localhost")
+    monkeypatch.setattr(OddHandler, "routes", {
+        "/to-internal": (302, {"Location": f"{internal}/c.tar.gz"}),
+        "/to-file": (302, {"Location": "file:///etc/passwd"}),
+    })  # fmt: skip
+    # 127.0.0.1 plays a public server, localhost the machine's own network
+    monkeypatch.setattr(urls, "internal", lambda host: host == "localhost")
+    with pytest.raises(PipelineError, match="refused a redirect to the internal address localhost"):
+        run(f"{odd_server}/to-internal", tmp_path / "raw", retries=3)
+    with pytest.raises(
+        PipelineError, match="Redirection to url 'file:///etc/passwd' is not allowed"
+    ):
+        run(f"{odd_server}/to-file", tmp_path / "raw", retries=3)
+    assert OddHandler.requests == 2  # neither followed nor retried
+    assert_nothing_written(tmp_path / "raw")
+    # from the machine's own network to itself is followed
+    monkeypatch.setattr(urls, "internal", lambda host: True)
+    assert run(f"{odd_server}/to-internal", tmp_path / "raw")["format"] == "python"

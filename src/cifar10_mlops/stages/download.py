@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from cifar10_mlops.core import dataset
 from cifar10_mlops.core.archive import extract
+from cifar10_mlops.core.urls import OPENER, archive_name, content_length, permanent
 from cifar10_mlops.core.validation import checked, valid_checksum
 from cifar10_mlops.core.settings import load_params
 from cifar10_mlops.core.errors import PipelineError
@@ -87,7 +88,11 @@ def fetch(source: str, dest_dir: Path, *, retries: int, timeout: float, deadline
             raise PipelineError(f"source not found: {path}")
         check_size(source, path.stat().st_size)
         return path
-    dest = dest_dir / (PurePosixPath(source.split("?")[0]).name or "archive")
+    shown = describe_source(source)
+    scheme = urllib.parse.urlsplit(source).scheme
+    if scheme not in ("http", "https"):
+        raise PipelineError(f"cannot download {shown}: {scheme}:// is not http(s) or a file")
+    dest = dest_dir / archive_name(source)
     end = time.monotonic() + deadline
     for attempt in range(1, retries + 1):
         try:
@@ -96,22 +101,24 @@ def fetch(source: str, dest_dir: Path, *, retries: int, timeout: float, deadline
         except urllib.error.HTTPError as exc:
             if exc.code < 500 and exc.code != 429:
                 raise PipelineError(
-                    f"cannot download {source}: HTTP {exc.code} {exc.reason}"
+                    f"cannot download {shown}: HTTP {exc.code} {exc.reason}"
                 ) from None
             reason = f"HTTP {exc.code}"
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             reason = str(getattr(exc, "reason", exc))
+            if permanent(exc):  # retrying cannot help: say so now
+                raise PipelineError(f"cannot download {shown}: {reason}") from None
             if time.monotonic() >= end:
-                raise _deadline(source, deadline, reason) from None
+                raise _deadline(shown, deadline, reason) from None
         if attempt < retries:
             delay = min(2 ** (attempt - 1), 30)
             if time.monotonic() + delay >= end:
-                raise _deadline(source, deadline, reason)
+                raise _deadline(shown, deadline, reason)
             print(
                 f"download failed ({reason}); retry {attempt}/{retries - 1} in {delay}s", flush=True
             )
             time.sleep(delay)
-    raise PipelineError(f"cannot download {source}: {reason} (after {retries} attempts)")
+    raise PipelineError(f"cannot download {shown}: {reason} (after {retries} attempts)")
 
 
 def check_size(source: str, size: int) -> None:
@@ -131,9 +138,9 @@ def _deadline(source: str, deadline: float, reason: str) -> DeadlineExceeded:
 
 def _download(url: str, dest: Path, timeout: float, end: float) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": "cifar10-mlops"})
-    with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
-        total = int(response.headers.get("Content-Length") or 0) or None
-        check_size(url, total or 0)
+    with OPENER.open(request, timeout=timeout) as response, open(dest, "wb") as out:
+        total = content_length(describe_source(url), response)
+        check_size(describe_source(url), total or 0)
         with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name) as bar:
             # read1: what has arrived, at most one wait of `timeout`; read() would wait for a
             # whole chunk, so a server dripping a byte at a time could hold it forever.
