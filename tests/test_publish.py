@@ -161,3 +161,26 @@ def test_missing_prerequisites_are_refused_and_a_failed_push_is_undone(checkout,
     result = publish(project, archive)
     assert result.returncode == 1 and error_line(result).startswith("error: dvc push: ")
     unchanged(project, head, params)
+
+
+def test_a_killed_runs_folder_is_swept_and_a_reused_pid_collides_with_nothing(
+    checkout, tmp_path, monkeypatch
+):
+    """A run killed mid-copy leaves up to 1 GiB under data/; the next run removes it. The
+    folder under this process's own pid (as a killed run of the same pid named it) is no
+    collision: the run's folder has a random part."""
+    from cifar10_mlops.ops import publish as module
+
+    project, _ = checkout
+    monkeypatch.chdir(project)
+    killed = project / "data" / ".published-99999-abc123"
+    (killed / "published").mkdir(parents=True)
+    (killed / ".lock").touch()  # its process is gone: nobody holds the lock
+    (killed / "published" / "cifar10-v1.tar.gz").write_bytes(bytes(1 << 20))
+    (project / "data" / f".published-{os.getpid()}").mkdir()  # the same pid, named as before
+    archive = write_image_archive(tmp_path / "cifar10-v2.tar.gz", fmt="PNG")
+    module.main([str(archive)])
+    assert (project / "data" / "published" / "cifar10-v2.tar.gz").is_file()
+    assert not killed.exists()
+    left = sorted(p.name for p in (project / "data").glob(".published-*"))
+    assert left == [f".published-{os.getpid()}"]  # not the run's own: that is gone too

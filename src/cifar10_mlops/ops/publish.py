@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import shutil
 from pathlib import Path
@@ -222,8 +221,25 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     check_ready()
     check_file(args.archive, args.checksum)
-    staged = PUBLISHED.parent / f".{PUBLISHED.name}-{os.getpid()}"  # data/.gitignore: /.*-*
-    staged.mkdir(parents=True)
+    # data/.published-<pid>-<random>/published (data/.gitignore: /.*-*), locked while this
+    # runs: what a killed run left is swept by the next one, and no pid can collide
+    with scratch(PUBLISHED.parent, f".{PUBLISHED.name}") as work:
+        staged = work / PUBLISHED.name
+        staged.mkdir()
+        commit, copy, found = stage(staged, args)
+    if commit is None:
+        return
+    print(share(commit))
+    event = announce(copy.name, found, commit)
+    if event is None:
+        print("PREFECT_API_URL is not set: no event emitted (a scheduled retrain will use it)")
+    else:
+        print(f"event {EVENT} {event} emitted: the retrain deployment's trigger starts a retrain")
+
+
+def stage(staged: Path, args) -> tuple[str | None, Path, dict]:
+    """Copy, verify and record the archive from `staged`; (the commit, or None when it is
+    already published and not to be announced again, the copy, its digests and counts)."""
     try:
         copy = staged / args.archive.name  # what is verified is what is committed
         shutil.copyfile(args.archive, copy)
@@ -232,16 +248,11 @@ def main(argv: list[str] | None = None) -> None:
             commit = git("log", "-1", "--format=%H", "--", str(DVC_FILE)).strip()
             print(f"{copy.name} (sha256 {found['sha256'][:12]}) is already published: {commit}")
             if not args.announce:
-                return
+                return None, copy, found
         else:
             commit = record(staged, copy, found)
             images = ", ".join(f"{s} {sum(c.values())}" for s, c in found["counts"].items())
             print(f"published {copy.name} ({found['format']}, {images} images) as {commit[:12]}")
     finally:
         shutil.rmtree(staged, ignore_errors=True)
-    print(share(commit))
-    event = announce(copy.name, found, commit)
-    if event is None:
-        print("PREFECT_API_URL is not set: no event emitted (a scheduled retrain will use it)")
-    else:
-        print(f"event {EVENT} {event} emitted: the retrain deployment's trigger starts a retrain")
+    return commit, copy, found
