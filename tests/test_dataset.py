@@ -2,8 +2,13 @@
 loaded safely, and images checked before they are decoded."""
 
 import pickle
+import tracemalloc
 
 import numpy as np
+import pytest
+
+from cifar10_mlops.core.dataset import Layout, load_python_split, python_class_names
+from cifar10_mlops.core.errors import PipelineError
 
 
 def test_numpy_1_pickles_like_the_official_release_load(tmp_path):
@@ -62,3 +67,37 @@ def test_image_declaring_a_huge_size_is_refused_before_decoding(tmp_path):
     message, peak_mb = result.stdout.strip().splitlines()
     assert message == f"wrong-sized image {path}: expected 32x32 RGB, got (9000, 9000) RGB"
     assert int(peak_mb) < 200, f"peak memory {peak_mb} MB"
+
+
+@pytest.mark.parametrize(
+    "batch, message",
+    [
+        ({b"data": [np.zeros(1 << 20, np.uint8)] * 300, b"labels": [0] * 300},
+         "data_batch_1: data is a list, not an array"),
+        ({b"data": np.zeros((300, 3072), np.uint8), b"labels": [list(range(1 << 16))] * 300},
+         "data_batch_1: labels are not all integers"),
+    ],
+    ids=["data", "labels"],
+)  # fmt: skip
+def test_a_pickle_of_repeated_references_is_refused_before_it_is_copied(tmp_path, batch, message):
+    """A pickle stores an object once however often it is referred to: 1 MB on disk, 300 MB
+    once np.asarray copies each reference (the issue's file: 20 GiB)."""
+    data = pickle.dumps(batch, protocol=2)
+    assert len(data) < 2 << 20
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"):
+        (tmp_path / name).write_bytes(data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(PipelineError, match=message):
+            load_python_split(Layout("python", tmp_path), "train")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50 << 20, f"{peak / 2**20:.0f} MiB"
+
+
+def test_class_names_repeated_by_reference_are_refused(tmp_path):
+    name = b"x" * (1 << 20)
+    (tmp_path / "batches.meta").write_bytes(pickle.dumps({b"label_names": [name] * 1000}))
+    with pytest.raises(PipelineError, match="batches.meta: label_names is not a short list"):
+        python_class_names(Layout("python", tmp_path))

@@ -505,3 +505,18 @@ def test_redirects_to_internal_addresses_or_files_are_refused(tmp_path, odd_serv
     # from the machine's own network to itself is followed
     monkeypatch.setattr(urls, "internal", lambda host: True)
     assert run(f"{odd_server}/to-internal", tmp_path / "raw")["format"] == "python"
+
+
+def test_errors_name_the_source_without_its_credentials_or_signature(
+    tmp_path, odd_server, monkeypatch
+):
+    """CIFAR10_SOURCE may hold a login or a signed query: they reach no log or webhook."""
+    signed = "/c.tar.gz?X-Amz-Signature=s3cr3t"
+    monkeypatch.setattr(OddHandler, "routes", {signed: (404, {})})
+    with pytest.raises(PipelineError) as refused:
+        run(odd_server + signed, tmp_path / "raw", retries=3)
+    assert str(refused.value) == f"cannot download {odd_server}/c.tar.gz: HTTP 404 Not Found"
+    with pytest.raises(PipelineError) as refused:  # urllib takes no login in a URL: DNS fails
+        run(odd_server.replace("http://", "http://ana:hunter2@") + signed, tmp_path / "raw")
+    assert str(refused.value).startswith(f"cannot download {odd_server}/c.tar.gz: ")
+    assert "hunter2" not in str(refused.value) and "s3cr3t" not in str(refused.value)

@@ -90,12 +90,21 @@ def load_python_split(layout: Layout, split: str) -> tuple[np.ndarray, np.ndarra
         batch = safe_unpickle(path)
         if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
             raise PipelineError(f"{name}: not a CIFAR-10 batch (no data/labels)")
-        data = np.asarray(batch[b"data"])
+        data, labels = batch[b"data"], batch[b"labels"]
+        # Checked before anything is copied: a pickle refers to one object as often as it
+        # likes, so a 1 MB file can hold a list of 20,000 references to one 1 MB array,
+        # which np.asarray would copy into 20 GB.
+        if not isinstance(data, np.ndarray):
+            raise PipelineError(f"{name}: data is a {type(data).__name__}, not an array")
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
             raise PipelineError(f"{name}: expected uint8 rows of 3072 values, got {data.shape}")
-        labels = np.asarray(batch[b"labels"], dtype=np.int64)
-        if len(labels) != len(data):
-            raise PipelineError(f"{name}: {len(data)} images but {len(labels)} labels")
+        if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
+            raise PipelineError(f"{name}: {len(data)} images but labels are not as many")
+        if isinstance(labels, list) and not all(type(y) is int for y in labels):
+            raise PipelineError(f"{name}: labels are not all integers")
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.ndim != 1:
+            raise PipelineError(f"{name}: labels are not a list of integers")
         xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         ys.append(labels)
     labels = np.concatenate(ys)
@@ -109,7 +118,12 @@ def python_class_names(layout: Layout) -> list[str]:
     path = layout.root / "batches.meta"
     meta = safe_unpickle(path) if path.is_file() else None
     if isinstance(meta, dict) and b"label_names" in meta:
-        return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[b"label_names"]]
+        names = meta[b"label_names"]  # checked before decoding: references repeat for free
+        if not isinstance(names, list) or len(names) > 100:
+            raise PipelineError("batches.meta: label_names is not a short list")
+        if not all(isinstance(n, (bytes, str)) and len(n) <= 100 for n in names):
+            raise PipelineError("batches.meta: label_names are not short names")
+        return [n.decode() if isinstance(n, bytes) else n for n in names]
     return list(CLASSES)
 
 
