@@ -101,3 +101,13 @@ def test_class_names_repeated_by_reference_are_refused(tmp_path):
     (tmp_path / "batches.meta").write_bytes(pickle.dumps({b"label_names": [name] * 1000}))
     with pytest.raises(PipelineError, match="batches.meta: label_names is not a short list"):
         python_class_names(Layout("python", tmp_path))
+
+
+def test_postscript_named_png_never_reaches_ghostscript(tmp_path):
+    """Pillow picks a decoder by content: EPS named .png would run Ghostscript."""
+    from cifar10_mlops.core.dataset import decode_image
+
+    path = tmp_path / "0001.png"
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\nshowpage\n%%EOF\n")
+    with pytest.raises(PipelineError, match=rf"corrupt image {path}: cannot identify image file"):
+        decode_image(path)

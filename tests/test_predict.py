@@ -16,6 +16,9 @@ from cifar10_mlops.core.errors import PipelineError
 from helpers import cli, error_line, stage_args
 
 
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\nshowpage\n%%EOF\n"
+
+
 def save(path: Path, size=(32, 32), mode="RGB", seed=0) -> Path:
     rng = np.random.default_rng(seed)
     channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
@@ -165,12 +168,13 @@ def test_load_image_crops_the_centre_and_resizes(tmp_path):
     "make, message",
     [
         (lambda p: p.write_bytes(b""), "empty file"),
-        (lambda p: p.write_text("hello, not a picture"), "not an image that can be read"),
+        (lambda p: p.write_text("hello, not a picture"), "not a PNG, JPEG, BMP, GIF, WEBP or TIFF"),
+        (lambda p: p.write_bytes(EPS), "not a PNG, JPEG, BMP, GIF, WEBP or TIFF image"),
         (lambda p: save(p, mode="L"), "grayscale (1 channel) image, the model takes RGB"),
         (lambda p: save(p, mode="RGBA"), "RGBA (4 channels) image, the model takes RGB"),
         (lambda p: p.write_bytes(save(p).read_bytes()[:60]), "cannot decode the image"),
     ],
-    ids=["empty", "not-an-image", "grayscale", "rgba", "truncated"],
+    ids=["empty", "not-an-image", "eps-named-png", "grayscale", "rgba", "truncated"],
 )
 def test_bad_image_is_a_one_line_error(tmp_path, make, message):
     path = tmp_path / "bad.png"
@@ -260,8 +264,8 @@ def test_links_and_special_files_in_a_folder_are_warnings_not_tracebacks(messy_f
     assert result.returncode == 1 and "Traceback" not in result.stderr
     *warnings, error = result.stderr.strip().splitlines()
     assert error == (
-        f"error: {messy_folder}/bad.jpg: not an image that can be read (cannot identify image "
-        f"file '{messy_folder}/bad.jpg') (--skip-bad skips such files)"
+        f"error: {messy_folder}/bad.jpg: not a PNG, JPEG, BMP, GIF, WEBP or TIFF image that can "
+        "be read (--skip-bad skips such files)"
     )
     assert sorted(w.split(": ", 2)[2] for w in warnings) == [
         "skipped, a broken link",
@@ -278,7 +282,7 @@ def test_skip_bad_leaves_out_what_cannot_be_read(messy_folder):
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
     assert len(body["inputs"]) == 3  # a.png, more/c.png, sub/b.png
-    assert f"warning: skipped {messy_folder}/bad.jpg: not an image" in result.stderr
+    assert f"warning: skipped {messy_folder}/bad.jpg: not a PNG, JPEG, BMP, GIF, WEBP or TIFF image" in result.stderr
 
 
 def test_skip_bad_with_nothing_readable_is_an_error(tmp_path):

@@ -145,7 +145,7 @@ def list_image_split(layout: Layout, split: str) -> dict[str, list[Path]]:
 def decode_image(path: Path) -> np.ndarray:
     """Decode one 32x32 RGB image file, or fail naming the file."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=("PNG", "JPEG")) as img:  # never EPS named .png
             # The header's size and mode, checked before the pixels are decoded: a small file
             # may declare a huge image.
             if img.mode != "RGB" or img.size != IMAGE_SHAPE[1::-1]:

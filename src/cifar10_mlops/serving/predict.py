@@ -36,6 +36,9 @@ from cifar10_mlops.core.dataset import CLASSES, IMAGE_SHAPE
 from cifar10_mlops.core.errors import PipelineError
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+# The decoders Pillow may use, whatever a file's name says: PostScript or EPS content named
+# .png would otherwise go to Ghostscript, and other plugins parse other formats.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 MAX_PIXELS = 64_000_000  # refuse larger images before decoding them (a 8000x8000 photo)
 MODES = {
     "1": "black-and-white (1 channel)",
@@ -128,7 +131,7 @@ def load_image(path: Path, convert: bool = False) -> np.ndarray:
     if path.stat().st_size == 0:
         raise PipelineError(f"{path}: empty file")
     try:
-        with Image.open(path) as image:
+        with Image.open(path, formats=FORMATS) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise PipelineError(
@@ -149,7 +152,10 @@ def load_image(path: Path, convert: bool = False) -> np.ndarray:
                 IMAGE_SHAPE[:2], Image.Resampling.BICUBIC, box=(left, top, left + side, top + side)
             )
             return np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:
+        kinds = ", ".join(FORMATS[:-1]) + f" or {FORMATS[-1]}"
+        raise PipelineError(f"{path}: not a {kinds} image that can be read") from None
+    except Image.DecompressionBombError as exc:
         raise PipelineError(f"{path}: not an image that can be read ({exc})") from None
     except OSError as exc:  # truncated or corrupt data
         raise PipelineError(f"{path}: cannot decode the image ({exc})") from None
