@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifar10_mlops.serving import predict, pyfunc as serving
+from cifar10_mlops.serving import images as image_files, predict, pyfunc as serving
 from cifar10_mlops.stages import register
 from cifar10_mlops.core.errors import PipelineError
 from helpers import cli, error_line, stage_args
@@ -195,7 +195,7 @@ def test_grayscale_and_rgba_convert_on_request(tmp_path):
 
 
 def test_huge_image_is_refused_before_decoding(tmp_path, monkeypatch):
-    monkeypatch.setattr(predict, "MAX_PIXELS", 100 * 100)
+    monkeypatch.setattr(image_files, "MAX_PIXELS", 100 * 100)
     path = save(tmp_path / "big.png", size=(101, 100))
     with pytest.raises(PipelineError, match=r"101x100 image is too large"):
         predict.load_image(path)
@@ -282,7 +282,10 @@ def test_skip_bad_leaves_out_what_cannot_be_read(messy_folder):
     assert result.returncode == 0, result.stderr
     body = json.loads(result.stdout)
     assert len(body["inputs"]) == 3  # a.png, more/c.png, sub/b.png
-    assert f"warning: skipped {messy_folder}/bad.jpg: not a PNG, JPEG, BMP, GIF, WEBP or TIFF image" in result.stderr
+    assert (
+        f"warning: skipped {messy_folder}/bad.jpg: not a PNG, JPEG, BMP, GIF, WEBP or TIFF image"
+        in result.stderr
+    )
 
 
 def test_skip_bad_with_nothing_readable_is_an_error(tmp_path):
