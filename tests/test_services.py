@@ -55,6 +55,10 @@ def native(tmp_path):
         MLFLOW_PORT=str(ports["mlflow"]),
         PREFECT_PORT=str(ports["prefect"]),
         CIFAR10_SOURCE=str(archive),
+        # One process: uvicorn's supervisor restarts a worker that misses its 5 s health
+        # ping, which under CI's load (4 test workers on 2 cores) kept MLflow's workers from
+        # ever finishing their imports.
+        MLFLOW_WORKERS="1",
     )
     services = resolved(project_copy(tmp_path / "stack"), env)["services"]
     with (
@@ -124,7 +128,7 @@ def test_stack_retrains_through_its_worker_with_logins_on_postgres_and_s3(
         for name in ("mlflow", "prefect"):
             home = {"PREFECT_HOME": str(tmp_path / "prefect-home")} if name == "prefect" else {}
             process, log = run(name, **home)
-            wait_for(lambda n=name: native.healthy(n), f"healthy {name}", process, log)
+            wait_for(lambda n=name: native.healthy(n), f"healthy {name}", process, log, 240)
 
         mlflow_url = f"http://127.0.0.1:{native.ports['mlflow']}"
         prefect_api = f"http://127.0.0.1:{native.ports['prefect']}/api"
