@@ -12,6 +12,7 @@ from PIL import Image
 
 from cifar10_mlops.serving import images as image_files, predict, pyfunc as serving
 from cifar10_mlops.stages import register
+from cifar10_mlops.core import artifacts
 from cifar10_mlops.core.errors import PipelineError
 from helpers import cli, error_line, stage_args
 
@@ -106,20 +107,22 @@ def test_predict_names_the_version_that_answered(candidate, capsys, monkeypatch)
 
     # the alias moves to v2 while v1 loads (a `register` at the same moment): v1 answers, and
     # the output says so
-    loaded, load = [], mlflow.pyfunc.load_model
+    loaded, load = [], artifacts.load_model
 
-    def load_while_the_alias_moves(uri, *args, **kwargs):
+    def load_while_the_alias_moves(client_, model_id, *args, **kwargs):
         client.set_registered_model_alias("cifar10-cnn", "champion", "2")
-        loaded.append(uri)
-        return load(uri, *args, **kwargs)
+        loaded.append(model_id)
+        return load(client_, model_id, *args, **kwargs)
 
+    v1 = artifacts.model_id_of(client.get_model_version("cifar10-cnn", "1"))
     with monkeypatch.context() as patch:
-        patch.setattr(mlflow.pyfunc, "load_model", load_while_the_alias_moves)
+        patch.setattr(artifacts, "load_model", load_while_the_alias_moves)
         out = json.loads(run("--format", "json"))
-    assert loaded == ["models:/cifar10-cnn/1"]
+    assert loaded == [v1]
     assert out["model"] == "models:/cifar10-cnn@champion"
     assert out["resolved"] == {
-        "uri": "models:/cifar10-cnn/1", "name": "cifar10-cnn", "version": 1, "run_id": first
+        "uri": "models:/cifar10-cnn/1", "name": "cifar10-cnn", "version": 1, "run_id": first,
+        "model_id": v1,
     }  # fmt: skip
 
     assert run().splitlines()[0] == f"{champion} v2 (run {second})"
@@ -133,13 +136,16 @@ def test_a_run_or_a_folder_is_no_registered_version(champion, capsys):
     folder = mlflow.artifacts.download_artifacts("models:/cifar10-cnn/1", dst_path="copy")
     save(champion / "a.png")
     capsys.readouterr()
-    for uri, run_id, named in [
-        (f"runs:/{run}/model", run, f"(run {run}, not a registered version)"),
-        (folder, None, "(not a registered version)"),
+    logged = artifacts.model_id_of(mlflow.MlflowClient().get_model_version("cifar10-cnn", "1"))
+    for uri, run_id, model_id, named in [
+        (f"runs:/{run}/model", run, logged, f"(run {run}, not a registered version)"),
+        (folder, None, None, "(not a registered version)"),
     ]:
         predict.main(["a.png", "--model", uri, "--format", "json"])
         resolved = json.loads(capsys.readouterr().out)["resolved"]
-        assert resolved == {"uri": uri, "name": None, "version": None, "run_id": run_id}
+        assert resolved == {
+            "uri": uri, "name": None, "version": None, "run_id": run_id, "model_id": model_id
+        }  # fmt: skip
         predict.main(["a.png", "--model", uri])
         assert capsys.readouterr().out.splitlines()[0] == f"model: {uri} {named}"
 

@@ -27,14 +27,14 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from cifar10_mlops.core import tracking
+from cifar10_mlops.core import artifacts, tracking
 from cifar10_mlops.core.settings import PARAMS_FILE, params_from_dict
 from cifar10_mlops.core.errors import ConfigError, PipelineError
 from cifar10_mlops.core.repo import head_commit
 from cifar10_mlops.core.files import file_digest, replacing
 from cifar10_mlops.core.repo import changed_files, dvc, error_line, has_commit
 from cifar10_mlops.core.repo import uncached_outputs
-from cifar10_mlops.stages.register import DVC_YAML, PIPELINE_ARTIFACTS, PIPELINE_TAG
+from cifar10_mlops.stages.register import DVC_YAML, PIPELINE_TAG, state_folder
 
 PARAMS, LOCK = PARAMS_FILE, Path("dvc.lock")
 COMMIT = re.compile(r"[0-9a-f]{7,40}(-dirty)?")
@@ -75,17 +75,14 @@ def fetch_state(version, dest: Path) -> Path:
         )
     # Only ever the version's own run: a tag pointing elsewhere (another host, file:///, a
     # foreign run) would send the client's MLflow credentials there or restore a foreign state.
-    own = f"runs:/{version.run_id}/{PIPELINE_ARTIFACTS}"
+    own = f"runs:/{version.run_id}/{state_folder(version.name, version.version)}"
     if where != own:
         raise PipelineError(f"{label}: its {PIPELINE_TAG} tag is {where!r}, expected {own!r}")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=where, dst_path=str(dest)))
-    except Exception as exc:  # MlflowException, OSError: the artifacts are gone
-        reason = " ".join(str(exc).split())[:200]
-        raise PipelineError(
-            f"{label}: cannot download its pipeline state {where} ({reason})"
-        ) from None
+    client = mlflow.MlflowClient()
+    want = client.get_run(version.run_id).data.params.get(
+        artifacts.state_key(version.name, version.version)
+    )
+    local = artifacts.verified(own, want, dest, label)
     missing = [n for n in (PARAMS.name, LOCK.name) if not (local / n).is_file()]
     if missing:
         raise PipelineError(f"{label}: {where} lacks {', '.join(missing)}")
@@ -211,19 +208,35 @@ def dvc_lock():
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def check_model(version, label: str) -> str | None:
-    """models/model.keras's md5, which must be the version's `model_md5`: a version without
-    that tag (someone deleted it) cannot be checked, so it is refused, not trusted."""
+def check_model(version, label: str) -> str:
+    """models/model.keras's md5, which must be the one the restored dvc.lock names (checked
+    against the run's record before it was restored) and the version's `model_md5` tag: a
+    version without that tag (someone deleted it) or with another one is refused."""
     model = Path("models/model.keras")
-    want = version.tags.get("model_md5")
-    if not want:
+    locked = locked_md5(model)
+    tag = version.tags.get("model_md5")
+    if not tag:
         raise PipelineError(
             f"{label} has no model_md5 tag, so the restored model cannot be checked against it"
         )
+    if tag != locked:
+        raise PipelineError(f"{label}: its model_md5 tag {tag} is not its dvc.lock's {locked}")
     md5 = file_digest(model, "md5") if model.is_file() else None
-    if md5 != want:
-        raise PipelineError(f"{model} has md5 {md5} after the checkout, {label} has {want}")
+    if md5 != locked:
+        raise PipelineError(f"{model} has md5 {md5} after the checkout, {label} has {locked}")
     return md5
+
+
+def locked_md5(path: Path) -> str | None:
+    """The md5 that dvc.lock records for the output `path`, or None."""
+    import yaml
+
+    stages = (yaml.safe_load(LOCK.read_text()) or {}).get("stages", {})
+    for stage in stages.values():
+        for out in stage.get("outs", []) if isinstance(stage, dict) else []:
+            if isinstance(out, dict) and out.get("path") == path.as_posix():
+                return out.get("md5")
+    return None
 
 
 def roll_back(files: dict[Path, Path], kept: dict[Path, Path]) -> list[str]:

@@ -8,7 +8,8 @@ stops the command, or is skipped with a warning under --skip-bad. The model is a
 MLflow model URI; by default `models:/<register.model_name>@champion` (params.yaml) from the
 store that MLFLOW_TRACKING_URI names, else the embedded mlruns/mlflow.db. An alias or `latest` is
 resolved to its version once, and that version is loaded, so the output names what answered
-(`models:/cifar10-cnn@champion -> cifar10-cnn v3`) even if the alias moves meanwhile.
+(`models:/cifar10-cnn@champion -> cifar10-cnn v3`) even if the alias moves meanwhile. Its
+artifacts load only when their digest is the one recorded when they were logged.
 Prints the model and the class and probability of each image as a table, or everything as JSON;
 what TensorFlow, Keras and MLflow print while the model loads is hidden unless --verbose.
 
@@ -21,13 +22,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cifar10_mlops.core import quiet, tracking
+from cifar10_mlops.core import artifacts, quiet, tracking
 from cifar10_mlops.core.settings import PARAMS_FILE, load_params
 from cifar10_mlops.core.dataset import CLASSES
 from cifar10_mlops.core.errors import PipelineError
@@ -46,6 +48,7 @@ class Source:
     name: str | None = None
     version: int | None = None
     run_id: str | None = None
+    model_id: str | None = None  # the logged model whose artifacts load, checked first
 
     def describe(self) -> str:
         """`models:/cifar10-cnn@champion -> cifar10-cnn v3 (run <id>)`; a run or a folder says
@@ -58,18 +61,44 @@ class Source:
 
 def resolve(uri: str, client) -> Source:
     """The registered version that a models:/ URI names now (tracking.model_version), looked
-    up once; the run of a runs:/ URI; for anything else, the URI alone."""
+    up once, and its logged model; a logged model's models:/m-...; the run of a runs:/ URI and
+    the model it logged last under that name; for anything else (a folder), the URI alone."""
     if uri.startswith("runs:/"):
-        return Source(uri, uri, run_id=uri.removeprefix("runs:/").split("/", 1)[0])
+        run_id, _, name = uri.removeprefix("runs:/").partition("/")
+        return Source(uri, uri, run_id=run_id, model_id=_run_model(client, run_id, name))
+    if uri.startswith("models:/m-"):
+        model_id = uri.removeprefix("models:/").split("/")[0]
+        return Source(uri, uri, model_id=model_id)
     version = tracking.model_version(uri, client)
-    if version is None:  # a model folder, another store's URI, a logged model's models:/m-...
+    if version is None:  # a model folder, another store's URI
         return Source(uri, uri)
     loads = f"models:/{version.name}/{version.version}"
-    return Source(uri, loads, version.name, int(version.version), version.run_id)
+    model_id = artifacts.model_id_of(version)
+    if model_id is None:
+        raise PipelineError(f"{loads} was not registered from a logged model: cannot check it")
+    return Source(uri, loads, version.name, int(version.version), version.run_id, model_id)
+
+
+def _run_model(client, run_id: str, name: str) -> str:
+    """The id of the model named `name` that run `run_id` logged last."""
+    import mlflow
+
+    if not (re.fullmatch(r"[0-9a-f]{1,64}", run_id) and re.fullmatch(r"[\w.-]+", name)):
+        raise PipelineError(f"runs:/{run_id}/{name}: expected runs:/<run id>/<model name>")
+    found = mlflow.search_logged_models(
+        filter_string=f"source_run_id = '{run_id}' AND name = '{name}'",
+        experiment_ids=[client.get_run(run_id).info.experiment_id],
+        order_by=[{"field_name": "creation_time", "ascending": False}],
+        max_results=1, output_format="list",
+    )  # fmt: skip
+    if not found:
+        raise PipelineError(f"runs:/{run_id}/{name}: the run logged no model named {name!r}")
+    return found[0].model_id
 
 
 def load_model(uri: str):
-    """mlflow.pyfunc.load_model, with a one-line error for a missing model or alias."""
+    """mlflow.pyfunc.load_model, with a one-line error for a missing model or alias, and the
+    artifacts of a registered or logged model checked first (core/artifacts.py)."""
     return load_resolved(uri)[0]
 
 
@@ -88,8 +117,11 @@ def load_resolved(uri: str) -> tuple[object, Source]:
         )
     tracking.connect(store)
     try:
-        source = resolve(uri, mlflow.MlflowClient())
-        return mlflow.pyfunc.load_model(source.uri), source
+        client = mlflow.MlflowClient()
+        source = resolve(uri, client)
+        if source.model_id is None:  # a folder of this machine's: its owner's files
+            return mlflow.pyfunc.load_model(source.uri), source
+        return artifacts.load_model(client, source.model_id, source.describe()), source
     except MlflowException as exc:
         message = exc.message.splitlines()[0] if exc.message else str(exc)
         if uri.startswith("models:/") and "@" in uri and "not found" in message.lower():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from matplotlib.ticker import MaxNLocator
 from sklearn.metrics import confusion_matrix, log_loss, precision_recall_fscore_support
 
 from cifar10_mlops.training import gate
-from cifar10_mlops.core import lineage, metric_names, tracking
+from cifar10_mlops.core import artifacts, lineage, metric_names, tracking
 from cifar10_mlops.core.settings import load_params
 from cifar10_mlops.core.dataset import CLASSES
 from cifar10_mlops.core.errors import PipelineError
@@ -154,6 +155,7 @@ def log_to_mlflow(
     with warnings.catch_warnings():  # "add type hints to predict": pyfunc.py says why not
         warnings.filterwarnings("ignore", message=".*type hints", category=UserWarning)
         info = _log_model(model_path, model.model_id)  # no active run: nothing linked yet
+    record_digests(client, model.model_id, files)
     with mlflow.start_run(run_id=run_id):
         client.log_outputs(run_id, models=[LoggedModelOutput(model.model_id, step=epoch)])
         link_epoch(client, run_id, model.model_id, epoch)
@@ -168,6 +170,20 @@ def log_to_mlflow(
         mlflow.set_tag("model_uri", info.model_uri)  # what `register` registers
         mlflow.set_tag("test_sha256", gate.test_digest(*test))
     return info.model_uri
+
+
+def record_digests(client, model_id: str, files: list[Path]) -> None:
+    """Record in the logged model's params (core/artifacts.py) the digest of its artifacts as
+    stored (downloaded back) and of the test predictions logged beside it, which whoever
+    loads or compares the model checks first."""
+    where = artifacts.model_location(client, model_id)
+    with tempfile.TemporaryDirectory(prefix="cifar10-logged-") as tmp:
+        stored = artifacts.download(where, Path(tmp) / "model", "the logged model")
+        digests = {artifacts.MODEL_PARAM: artifacts.tree_sha256(stored)}
+    for path in files:
+        if path.name == gate.PREDICTIONS:
+            digests[artifacts.PREDICTIONS_PARAM] = artifacts.digest(path)
+    client.log_model_params(model_id, digests)
 
 
 def describe_model(run, epoch: int, metrics: dict) -> str:

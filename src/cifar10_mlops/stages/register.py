@@ -9,8 +9,9 @@ Reads  models/run.json (the training run, which `evaluate` logged the model into
        `cache: false` outputs it copies into the run.
 Writes reports/registry.json: the version, its aliases and the promotion decision with the
        comparison behind it; params.yaml, dvc.lock and dvc.yaml's `cache: false` outputs
-       (metrics, plot data, this registry.json) into the version's run (`pipeline/`), from
-       which `cifar10-mlops checkout <model URI>` restores the pipeline state that made it.
+       (metrics, plot data, this registry.json) into the version's run
+       (`pipeline/<name>/v<version>/`, its digest a param of the run), from which
+       `cifar10-mlops checkout <model URI>` restores the pipeline state that made it.
 
 The model becomes a new version of `register.model_name` with the alias `challenger` (the
 latest candidate). It also takes `champion` when there is none yet, or when it is better beyond
@@ -24,13 +25,13 @@ the test digest, and `replaced_by` on a champion that lost its alias) and in its
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 
-
 from cifar10_mlops.training import gate
-from cifar10_mlops.core import metric_names, tracking
+from cifar10_mlops.core import artifacts, metric_names, tracking
 from cifar10_mlops.core.dataset import CLASSES
 from cifar10_mlops.serving import pyfunc
 from cifar10_mlops.core.settings import RegisterConfig, load_params
@@ -216,24 +217,32 @@ def _version_of(client, name: str, run_id: str, metrics: dict, lineage: dict[str
         raise PipelineError(f"cannot register the model of run {run_id}: {exc.message}") from None
 
 
+def state_folder(name: str, version: str | int) -> str:
+    """Where in its run a version's pipeline state is logged: one folder per version, since
+    a run can be registered again (register rerun alone) with other params."""
+    return f"{PIPELINE_ARTIFACTS}/{name}/v{version}"
+
+
 def keep_pipeline_state(result: dict, params: Path, lock: Path, outputs: list[Path]) -> None:
     """Log params.yaml, dvc.lock (every stage before this one, as DVC recorded them) and the
-    uncached outputs (under `outputs/<their path>`) into the version's run under `pipeline/`,
-    and tag the version with where: `cifar10-mlops checkout <model URI>` restores the
-    workspace from them and the DVC cache or remote."""
+    uncached outputs (under `outputs/<their path>`) into the version's run under
+    state_folder(), record their digest as a param of the run (core/artifacts.py) and tag the
+    version with where: `cifar10-mlops checkout <model URI>` restores the workspace from them
+    and the DVC cache or remote."""
     import mlflow
 
     client = mlflow.MlflowClient()
-    run_id = result["run_id"]
-    for path in (params, lock):
+    run_id, name, version = result["run_id"], result["model_name"], result["version"]
+    folder = state_folder(name, version)
+    places = {p: str(PurePosixPath(folder, "outputs", p.parent.as_posix())) for p in outputs}
+    for path, where in {params: folder, lock: folder, **places}.items():
         if path.is_file():
-            client.log_artifact(run_id, str(path), PIPELINE_ARTIFACTS)
-    for path in outputs:
-        if path.is_file():
-            folder = PurePosixPath(PIPELINE_ARTIFACTS, "outputs", path.parent.as_posix())
-            client.log_artifact(run_id, str(path), str(folder))
-    uri = f"runs:/{run_id}/{PIPELINE_ARTIFACTS}"
-    client.set_model_version_tag(result["model_name"], result["version"], PIPELINE_TAG, uri)
+            client.log_artifact(run_id, str(path), where)
+    uri = f"runs:/{run_id}/{folder}"
+    with tempfile.TemporaryDirectory(prefix="cifar10-state-") as tmp:
+        stored = artifacts.download(uri, Path(tmp), f"{name} v{version}")
+        client.log_param(run_id, artifacts.state_key(name, version), artifacts.tree_sha256(stored))
+    client.set_model_version_tag(name, version, PIPELINE_TAG, uri)
 
 
 def _by_alias(client, name: str, alias: str):

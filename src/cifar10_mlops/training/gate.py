@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cifar10_mlops.core import artifacts
 from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.core.files import replacing
 
@@ -242,30 +243,38 @@ def champion_predictions(
     """The champion's predictions on the challenger's test images: those its run logged when
     they were made on the same images, else the champion model re-scored on `test`. Returns
     them and why the champion was re-scored (None when it was not)."""
-    logged = _logged_predictions(champion.run_id)
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    label = f"the champion v{champion.version}"
+    model_id = artifacts.model_id_of(champion)
+    if model_id is None:
+        raise PipelineError(f"{label} was not registered from a logged model: cannot check it")
+    record = artifacts.logged_model_params(client, model_id)
+    logged = _logged_predictions(champion.run_id, record.get(artifacts.PREDICTIONS_PARAM))
     if logged is not None and logged.test_sha256 == challenger.test_sha256:
         return logged, None
     why = (
-        f"its run logged no {PREDICTIONS}"
+        f"its run logged no {PREDICTIONS} as recorded"
         if logged is None
         else f"it was tested on other images (sha256 {logged.test_sha256[:12]})"
     )
     print(f"re-scoring champion v{champion.version} on this test set: {why}")
-    import mlflow
-
-    uri = f"models:/{champion.name}/{champion.version}"
     try:
-        model = mlflow.pyfunc.load_model(uri).unwrap_python_model().model
+        model = artifacts.load_model(client, model_id, label).unwrap_python_model().model
+    except PipelineError:
+        raise
     except Exception as exc:  # MlflowException, OSError, Keras' errors: no loadable model
         reason = " ".join(str(exc).split())[:200]
-        raise PipelineError(f"cannot re-score the champion {uri}: {reason}") from None
+        raise PipelineError(f"cannot re-score {label} (models:/{model_id}): {reason}") from None
     x, y = test
     probabilities = model.predict(x, batch_size=batch_size, verbose=0)
     return Predictions(y.astype(np.int64), probabilities, challenger.test_sha256), why
 
 
-def _logged_predictions(run_id: str) -> Predictions | None:
-    """The test predictions `evaluate` logged into the run, or None when it logged none."""
+def _logged_predictions(run_id: str, want: str | None) -> Predictions | None:
+    """The test predictions `evaluate` logged into the run, or None when it logged none or
+    they are not the ones recorded beside the champion's model (`want`, their sha256)."""
     import mlflow
 
     with tempfile.TemporaryDirectory(prefix="cifar10-champion-") as tmp:
@@ -274,6 +283,9 @@ def _logged_predictions(run_id: str) -> Predictions | None:
                 run_id=run_id, artifact_path=f"{EVALUATION}/{PREDICTIONS}", dst_path=tmp
             )
         except Exception:  # MlflowException, OSError: no such artifact
+            return None
+        if artifacts.digest(Path(path)) != want:
+            print(f"ignoring the champion's logged predictions: not the {PREDICTIONS} recorded")
             return None
         try:
             return load_predictions(Path(path))
