@@ -27,7 +27,7 @@ from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron
 from prefect.settings import PREFECT_API_URL
 
-from cifar10_mlops.ops import publish
+from cifar10_mlops.ops import backlog, publish
 from cifar10_mlops.core.validation import checked, valid_name
 from cifar10_mlops.core.settings import load_params
 from cifar10_mlops.core.errors import ConfigError, PipelineError
@@ -43,6 +43,10 @@ def on_new_data() -> DeploymentEventTrigger:
         name="retrain on a published dataset",
         expect={publish.EVENT},
         match={"prefect.resource.id": "cifar10.dataset.*"},
+        # once per dataset digest (the resource id) in the window: fires on the first event,
+        # then ignores the same digest until the window ends (ops/backlog.py)
+        for_each={"prefect.resource.id"},
+        within=backlog.DEDUP_WINDOW,
         parameters={"rev": "{{ event.payload.rev }}", "force": True},
     )
 
@@ -63,25 +67,51 @@ def deployment_settings() -> dict:
     }
 
 
+# What a run's job variables (`prefect deployment run -jv KEY=VALUE`, or a deployment's own)
+# may not set on a worker: the command it runs, its environment (the worker's credentials are
+# in it) and its folder. The pool's template fixes them and refuses unknown variables.
+PINNED = {"command": None, "env": {}, "working_dir": None}
+
+
+def pinned_template() -> dict:
+    """The process pool's default base job template with PINNED fixed: a worker runs Prefect's
+    own flow-run command with its own environment, in the checkout the pull step names."""
+    from prefect.workers.process import ProcessWorker
+
+    template = ProcessWorker.get_default_base_job_template()
+    for key, value in PINNED.items():
+        template["job_configuration"][key] = value
+        template["variables"]["properties"].pop(key)
+    template["variables"]["additionalProperties"] = False
+    return template
+
+
 def ensure_pool(name: str) -> None:
-    """Create the process work pool `name` unless the server has it; refuse one of another
-    type (its workers would not run the flow in a checkout)."""
+    """Create the process work pool `name` with pinned_template() unless the server has it,
+    and pin the template of one that has another; refuse a pool of another type (its workers
+    would not run the flow in a checkout)."""
     from prefect import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
 
+    template = pinned_template()
     with get_client(sync_client=True) as client:
         try:
             pool = client.read_work_pool(name)
         except ObjectNotFound:
-            client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+            client.create_work_pool(
+                WorkPoolCreate(name=name, type="process", base_job_template=template)
+            )
             print(f"created process work pool {name!r}")
             return
-    if pool.type != "process":
-        raise PipelineError(
-            f"work pool {name!r} is of type {pool.type!r}: the retrain deployment needs a "
-            "`process` pool (its workers run the flow in their checkout)"
-        )
+        if pool.type != "process":
+            raise PipelineError(
+                f"work pool {name!r} is of type {pool.type!r}: the retrain deployment needs a "
+                "`process` pool (its workers run the flow in their checkout)"
+            )
+        if pool.base_job_template != template:
+            client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+            print(f"work pool {name!r}: its job template now pins {', '.join(PINNED)}")
 
 
 CRASH_AUTOMATION = "cifar10-mlops: crash retrains that stopped beating"

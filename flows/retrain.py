@@ -18,17 +18,18 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.tasks import exponential_backoff
 
 from cifar10_mlops.core import repo, tracking
 from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.core.repo import check_workspace, dvc, dvc_env, git
 from cifar10_mlops.core.settings import PARAMS_FILE
-from cifar10_mlops.ops import notify, retrain_report
+from cifar10_mlops.ops import backlog, notify, retrain_report
 from cifar10_mlops.ops.overrides import apply_flow_params
 from cifar10_mlops.ops.prefect_server import check_services
 
@@ -118,6 +119,23 @@ NO_GIT = (
 )
 
 
+def trim_backlog() -> None:
+    """Under a deployment, cancel the published-data runs waiting beyond ops/backlog.py's
+    cap, and say so in the run's log."""
+    if not deployment.id:
+        return
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        own = UUID(flow_run.id)
+        cancelled = backlog.trim(client, UUID(deployment.id), own)
+    if cancelled:
+        get_run_logger().warning(
+            "cancelled %d waiting retrains for published data, over the cap of %d: %s",
+            len(cancelled), backlog.MAX_WAITING, ", ".join(map(str, cancelled)),
+        )  # fmt: skip
+
+
 def run_stages(force: bool) -> dict[str, bool]:
     """Each stage as a task; returns which stages ran."""
     names = repo.dvc_stages(DVC_YAML)
@@ -144,6 +162,7 @@ def retrain(
     first, like `dvc exp run -S`. None keeps params.yaml's values. `rev` (a commit, as
     `publish-data`'s event gives it) first fast-forwards the checkout to it."""
     check_services()
+    trim_backlog()
     if not check_workspace():
         if rev:
             raise PipelineError(f"rev {rev}: not a git checkout with a commit to move")

@@ -5,9 +5,11 @@ credentials in the environment and a DVC remote are all it needs. It checks firs
 what is missing, that the Prefect server (PREFECT_API_URL, PREFECT_API_AUTH_STRING) and the
 team's MLflow server (MLFLOW_TRACKING_URI, MLFLOW_TRACKING_USERNAME/PASSWORD) answer and take
 the credentials, that a DVC remote is set (DVC_REMOTE, or this checkout's default) and that the
-checkout has no uncommitted changes; then it becomes `prefect worker start` on the process
-pool (created if missing), taking one flow run at a time, with CIFAR10_MLOPS_CHECKOUT set to
-this checkout for the deployment's pull step (cifar10_mlops.ops.pool).
+checkout has no uncommitted changes; then it runs what `prefect worker start` runs on the
+process pool (created if missing, its job template pinned), taking one flow run at a time,
+with CIFAR10_MLOPS_CHECKOUT set to this checkout for the deployment's pull step
+(cifar10_mlops.ops.pool), and refusing runs whose job variables set the command, environment
+or folder (PinnedProcessWorker).
 
   python -m flows.worker --pool cpu [--name NAME] [--healthcheck]
 """
@@ -15,21 +17,50 @@ this checkout for the deployment's pull step (cifar10_mlops.ops.pool).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import socket
 import sys
+import warnings
+from functools import partial
 from pathlib import Path
 
 from prefect.settings import PREFECT_API_URL
+from prefect.workers.process import ProcessWorker
 
 from cifar10_mlops.core import tracking
 from cifar10_mlops.core.validation import checked, valid_name
 from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.ops.pool import CHECKOUT_VAR, enter_checkout
-from flows.deploy import ensure_pool
+from flows.deploy import PINNED, ensure_pool
 from cifar10_mlops.core.repo import dvc_remote_set
 from cifar10_mlops.core.repo import check_workspace
 from cifar10_mlops.ops.prefect_server import check_services
+
+
+# Prefect registers worker classes by type; this one takes `process` over in this process
+# (the warning that says so is expected).
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*matches existing registered type")
+
+    class PinnedProcessWorker(ProcessWorker):
+        """Prefect's process worker, which refuses a run whose job variables (the run's or its
+        deployment's) set what the pool's template pins (flows/deploy.py PINNED): the command, the
+        environment, the folder. The template already makes the server refuse them; the worker,
+        which holds the credentials, does not rely on a template that any API user can edit."""
+
+        async def run(self, flow_run, configuration, task_status=None):
+            asked = dict(flow_run.job_variables or {})
+            if flow_run.deployment_id:
+                deployment = await self.client.read_deployment(flow_run.deployment_id)
+                asked = {**(deployment.job_variables or {}), **asked}
+            pinned = sorted(k for k in asked if k.split(".")[0] in PINNED)
+            if pinned:
+                raise PipelineError(
+                    f"job variables {', '.join(pinned)} are refused by this worker: it runs "
+                    "Prefect's own flow-run command, with its own environment, in its checkout"
+                )
+            return await super().run(flow_run, configuration, task_status)
 
 
 def check_worker(pool: str, name: str) -> None:
@@ -76,13 +107,26 @@ def main(argv: list[str] | None = None) -> None:
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    prefect = Path(sys.executable).parent / "prefect"
     print(f"worker {name!r} on pool {args.pool!r}, running flows in {checkout}", flush=True)
-    command = [str(prefect), "worker", "start", "--pool", args.pool, "--type", "process",
-               "--name", name, "--limit", "1"]  # fmt: skip
-    if args.healthcheck:
-        command.append("--with-healthcheck")
-    os.execv(prefect, command)
+    run_worker(args.pool, name, args.healthcheck)
+
+
+def run_worker(pool: str, name: str, healthcheck: bool) -> None:
+    """What `prefect worker start --type process --limit 1` runs, with PinnedProcessWorker,
+    until interrupted (SIGTERM and Ctrl-C stop it as they stop Prefect's)."""
+    from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS, PREFECT_WORKER_PREFETCH_SECONDS
+    from prefect.utilities.processutils import setup_signal_handlers_worker
+
+    setup_signal_handlers_worker(os.getpid(), "the process worker", print)
+    worker = PinnedProcessWorker(
+        name=name, work_pool_name=pool, limit=1,
+        prefetch_seconds=PREFECT_WORKER_PREFETCH_SECONDS.value(),
+        heartbeat_interval_seconds=int(PREFECT_WORKER_HEARTBEAT_SECONDS.value()),
+    )  # fmt: skip
+    try:
+        asyncio.run(worker.start(with_healthcheck=healthcheck, printer=partial(print, flush=True)))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print(f"worker {name!r} stopped", flush=True)
 
 
 if __name__ == "__main__":

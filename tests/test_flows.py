@@ -161,8 +161,10 @@ def test_a_checkout_without_a_git_identity_is_refused_before_anything_runs(flow_
 REFUSED = {
     "+register.new=1": r"^bad parameter override \+register.new=1: params.yaml's keys can be "
     r"set \(KEY=VALUE\), not added \(\+KEY=, \+\+KEY=\) or deleted \(~KEY\)$",
-    "register.nope=1": r"^bad parameter override register.nope=1: params.yaml has no "
-    r"register.nope \(register: model_name, metric, min_delta, confidence\)$",
+    "train.nope=1": r"^bad parameter override train.nope=1: params.yaml has no "
+    r"train.nope \(train: use_tuned, architecture, .*\)$",
+    "register.min_delta=-1": r"^bad parameter override register.min_delta=-1: a run's "
+    r"parameters cannot change register.\*: data comes from the committed params.yaml",
     "train.epochs=abc": r"^bad parameter override train.epochs=abc: params.yaml: "
     r"train.epochs: expected int, got str 'abc'$",
     # would copy a secret of the flow's environment into params.yaml, MLflow and dvc.lock

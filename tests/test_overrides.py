@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from cifar10_mlops.core.errors import PipelineError
-from cifar10_mlops.ops.overrides import apply_params
+from cifar10_mlops.ops.overrides import apply_flow_params, apply_params
 
 pytestmark = pytest.mark.integration
 
@@ -24,4 +24,25 @@ def test_bad_override_leaves_params_unchanged(flow_project):
             apply_params([adds_or_deletes])
     assert Path("params.yaml").read_bytes() == before
     assert Path("params.yaml").stat().st_mtime_ns == written  # not even rewritten
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "download.source=http://evil.example/cifar.tar.gz",
+        "download.checksum=null",
+        "register.min_delta=-1",
+        "register.confidence=0.5",
+    ],
+)
+def test_a_run_cannot_change_its_data_source_or_promotion_rules(flow_project, override):
+    """A flow run's `set_params` (anyone who may start a run sets them) cannot point the run
+    at other data nor lower the bar; publish-data and a commit can."""
+    before = Path("params.yaml").read_bytes()
+    section = override.split(".")[0]
+    with pytest.raises(PipelineError, match=f"a run's parameters cannot change {section}"):
+        apply_flow_params(None, ["train.epochs=2", override])
+    assert Path("params.yaml").read_bytes() == before
+    apply_params([override.replace("-1", "0.01").replace("0.5", "0.9")])  # publish-data's way
+    assert Path("params.yaml").read_bytes() != before
     assert sorted(p.name for p in Path().glob(".params*")) == []

@@ -4,7 +4,8 @@ two workers in two separate checkouts (flows/deploy.py --pool, flows/worker.py).
 A Prefect server, an MLflow server and a DVC remote (a folder) run on this machine. The
 reproduced tiny pipeline pushes its outputs to the remote and is cloned twice; neither clone
 has data, a DVC cache or CIFAR10_SOURCE. Worker A starts and takes run 1; worker B starts while
-it runs and takes run 2, which waits for run 1 (the deployment runs one at a time). Each run
+it runs, and run 2 waits for run 1 (the deployment runs one at a time), then goes to whichever
+worker asks first. Each run
 pulls what it needs from the remote (else its download would fail), retrains, registers in
 the one MLflow server and records a DVC experiment in its own checkout.
 """
@@ -133,10 +134,15 @@ def test_two_workers_in_two_checkouts_retrain_one_at_a_time(
         run1, run2 = runs
         assert run1.end_time <= run2.start_time  # never two retrains at once
 
-        # each ran in its own checkout: its experiment there, pushed to the one origin
-        for checkout, run in ((a, run1), (b, run2)):
-            [name] = run_dvc(checkout, "exp", "list", "--name-only").stdout.split()
-            assert name.endswith(run.name)
+        # each ran in the checkout of the worker that took it (run 2 goes to whichever worker
+        # polls first once run 1 frees the slot): its experiment there, pushed to the one origin
+        took = {w: log.read_text() for w, (_, log) in workers.items()}
+        for run in runs:
+            [worker] = [w for w, said in took.items() if f"Flow run '{run.name}' submitted" in said]
+            checkout = {"a": a, "b": b}[worker]
+            names = run_dvc(checkout, "exp", "list", "--name-only").stdout.split()
+            assert [n for n in names if n.endswith(run.name)], (worker, names)
+        for checkout in (a, b):
             assert git(checkout, "status", "--porcelain", "--untracked-files=no") == ""
         pushed = git(origin, "for-each-ref", "--format=%(refname)", "refs/exps")
         assert run1.name in pushed and run2.name in pushed

@@ -13,14 +13,23 @@ from cifar10_mlops.core.errors import ConfigError, PipelineError
 from cifar10_mlops.core.files import replacing
 
 
-def apply_params(overrides: list[str], params: Path = PARAMS_FILE) -> None:
+# What a flow run's parameters may not change, whoever starts the run: where the data comes
+# from (it comes from the committed params.yaml or `publish-data`) and how a new model is
+# judged for promotion (a run could otherwise train on anyone's data and lower the bar).
+FLOW_LOCKED = ("download", "register")
+
+
+def apply_params(
+    overrides: list[str], params: Path = PARAMS_FILE, locked: tuple[str, ...] = ()
+) -> None:
     """Write `key=value` overrides into params.yaml as `dvc exp run -S` does (same grammar),
     so that dvc.lock records them. Each must set a key params.yaml has, to a value of the type
     and range the config expects, else params.yaml is not touched; the new file replaces it in
-    one step, so a stage reading it meanwhile never sees a half-written one."""
+    one step, so a stage reading it meanwhile never sees a half-written one. Keys in the
+    sections `locked` are refused."""
     from dvc.utils.hydra import apply_overrides
 
-    check_overrides(overrides, yaml.safe_load(params.read_text()))
+    check_overrides(overrides, yaml.safe_load(params.read_text()), locked)
     bad = f"bad parameter override {' '.join(overrides)}"
     with replacing(params) as new:
         shutil.copy(params, new)  # its mode too
@@ -34,10 +43,10 @@ def apply_params(overrides: list[str], params: Path = PARAMS_FILE) -> None:
             raise PipelineError(f"{bad}: {cause}") from None
 
 
-def check_overrides(overrides: list[str], params: dict) -> None:
+def check_overrides(overrides: list[str], params: dict, locked: tuple[str, ...] = ()) -> None:
     """Refuse an override that adds (`+key=`, `++key=`) or deletes (`~key`) a key, names one
-    that params.yaml does not have, or sweeps values: a flow parameter, which anyone allowed
-    to start a run can set, changes values only."""
+    that params.yaml does not have or one in a `locked` section, or sweeps values: a flow
+    parameter, which anyone allowed to start a run can set, changes values only."""
     from dvc.utils.hydra import to_hydra_overrides
     from hydra.core.override_parser.types import OverrideType
     from hydra.errors import OverrideParseException
@@ -59,6 +68,12 @@ def check_overrides(overrides: list[str], params: dict) -> None:
         if "${" in override.input_line:  # ${oc.env:...} would copy the environment into params
             raise PipelineError(f"{bad}: interpolations (${{...}}) are not allowed, only values")
         key = override.key_or_group + (f"@{override.package}" if override.package else "")
+        if key.split(".")[0] in locked:
+            raise PipelineError(
+                f"{bad}: a run's parameters cannot change {key.split('.')[0]}.*: data comes "
+                "from the committed params.yaml or `publish-data`, promotion rules from "
+                "params.yaml as committed"
+            )
         node, at = params, None
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
@@ -74,4 +89,4 @@ def apply_flow_params(epochs: int | None, set_params: list[str] | None) -> None:
     them or, when one is refused, none."""
     overrides = [*(set_params or []), *([f"train.epochs={epochs}"] if epochs is not None else [])]
     if overrides:
-        apply_params(overrides)
+        apply_params(overrides, locked=FLOW_LOCKED)
