@@ -184,3 +184,50 @@ def test_a_killed_runs_folder_is_swept_and_a_reused_pid_collides_with_nothing(
     assert not killed.exists()
     left = sorted(p.name for p in (project / "data").glob(".published-*"))
     assert left == [f".published-{os.getpid()}"]  # not the run's own: that is gone too
+
+
+@pytest.mark.long(seconds=30)
+def test_only_the_publish_commit_is_pushed_never_other_work(checkout, tmp_path):
+    """A commit of the user's own, not pushed yet, must not go to the team's branch with the
+    dataset: publishing is refused until it is pushed (or dropped), then pushes one commit."""
+    project, _ = checkout
+    origin = tmp_path / "origin.git"
+    subprocess.run(["git", "init", "--quiet", "--bare", str(origin)], check=True)
+    branch = git(project, "branch", "--show-current").strip()
+    git(project, "remote", "add", "origin", str(origin))
+    git(project, "push", "--quiet", "--set-upstream", "origin", branch)
+    (project / "NOTES.md").write_text("work in progress\n")
+    git(project, "add", "NOTES.md")
+    git(project, "commit", "--quiet", "-m", "my unfinished work")
+    mine = git(project, "rev-parse", "HEAD").strip()
+    params = (project / "params.yaml").read_text()
+    archive = write_image_archive(tmp_path / "cifar10-v2.tar.gz")
+
+    result = publish(project, archive)
+    assert result.returncode == 1
+    assert error_line(result) == (
+        f"error: 1 commit(s) not pushed to origin/{branch} yet ({mine[:12]}): push or drop "
+        "them first; publish-data pushes its own commit only, and the workers fetch the branch"
+    )
+    unchanged(project, mine, params)
+    assert mine not in git(origin, "rev-list", branch)
+
+    git(project, "reset", "--quiet", "--hard", "HEAD~1")  # the user drops it
+    result = publish(project, archive)
+    assert result.returncode == 0, result.stderr
+    assert f"pushed to origin/{branch}" in result.stdout
+    published = git(project, "rev-parse", "HEAD").strip()
+    assert git(origin, "rev-parse", branch).strip() == published
+
+    # a push the remote refuses: the commit stays here, and --announce pushes it again later
+    hook = origin / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\necho 'refused by policy' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    newer = write_image_archive(tmp_path / "cifar10-v3.tar.gz", train_per_class=3)
+    result = publish(project, newer)
+    assert result.returncode == 1 and "here, but " in error_line(result)
+    hook.unlink()
+    result = publish(project, newer, "--announce")
+    assert result.returncode == 0, result.stderr
+    assert "is already published" in result.stdout and f"pushed to origin/{branch}" in result.stdout
+    assert git(origin, "rev-parse", branch).strip() == git(project, "rev-parse", "HEAD").strip()

@@ -92,8 +92,9 @@ def current_sha256() -> str | None:
     return checksum.removeprefix("sha256:") if checksum.startswith("sha256:") else None
 
 
-def check_ready() -> None:
-    """What publishing needs, checked before anything changes."""
+def check_ready(again: bool = False) -> None:
+    """What publishing needs, checked before anything changes. `again` (--announce) lets
+    HEAD be unpushed when HEAD is the last publication, which it pushes again."""
     if not PARAMS.is_file() or not Path("dvc.yaml").is_file():
         raise PipelineError("run publish-data in the project's root (no params.yaml, dvc.yaml)")
     if not has_commit():
@@ -109,7 +110,31 @@ def check_ready() -> None:
             "no DVC remote: set DVC_REMOTE or a default remote (make remote-local), where "
             "the dataset goes for the team and the retraining workers"
         )
+    ahead = unpushed()
+    last = git("log", "-1", "--format=%H", "--", str(DVC_FILE)).strip() if again else None
+    if ahead and ahead != [last]:
+        raise PipelineError(
+            f"{len(ahead)} commit(s) not pushed to {upstream_branch()[0]} yet "
+            f"({', '.join(c[:12] for c in ahead[:3])}): push or drop them first; publish-data "
+            "pushes its own commit only, and the workers fetch the branch"
+        )
     check_prefect()  # when PREFECT_API_URL is set: the event will reach it
+
+
+def upstream_branch() -> tuple[str, str, str] | None:
+    """(upstream as git names it, remote, its branch) of the current branch, or None."""
+    upstream = git("rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{u}", check=False).strip()
+    if not upstream:
+        return None
+    remote = git("config", f"branch.{git('branch', '--show-current').strip()}.remote").strip()
+    return upstream, remote, upstream.removeprefix(f"{remote}/")
+
+
+def unpushed() -> list[str]:
+    """The commits HEAD has that its upstream branch lacks (none without an upstream)."""
+    if upstream_branch() is None:
+        return []
+    return git("rev-list", "@{u}..HEAD").split()
 
 
 def record(staged: Path, archive: Path, found: dict) -> str:
@@ -152,17 +177,19 @@ def _restore() -> None:
 
 
 def share(commit: str) -> str:
-    """`git push` when the current branch tracks an upstream; what happened, in words."""
-    upstream = git("rev-parse", "--abbrev-ref", "--symbolic-full-name", "@{u}", check=False).strip()
-    if not upstream:
+    """`git push` of `commit` alone (its parent is the upstream's tip: check_ready refused
+    unpushed commits) when the current branch tracks an upstream; what happened, in words."""
+    found = upstream_branch()
+    if found is None:
         return "no upstream branch: the commit stays here (git push it for remote workers)"
-    remote = git("config", f"branch.{git('branch', '--show-current').strip()}.remote").strip()
-    branch = upstream.removeprefix(f"{remote}/")
+    upstream, remote, branch = found
     try:
-        git("push", "--quiet", remote, f"HEAD:{branch}")
-    except PipelineError as exc:
+        git("push", "--quiet", remote, f"{commit}:refs/heads/{branch}")
+    except PipelineError as exc:  # git's own message spans lines
+        reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         raise PipelineError(
-            f"published as commit {commit[:12]} here, but {exc}: push it, and retrain there"
+            f"published as commit {commit[:12]} here, but {reason[:300]}: push it "
+            "(publish-data ARCHIVE --announce), and retrain there"
         ) from None
     return f"pushed to {upstream}"
 
@@ -219,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         help="when it is already published: push and announce it again (after a failed try)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    check_ready()
+    check_ready(again=args.announce)
     check_file(args.archive, args.checksum)
     # data/.published-<pid>-<random>/published (data/.gitignore: /.*-*), locked while this
     # runs: what a killed run left is swept by the next one, and no pid can collide
