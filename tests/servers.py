@@ -89,10 +89,11 @@ def postgres_bin() -> Path | None:
 
 
 @contextmanager
-def postgres_server(user: str, password: str, init_sql: Path):
+def postgres_server(user: str, password: str, init_sql: Path, init_env: dict | None = None):
     """A PostgreSQL server on a free port of 127.0.0.1 with `user`/`password` (password login
-    over TCP, as in the compose stack) and `init_sql` run once; yields its port. As root, the
-    server runs as the `postgres` system user: PostgreSQL refuses to run as root."""
+    over TCP, as in the compose stack) and `init_sql` run once, with `init_env` in psql's
+    environment (as the postgres image's container env); yields its port. As root, the server
+    runs as the `postgres` system user: PostgreSQL refuses to run as root."""
     import pwd
     import shutil
     import tempfile
@@ -125,8 +126,8 @@ def postgres_server(user: str, password: str, init_sql: Path):
         ready = [bindir / "pg_isready", *address]
         wait_for(lambda: subprocess.run(ready, capture_output=True).returncode == 0,
                  "PostgreSQL", server, log, seconds=60)  # fmt: skip
-        subprocess.run([*psql, "-d", "postgres", "-f", init_sql], env=env, check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run([*psql, "-d", "postgres", "-f", init_sql], env={**env, **(init_env or {})},
+                       check=True, capture_output=True)  # fmt: skip
 
         def query(database: str, sql: str) -> list[str]:
             out = subprocess.run([*psql, "-d", database, "-tAc", sql], env=env, check=True,

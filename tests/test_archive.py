@@ -123,3 +123,22 @@ def test_a_stream_over_the_budget_stops_while_it_is_read(tmp_path, monkeypatch):
     with pytest.raises(PipelineError, match=r"a.tar: unpacks to more than 5,000 bytes with its "
                        r"headers"):  # fmt: skip
         extract(archive, tmp_path / "x")
+
+
+@pytest.mark.parametrize(
+    "target, says",
+    [("", "a link with no target"), ("é\x00b", "a NUL byte in its name or link")],  # é: pax
+)
+def test_links_tarfile_cannot_make_are_one_line_not_a_traceback(tmp_path, target, says):
+    """Found by tests/test_properties.py: an empty target made tarfile look the link up in
+    the archive (a RecursionError on a stream), a NUL byte made os.symlink raise ValueError."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        link = tarfile.TarInfo("images/cat.png")
+        link.type, link.linkname = tarfile.SYMTYPE, target
+        tar.addfile(link)
+    archive = tmp_path / "a.tar"
+    archive.write_bytes(buffer.getvalue())
+    with pytest.raises(PipelineError) as err:
+        extract(archive, tmp_path / "out")
+    assert str(err.value) == f"unsafe archive member 'images/cat.png': {says}"

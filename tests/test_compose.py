@@ -8,8 +8,9 @@ from helpers import REPO
 pytestmark = pytest.mark.integration
 
 SERVERS = ("postgres", "minio", "mlflow", "prefect", "retrainer", "retrainer-gpu")
-SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MLFLOW_ADMIN_PASSWORD",
-           "MLFLOW_FLASK_SECRET", "PREFECT_AUTH_STRING")  # fmt: skip
+SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "PREFECT_DB_PASSWORD",
+           "MINIO_ROOT_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SECRET",
+           "PREFECT_AUTH_STRING")  # fmt: skip
 
 
 def secrets(**overrides: str) -> dict[str, str]:
@@ -23,9 +24,7 @@ def folder(tmp_path):
 
 @pytest.fixture
 def stack(folder):
-    return resolved(folder, example_env(**secrets(POSTGRES_PASSWORD="not-a-real-secret")))[
-        "services"
-    ]
+    return resolved(folder, example_env(**secrets()))["services"]
 
 
 def published(port) -> tuple[str, str]:
@@ -42,18 +41,23 @@ def test_the_stack_resolves_with_the_example_env(stack):
     assert not any("not-a-real" in str(arg) for arg in stack["mlflow"]["command"])  # ps shows it
     mlflow = stack["mlflow"]["environment"]
     assert mlflow["MLFLOW_BACKEND_STORE_URI"] == (
-        "postgresql+psycopg://cifar10:not-a-real-secret@postgres:5432/mlflow"
+        "postgresql+psycopg://mlflow:not-a-real-mlflow_db_password@postgres:5432/mlflow"
     )
-    assert mlflow["MLFLOW_AUTH_DATABASE_URI"].endswith("@postgres:5432/mlflow_auth")
+    assert mlflow["MLFLOW_AUTH_DATABASE_URI"] == (
+        "postgresql+psycopg://mlflow:not-a-real-mlflow_db_password@postgres:5432/mlflow_auth"
+    )
     assert mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"] == "not-a-real-mlflow_admin_password"
     artifacts = stack["mlflow"]["command"].index("--artifacts-destination") + 1
     assert stack["mlflow"]["command"][artifacts] == "s3://cifar10-mlops/mlflow"
     prefect = stack["prefect"]["environment"]
     assert prefect["PREFECT_API_DATABASE_CONNECTION_URL"] == (
-        "postgresql+asyncpg://cifar10:not-a-real-secret@postgres:5432/prefect"
+        "postgresql+asyncpg://prefect:not-a-real-prefect_db_password@postgres:5432/prefect"
     )
     assert prefect["PREFECT_SERVER_API_AUTH_STRING"] == "not-a-real-prefect_auth_string"
-    for client in ("retrainer", "retrainer-gpu", "tune-worker", "buckets"):
+    # the database superuser's password only where the roles are made
+    holders = [n for n, svc in stack.items() if "not-a-real-postgres_password" in str(svc)]
+    assert holders == ["postgres"]
+    for client in ("retrainer", "retrainer-gpu"):
         env = stack[client]["environment"]
         assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000", client
         assert env["MLFLOW_TRACKING_PASSWORD"] == mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"], client
@@ -105,6 +109,41 @@ def test_tune_workers_reach_the_chief_and_share_its_state(stack):
     shared = "/app/models/tuner"
     assert any(shared in str(v) for v in worker["volumes"])
     assert any(shared in str(v) for v in chief["volumes"])
+
+
+# Which secrets each service holds (the env its containers get), and no more.
+HOLDS = {
+    "postgres": {"POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "PREFECT_DB_PASSWORD"},
+    "minio": {"MINIO_ROOT_PASSWORD"},
+    "buckets": {"MINIO_ROOT_PASSWORD"},  # it makes the bucket: S3 only
+    "mlflow": {"MLFLOW_DB_PASSWORD", "MINIO_ROOT_PASSWORD", "MLFLOW_ADMIN_PASSWORD",
+               "MLFLOW_FLASK_SECRET"},
+    "prefect": {"PREFECT_DB_PASSWORD", "PREFECT_AUTH_STRING"},
+    "retrainer": {"MLFLOW_ADMIN_PASSWORD", "PREFECT_AUTH_STRING", "MINIO_ROOT_PASSWORD"},
+    "retrainer-gpu": {"MLFLOW_ADMIN_PASSWORD", "PREFECT_AUTH_STRING", "MINIO_ROOT_PASSWORD"},
+    "tune-worker": {"MLFLOW_ADMIN_PASSWORD"},  # its trials are MLflow runs
+}  # fmt: skip
+
+
+def test_each_service_gets_only_the_credentials_it_uses(stack):
+    values = secrets()
+    for name, service in stack.items():
+        text = str(service.get("environment", {})) + str(service.get("command", ""))
+        held = {secret for secret, value in values.items() if value in text}
+        assert held == HOLDS[name], name
+
+
+def test_prefects_api_answers_browsers_of_its_own_ui_only(stack):
+    allowed = stack["prefect"]["environment"]["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"]
+    assert allowed.split(",") == ["http://127.0.0.1:4200", "http://localhost:4200"]
+
+
+def test_the_image_leaves_out_where_the_checkout_came_from():
+    """A remote URL can hold a token (https://token@host/...): .git/config, the reflogs and
+    FETCH_HEAD stay out of the image's layers."""
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    assert {".git/config", ".git/logs/", ".git/FETCH_HEAD"} <= set(ignored)
+    assert "git init --quiet" in (REPO / "Dockerfile").read_text()
 
 
 @pytest.mark.parametrize("missing", SECRETS)

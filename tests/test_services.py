@@ -35,8 +35,10 @@ from servers import start, stop, tail, wait_for
 pytestmark = pytest.mark.integration
 
 PASSWORD = "native-test-secret"
+DB_ROLES = {"mlflow": "MLFLOW_DB_PASSWORD", "prefect": "PREFECT_DB_PASSWORD"}
 SECRETS = {
     "POSTGRES_PASSWORD": PASSWORD, "MINIO_ROOT_PASSWORD": "native-minio-secret",
+    "MLFLOW_DB_PASSWORD": "native-mlflow-db", "PREFECT_DB_PASSWORD": "native-prefect-db",
     "MLFLOW_ADMIN_PASSWORD": "native-mlflow-admin", "MLFLOW_FLASK_SECRET": "native-flask-secret",
     "PREFECT_AUTH_STRING": "native-prefect-auth",
 }  # fmt: skip
@@ -62,10 +64,12 @@ def native(tmp_path):
     )
     services = resolved(project_copy(tmp_path / "stack"), env)["services"]
     with (
-        postgres_server(env["POSTGRES_USER"], PASSWORD, REPO / "docker" / "postgres-init.sql") as (
-            pg_port,
-            query,
-        ),
+        postgres_server(
+            env["POSTGRES_USER"],
+            PASSWORD,
+            REPO / "docker" / "postgres-init.sql",
+            {k: services["postgres"]["environment"][k] for k in DB_ROLES.values()},
+        ) as (pg_port, query),
         s3_server(tmp_path) as s3,  # in place of MinIO, which has no Debian package
     ):
         here = {
@@ -182,6 +186,18 @@ def test_stack_retrains_through_its_worker_with_logins_on_postgres_and_s3(
         "champion",
     ]
     assert native.query("mlflow_auth", "SELECT username FROM users") == ["admin"]
+    # each service its own role, owning its databases only; none a superuser
+    owners = native.query(
+        "postgres", "SELECT datname || ':' || pg_get_userbyid(datdba) FROM pg_database "
+        "WHERE datname IN ('mlflow', 'mlflow_auth', 'prefect') ORDER BY datname",
+    )  # fmt: skip
+    assert owners == ["mlflow:mlflow", "mlflow_auth:mlflow", "prefect:prefect"]
+    crossed = native.query(
+        "postgres", "SELECT has_database_privilege('mlflow', 'prefect', 'CONNECT'), "
+        "has_database_privilege('prefect', 'mlflow', 'CONNECT'), "
+        "(SELECT bool_or(rolsuper) FROM pg_roles WHERE rolname IN ('mlflow', 'prefect'))",
+    )  # fmt: skip
+    assert crossed == ["f|f|f"]
     stored = s3_keys(native.s3, "cifar10-mlops")
     assert any(k.startswith("mlflow/") and k.endswith("/model.keras") for k in stored)
     # the run's outputs went to the DVC remote (the checkout has no git remote: `dvc push`)

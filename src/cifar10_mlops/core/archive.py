@@ -41,6 +41,8 @@ _COMPRESSED = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ\x00": lzma.o
 def check_member(name: str, link: str | None, link_target: str | None, is_special: bool) -> None:
     """Refuse absolute or parent paths, devices, hard links, and symlinks resolving outside
     the archive. `link` is "sym" (target relative to the member's folder), "hard" or None."""
+    if "\x00" in name + (link_target or ""):  # pax headers can hold one; no path can
+        raise PipelineError(f"unsafe archive member {name!r}: a NUL byte in its name or link")
     parts = PurePosixPath(name).parts
     if name.startswith(("/", "\\")) or (parts and parts[0].endswith(":")) or ".." in parts:
         raise PipelineError(f"unsafe archive member {name!r}: path leaves the target folder")
@@ -48,6 +50,8 @@ def check_member(name: str, link: str | None, link_target: str | None, is_specia
         raise PipelineError(f"unsafe archive member {name!r}: device or fifo")
     if link == "hard":  # CIFAR-10 has none; tarfile resolves them by reading every header
         raise PipelineError(f"unsafe archive member {name!r}: hard link to {link_target!r}")
+    if link and not link_target:  # tarfile would try to resolve it inside the archive
+        raise PipelineError(f"unsafe archive member {name!r}: a link with no target")
     if link:
         target = posixpath.normpath(PurePosixPath(name).parent / (link_target or ""))
         if (link_target or "").startswith("/") or target.split("/")[0] == "..":
