@@ -4,6 +4,7 @@ serve, the gate or checkout run other code or restore another state."""
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from urllib.parse import urlparse
@@ -141,27 +142,35 @@ def test_checkout_refuses_a_pipeline_state_that_was_replaced(candidate, tmp_path
     run_register(candidate.params)
     version = mlflow.MlflowClient().get_model_version(NAME, "1")
     where = version.tags[register.PIPELINE_TAG]
-    assert where.endswith(f"/pipeline/{NAME}/v1")
+    assert re.fullmatch(rf"runs:/{version.run_id}/pipeline/{NAME}/v1/[0-9a-f]{{12}}", where)
     state = checkout.fetch_state(version, tmp_path / "as-logged")
     assert (state / "params.yaml").read_bytes() == candidate.params.read_bytes()
     run_folder = local(mlflow.get_run(version.run_id).info.artifact_uri)
-    stored = run_folder / register.state_folder(NAME, 1) / "params.yaml"
+    stored = run_folder / where.split("/", 2)[2] / "params.yaml"  # runs:/<id>/<folder>
     stored.write_text(stored.read_text().replace("epochs:", "epochs: 99 #"))
     with pytest.raises(PipelineError, match=f"{NAME} v1: .* was changed since"):
         checkout.fetch_state(version, tmp_path / "replaced")
 
 
-def test_a_second_registration_of_one_run_keeps_the_first_versions_state(candidate, params_file):
-    """register rerun alone with other register params registers the same run again: each
-    version keeps its own state and record."""
+def test_registering_a_run_again_keeps_each_state_and_its_record(candidate, params_file):
+    """register rerun alone with other register params registers the same run again: as the
+    same version (the state it points to is the new one) or, under another name, as another;
+    every state keeps its own folder and record."""
     candidate(0.6)
     Path("dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
     run_register(candidate.params)
     run_id = json.loads(Path("models/run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient()
+    first = client.get_model_version(NAME, "1").tags[register.PIPELINE_TAG]
+    stricter = params_file(**{"register.min_delta": 0.01})
+    assert run_register(stricter)["version"] == 1  # the same version, another state
+    again = client.get_model_version(NAME, "1")
+    assert again.tags[register.PIPELINE_TAG] != first
+    assert (
+        "min_delta: 0.01" in (checkout.fetch_state(again, Path("s1")) / "params.yaml").read_text()
+    )
     result = run_register(params_file(**{"register.model_name": "other"}))
     assert result["model_name"] == "other" and result["run_id"] == run_id
-    params = mlflow.MlflowClient().get_run(run_id).data.params
-    assert {artifacts.state_key(NAME, 1), artifacts.state_key("other", 1)} <= set(params)
-    for name in (NAME, "other"):
-        version = mlflow.MlflowClient().get_model_version(name, "1")
-        assert checkout.fetch_state(version, Path(f"state-{name}")).is_dir()
+    states = [k for k in client.get_run(run_id).data.params if k.startswith(artifacts.STATE_PARAM)]
+    assert len(states) == 3
+    assert checkout.fetch_state(client.get_model_version("other", "1"), Path("s2")).is_dir()

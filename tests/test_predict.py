@@ -306,3 +306,48 @@ def test_a_broken_link_named_on_the_command_line(tmp_path):
     result = cli("request", "x.png", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: x.png: broken link to {tmp_path}/nowhere.png"
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    """65535 is white and 32896 mid-grey in a 16-bit PNG; converting as Pillow does by default
+    clipped every value over 255 to white."""
+    values = np.full((32, 32), 32896, np.uint16)
+    values[:, 16:] = 65535
+    path = tmp_path / "16bit.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode in image_files.SIXTEEN_BIT
+    pixels = predict.load_image(path, convert=True)
+    assert pixels[16, 4].tolist() == [128, 128, 128] and pixels[16, 28].tolist() == [255, 255, 255]
+    with pytest.raises(PipelineError, match="16-bit grayscale image|integer grayscale image"):
+        predict.load_image(path)
+
+
+def test_transparency_is_composited_on_white(tmp_path):
+    rgba = np.zeros((32, 32, 4), np.uint8)  # black, fully transparent
+    rgba[:, 16:] = [200, 0, 0, 255]  # opaque red on the right
+    path = tmp_path / "a.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    pixels = predict.load_image(path, convert=True)
+    assert pixels[16, 4].tolist() == [255, 255, 255] and pixels[16, 28].tolist() == [200, 0, 0]
+
+
+def test_a_photo_is_read_upright_by_its_exif_orientation(tmp_path):
+    """Stored 40x20 with red on the left and blue on the right, tagged 'rotate 90 degrees
+    clockwise to show' (orientation 6), as phones save portraits: shown, red is on top."""
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20] = [255, 0, 0]
+    stored[:, 20:] = [0, 0, 255]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "portrait.jpg"
+    Image.fromarray(stored).save(path, exif=exif.tobytes(), quality=95)
+    pixels = predict.load_image(path).astype(int)
+    top, bottom = pixels[2, 16], pixels[29, 16]
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0], (top, bottom)
+
+
+def test_a_float_image_is_refused_by_name(tmp_path):
+    path = tmp_path / "depth.tif"
+    Image.fromarray(np.ones((8, 8), np.float32)).save(path)
+    with pytest.raises(PipelineError, match="32-bit float image, whose range is unknown"):
+        predict.load_image(path, convert=True)

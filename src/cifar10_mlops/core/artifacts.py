@@ -24,7 +24,8 @@ from cifar10_mlops.core.files import file_digest
 # Params of the logged model (each `evaluate` logs a new one):
 MODEL_PARAM = "artifacts_sha256"  # its folder: MLmodel, the pyfunc's code, the .keras file
 PREDICTIONS_PARAM = "test_predictions_sha256"  # the test_predictions.npz logged beside it
-# A param of the run per registered version, whose pipeline/<name>/v<version>/ it digests
+# A param of the run per pipeline state registered, named after its folder
+# (pipeline/<name>/v<version>/<digest[:12]>)
 STATE_PARAM = "pipeline_state_sha256"
 # What MLflow itself writes into a model's folder when a models:/ URI is loaded or downloaded
 # (the name and version asked for), in a local store into the stored folder itself: not part
@@ -32,9 +33,9 @@ STATE_PARAM = "pipeline_state_sha256"
 MLFLOW_NOTE = "registered_model_meta"
 
 
-def state_key(name: str, version: str | int) -> str:
-    """The run's param that records the pipeline state of `name` version `version`."""
-    return f"{STATE_PARAM}/{name}/v{version}"
+def state_key(folder: str) -> str:
+    """The run's param that records the digest of the pipeline state logged in `folder`."""
+    return f"{STATE_PARAM}/{folder.split('/', 1)[1]}"
 
 
 def tree_sha256(folder: Path) -> str:

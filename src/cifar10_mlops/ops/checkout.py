@@ -75,14 +75,15 @@ def fetch_state(version, dest: Path) -> Path:
         )
     # Only ever the version's own run: a tag pointing elsewhere (another host, file:///, a
     # foreign run) would send the client's MLflow credentials there or restore a foreign state.
-    own = f"runs:/{version.run_id}/{state_folder(version.name, version.version)}"
-    if where != own:
-        raise PipelineError(f"{label}: its {PIPELINE_TAG} tag is {where!r}, expected {own!r}")
-    client = mlflow.MlflowClient()
-    want = client.get_run(version.run_id).data.params.get(
-        artifacts.state_key(version.name, version.version)
-    )
-    local = artifacts.verified(own, want, dest, label)
+    own = f"runs:/{version.run_id}/{state_folder(version.name, version.version, '')}"
+    digest = where.removeprefix(own)
+    if not (where.startswith(own) and re.fullmatch(r"[0-9a-f]{12}", digest)):
+        raise PipelineError(
+            f"{label}: its {PIPELINE_TAG} tag is {where!r}, expected {own}<12 hex digits>"
+        )
+    want = mlflow.MlflowClient().get_run(version.run_id).data.params
+    folder = where.removeprefix(f"runs:/{version.run_id}/")
+    local = artifacts.verified(where, want.get(artifacts.state_key(folder)), dest, label)
     missing = [n for n in (PARAMS.name, LOCK.name) if not (local / n).is_file()]
     if missing:
         raise PipelineError(f"{label}: {where} lacks {', '.join(missing)}")

@@ -1,8 +1,10 @@
 """Image files as the model's input, for `cifar10-mlops predict` and `request`: files and
 folders collected (links followed, each folder once; broken links, loops and what is not a
 regular file skipped with a warning), each image checked by its header before it is decoded
-(allowed formats only, at most MAX_PIXELS), then cropped to its central square and resized to
-32x32 RGB, as CIFAR-10's images are."""
+(allowed formats only, at most MAX_PIXELS), turned upright by its EXIF orientation, then
+cropped to its central square and resized to 32x32 RGB, as CIFAR-10's images are. Other modes
+are refused by name, or with --convert converted (to_rgb): 16-bit grayscale scaled to 8 bits,
+transparency composited on white; float images are refused."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifar10_mlops.core.dataset import IMAGE_SHAPE
 from cifar10_mlops.core.errors import PipelineError
@@ -22,6 +24,7 @@ SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 # .png would otherwise go to Ghostscript, and other plugins parse other formats.
 FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
 MAX_PIXELS = 64_000_000  # refuse larger images before decoding them (a 8000x8000 photo)
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # "I": how Pillow opens some 16-bit PNGs
 MODES = {
     "1": "black-and-white (1 channel)",
     "L": "grayscale (1 channel)",
@@ -30,6 +33,8 @@ MODES = {
     "RGBA": "RGBA (4 channels)",
     "CMYK": "CMYK (4 channels)",
     "I;16": "16-bit grayscale",
+    "I": "32-bit integer grayscale",
+    "F": "32-bit float grayscale",
 }
 
 
@@ -106,6 +111,25 @@ def load_images(files: list[Path], convert: bool, skip_bad: bool) -> tuple[list[
     return kept, np.stack(images)
 
 
+def to_rgb(image: Image.Image, path: Path) -> Image.Image:
+    """8-bit RGB from another mode: 16-bit grayscale scaled (65535 is white, not every value
+    over 255), transparency composited on white (what it shows on a page), floats refused
+    (their range is unknown)."""
+    if image.mode in SIXTEEN_BIT:
+        values = np.asarray(image, dtype=np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise PipelineError(f"{path}: {image.mode} values outside 0-65535, not an image")
+        gray = np.round(values / 257).astype(np.uint8)
+        return Image.fromarray(gray, "L").convert("RGB")
+    if image.mode == "F":
+        raise PipelineError(f"{path}: 32-bit float image, whose range is unknown; save it as 8-bit")
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def load_image(path: Path, convert: bool = False) -> np.ndarray:
     """One image as uint8 (32, 32, 3): central square crop, then a bicubic resize."""
     if not path.is_file():  # a fifo or device would block the read
@@ -120,6 +144,8 @@ def load_image(path: Path, convert: bool = False) -> np.ndarray:
                     f"{path}: {width}x{height} image is too large "
                     f"(limit {MAX_PIXELS // 1_000_000} megapixels)"
                 )
+            image = ImageOps.exif_transpose(image)  # a photo as it is shown, turned upright
+            width, height = image.size
             if image.mode != "RGB":
                 if not convert:
                     kind = MODES.get(image.mode, f"mode {image.mode}")
@@ -127,7 +153,7 @@ def load_image(path: Path, convert: bool = False) -> np.ndarray:
                         f"{path}: {kind} image, the model takes RGB (3 channels); "
                         "pass --convert to convert it"
                     )
-                image = image.convert("RGB")
+                image = to_rgb(image, path)
             side = min(width, height)
             left, top = (width - side) // 2, (height - side) // 2
             image = image.resize(

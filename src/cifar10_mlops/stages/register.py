@@ -25,10 +25,11 @@ the test digest, and `replaced_by` on a champion that lost its alias) and in its
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 from dataclasses import asdict
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from cifar10_mlops.training import gate
 from cifar10_mlops.core import artifacts, metric_names, tracking
@@ -42,8 +43,7 @@ from cifar10_mlops.core.splits import load_split
 from cifar10_mlops.core.stage import run_stage, stage_parser
 
 CHAMPION, CHALLENGER = tracking.CHAMPION, tracking.CHALLENGER  # short names in this module
-# Where each version's params.yaml, dvc.lock and registry.json go in its run, and the version
-# tag that points there (read by checkout.py).
+# Where each version's pipeline state goes in its run, and the tag pointing there (checkout)
 PIPELINE_ARTIFACTS, PIPELINE_TAG = "pipeline", "pipeline_state"
 DVC_YAML = Path("dvc.yaml")
 # Test metrics copied into version tags; `register.metric` is one of them.
@@ -51,10 +51,8 @@ METRICS = gate.METRICS
 
 
 def lock_digest(path: Path, stage: str = "register") -> str:
-    """sha256 of dvc.lock's entries for every stage but `stage`, as canonical JSON.
-
-    It identifies the upstream stages' inputs and outputs, and unlike the file's own hash it
-    does not change when DVC records this stage in the same file."""
+    """sha256 of dvc.lock's entries for every stage but `stage`, as canonical JSON: the
+    upstream stages' inputs and outputs, unchanged when DVC records this stage in the file."""
     import yaml
 
     if not path.is_file():
@@ -159,11 +157,10 @@ def _move_aliases(client, name: str, version: str, champion, promoted: bool) -> 
 
 def _entry(cfg, version: str, run_id: str, metrics: dict, champion, promoted, reason) -> dict:
     """registry.json's fields about the version and the aliases."""
-    name = cfg.model_name
     return {
-        "model_name": name,
+        "model_name": cfg.model_name,
         "version": int(version),
-        "model_uri": f"models:/{name}/{version}",
+        "model_uri": f"models:/{cfg.model_name}/{version}",
         "run_id": run_id,
         "aliases": [CHAMPION, CHALLENGER] if promoted else [CHALLENGER],
         "promoted": promoted,
@@ -217,31 +214,35 @@ def _version_of(client, name: str, run_id: str, metrics: dict, lineage: dict[str
         raise PipelineError(f"cannot register the model of run {run_id}: {exc.message}") from None
 
 
-def state_folder(name: str, version: str | int) -> str:
-    """Where in its run a version's pipeline state is logged: one folder per version, since
-    a run can be registered again (register rerun alone) with other params."""
-    return f"{PIPELINE_ARTIFACTS}/{name}/v{version}"
+def state_folder(name: str, version: str | int, digest: str) -> str:
+    """A folder per version and state (its digest's first 12 hex digits): register rerun
+    alone (other register params) registers the run again, as this version or another."""
+    return f"{PIPELINE_ARTIFACTS}/{name}/v{version}/{digest[:12]}"
 
 
 def keep_pipeline_state(result: dict, params: Path, lock: Path, outputs: list[Path]) -> None:
-    """Log params.yaml, dvc.lock (every stage before this one, as DVC recorded them) and the
-    uncached outputs (under `outputs/<their path>`) into the version's run under
-    state_folder(), record their digest as a param of the run (core/artifacts.py) and tag the
-    version with where: `cifar10-mlops checkout <model URI>` restores the workspace from them
-    and the DVC cache or remote."""
+    """Log params.yaml, dvc.lock (the stages before this one) and the uncached outputs (under
+    `outputs/<their path>`) into the version's run under state_folder(), record their digest
+    as the run's param artifacts.state_key() and tag the version with where: `cifar10-mlops
+    checkout <model URI>` checks and restores the workspace from them."""
     import mlflow
 
     client = mlflow.MlflowClient()
     run_id, name, version = result["run_id"], result["model_name"], result["version"]
-    folder = state_folder(name, version)
-    places = {p: str(PurePosixPath(folder, "outputs", p.parent.as_posix())) for p in outputs}
-    for path, where in {params: folder, lock: folder, **places}.items():
-        if path.is_file():
-            client.log_artifact(run_id, str(path), where)
-    uri = f"runs:/{run_id}/{folder}"
     with tempfile.TemporaryDirectory(prefix="cifar10-state-") as tmp:
-        stored = artifacts.download(uri, Path(tmp), f"{name} v{version}")
-        client.log_param(run_id, artifacts.state_key(name, version), artifacts.tree_sha256(stored))
+        state = Path(tmp) / "state"
+        places = {params: "params.yaml", lock: "dvc.lock"}  # the names checkout restores
+        for path in [params, lock, *outputs]:
+            if path.is_file():
+                copy = state / places.get(path, Path("outputs", path))
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, copy)
+        digest = artifacts.tree_sha256(state)
+        folder = state_folder(name, version, digest)
+        client.log_artifacts(run_id, str(state), folder)
+        uri = f"runs:/{run_id}/{folder}"
+        artifacts.verified(uri, digest, Path(tmp) / "stored", f"{name} v{version}")
+    client.log_param(run_id, artifacts.state_key(folder), digest)
     client.set_model_version_tag(name, version, PIPELINE_TAG, uri)
 
 
