@@ -11,7 +11,7 @@ import yaml
 
 from cifar10_mlops.ops import backlog, publish
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.extended]  # a Prefect server each, a minute
 
 
 @pytest.fixture

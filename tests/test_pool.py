@@ -55,6 +55,7 @@ def test_a_worker_refuses_runs_that_set_its_command_environment_or_folder():
 
 
 @pytest.mark.integration
+@pytest.mark.extended  # a Prefect server and a deployment: a minute
 def test_the_pools_template_pins_the_command_environment_and_folder(prefect_server, project):
     """A pool made by an older release (Prefect's default template) is pinned when the
     deployment goes to it; the server then refuses runs that set those job variables."""
