@@ -278,6 +278,17 @@ def ran(result: subprocess.CompletedProcess | str) -> list[str]:
     return [line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")]
 
 
+def deploy_to_pool(project: Path, env: dict, pool: str = "cpu") -> str:
+    """`python -m flows.deploy --pool POOL` in `project` with `env` (a Prefect server's);
+    fails the test unless it succeeds, and returns what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.deploy", "--pool", pool], cwd=project, env=env,
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
 def run_dvc(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`dvc <args>` in `project` with the venv's `python` first on PATH, as `make` runs it;
     fails the test unless it succeeds."""

@@ -2,14 +2,13 @@
 deployment on a pool no worker serves, so that every run waits: the same dataset announced
 again starts nothing, and at most MAX_WAITING published-data runs wait after a run starts."""
 
-import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 
 from cifar10_mlops.ops import backlog, publish
+from helpers import deploy_to_pool
 
 pytestmark = [pytest.mark.integration, pytest.mark.extended]  # a Prefect server each, a minute
 
@@ -20,11 +19,7 @@ def deployed(prefect_server, project):
     from prefect import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    done = subprocess.run(
-        [sys.executable, "-m", "flows.deploy", "--pool", "cpu"], cwd=project,
-        env=prefect_server, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    deploy_to_pool(project, prefect_server)
     name = yaml.safe_load((project / "params.yaml").read_text())["retrain"]["deployment"]
     with (
         temporary_settings({PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}),

@@ -5,7 +5,6 @@ test_workers.py."""
 
 import asyncio
 import subprocess
-import sys
 import uuid
 
 import pytest
@@ -13,7 +12,7 @@ import yaml
 
 from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.ops.pool import CHECKOUT_VAR, enter_checkout
-from helpers import REPO
+from helpers import REPO, deploy_to_pool
 from servers import BIN
 
 
@@ -71,12 +70,8 @@ def test_the_pools_template_pins_the_command_environment_and_folder(prefect_serv
         get_client(sync_client=True) as client,
     ):
         client.create_work_pool(WorkPoolCreate(name="cpu", type="process"))
-        deployed = subprocess.run(
-            [sys.executable, "-m", "flows.deploy", "--pool", "cpu"], cwd=project, env=env,
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        assert "job template now pins command, env, working_dir" in deployed.stdout
+        said = deploy_to_pool(project, env)
+        assert "job template now pins command, env, working_dir" in said
         assert client.read_work_pool("cpu").base_job_template == pinned_template()
 
     name = yaml.safe_load((project / "params.yaml").read_text())["retrain"]["deployment"]

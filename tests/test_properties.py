@@ -110,13 +110,15 @@ BODIES = st.one_of(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The model server's app (serve: MLflow's scoring app behind limits.py) around the real
-    pyfunc of serving/pyfunc.py and a small untrained network."""
+    pyfunc of serving/pyfunc.py and a small untrained network; `.plain`: the same without the
+    fast path for integer pixels (batch.py)."""
     import mlflow
     from mlflow.pyfunc import scoring_server
     from starlette.testclient import TestClient
 
     from cifar10_mlops.serving import pyfunc
     from cifar10_mlops.serving.limits import limit_requests
+    from cifar10_mlops.serving.server import build_app
     from cifar10_mlops.training.model import build_model
 
     folder = tmp_path_factory.mktemp("served")
@@ -128,8 +130,12 @@ def server(tmp_path_factory):
         folder / "pyfunc", python_model=pyfunc.__file__,
         artifacts={pyfunc.KERAS_ARTIFACT: str(folder / "model.keras")},
     )  # fmt: skip
-    app = limit_requests(scoring_server.init(mlflow.pyfunc.load_model(folder / "pyfunc")), 60)
-    with TestClient(app, raise_server_exceptions=False) as client:
+    model = mlflow.pyfunc.load_model(folder / "pyfunc")
+    plain = limit_requests(scoring_server.init(model), 60)  # every body parsed by MLflow
+    with (
+        TestClient(build_app(model), raise_server_exceptions=False) as client,
+        TestClient(plain, raise_server_exceptions=False) as client.plain,
+    ):
         yield client
 
 
@@ -148,6 +154,43 @@ def test_any_request_body_is_answered_or_refused_with_a_4xx(server, body, conten
     else:
         assert answer.text and "Traceback" not in answer.text
     assert server.get("/ping").status_code == 200  # and it keeps serving
+
+
+IMAGE_BODIES = st.builds(
+    lambda seed, n, indent, compact: json.dumps(
+        {"inputs": np.random.default_rng(seed).choice([0, 7, 10, 99, 100, 255], (n, 32, 32, 3))
+         .tolist()},
+        indent=indent, separators=(",", ":") if compact else None,
+    ).encode(),
+    st.integers(0, 2**32), st.integers(1, 2), st.none() | st.integers(0, 2), st.booleans(),
+)  # fmt: skip
+EDITS = st.lists(
+    st.tuples(st.sampled_from(["insert", "delete", "replace"]), st.integers(0, 2**20),
+              st.sampled_from(list(b"0123456789 \n,[]-.e\"x{}"))),
+    max_size=3,
+)  # fmt: skip
+
+
+def edited(body: bytes, edits) -> bytes:
+    for action, at, char in edits:
+        at %= len(body)
+        tail = body[at + (action != "insert") :]
+        body = body[:at] + (b"" if action == "delete" else bytes([char])) + tail
+    return body
+
+
+@EXAMPLES
+@given(body=IMAGE_BODIES, edits=EDITS)
+def test_the_fast_path_answers_as_mlflow_does(server, body, edits):
+    body = edited(body, edits)
+    fast = server.post("/invocations", content=body, headers={"Content-Type": "application/json"})
+    plain = server.plain.post(
+        "/invocations", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert fast.status_code == plain.status_code, (fast.text[:300], plain.text[:300])
+    if fast.status_code == 200:
+        predictions = [np.asarray(answer.json()["predictions"]) for answer in (fast, plain)]
+        np.testing.assert_allclose(*predictions, atol=1e-6)
 
 
 # --- archives -----------------------------------------------------------------------------

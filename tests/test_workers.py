@@ -19,7 +19,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from helpers import git, place_store, run_dvc
+from helpers import deploy_to_pool, git, place_store, run_dvc
 from servers import mlflow_server, start, stop, tail, wait_for
 
 pytestmark = pytest.mark.integration
@@ -54,12 +54,7 @@ def deployed_pool(prefect_server, origin, tmp_path, migrated_store, **extra):
         env["PREFECT_WORKER_QUERY_SECONDS"] = "2"  # workers poll every 2 s, not 10
         for name in ("CIFAR10_SOURCE", "DVC_REMOTE", "MLFLOW_TRACKING_USERNAME"):
             env.pop(name, None)
-        deployed = subprocess.run(
-            [sys.executable, "-m", "flows.deploy", "--pool", "cpu"], cwd=a, env=env,
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        assert "created process work pool 'cpu'" in deployed.stdout
+        assert "created process work pool 'cpu'" in deploy_to_pool(a, env)
         yield a, b, remote, url, env
 
 

@@ -16,18 +16,25 @@ its request timeout, or grow by GBs:
   get HTTP 503 with Retry-After, at once. /ping, /health and /version take no slot, so they
   answer while the server is busy;
 - the model (pyfunc.py) refuses more than MAX_IMAGES images a request, or any other shape than
-  (n, 32, 32, 3), with HTTP 400, so a request's prediction is bounded too.
+  (n, 32, 32, 3), with HTTP 400, so a request's prediction is bounded too;
+- a body of the documented form (integer pixels, batch.py) is parsed in C loops and predicted
+  here, answered as MLflow answers: MLflow's json.loads held Python's GIL for seconds, so /ping
+  waited as long. Any other body goes to MLflow.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import logging
 import math
 import re
 
 import numpy as np
+from mlflow.exceptions import MlflowException
 
+from cifar10_mlops.serving.batch import pixel_batch
 from cifar10_mlops.serving.pyfunc import IMAGE_SHAPE, MAX_IMAGES
 
 # Bytes a request's body may have: an image is at most 17,472 bytes of JSON (every pixel "255, ",
@@ -120,10 +127,13 @@ class Slots:
         self.held -= 1
 
 
-def limit_requests(app, timeout: float, max_bytes: int = MAX_BODY_BYTES, body_timeout=None):
+def limit_requests(
+    app, timeout: float, max_bytes: int = MAX_BODY_BYTES, body_timeout=None, predict=None
+):
     """The ASGI app `app` behind the limits above: each HTTP request's body is read first, never
     more than `max_bytes` of it, within `body_timeout` seconds (default BODY_TIMEOUT, at most
-    `timeout`), checked, then handed to `app` whole; `timeout` is MLflow's request timeout."""
+    `timeout`), checked, then handed to `app` whole, or, if it is a batch of integer pixels and
+    `predict` (the model's) is given, predicted here; `timeout` is MLflow's request timeout."""
     body_timeout = min(timeout, BODY_TIMEOUT if body_timeout is None else body_timeout)
     reading, busy = Slots(MAX_READING), Slots(MAX_BUSY)
 
@@ -156,7 +166,13 @@ def limit_requests(app, timeout: float, max_bytes: int = MAX_BODY_BYTES, body_ti
         if not busy.take():
             return await _refuse(send, 503, f"busy: {MAX_BUSY} requests being predicted; retry")
         try:
-            await app(scope, _replay(body, receive), send)
+            images = None
+            if predict is not None and _plain_json(scope):
+                images = await asyncio.to_thread(pixel_batch, body)
+            if images is None:
+                await app(scope, _replay(body, receive), send)
+            else:
+                await _predicted(send, predict, images, timeout)
         finally:
             busy.give()
 
@@ -200,6 +216,40 @@ _SINGLE = (b"content-type", b"content-length", b"transfer-encoding")  # one of e
 def _is_json(scope) -> bool:
     content_type = dict(scope["headers"]).get(b"content-type", b"")
     return content_type.lower().startswith(b"application/json")
+
+
+def _plain_json(scope) -> bool:
+    """Whether the Content-Type is JSON with no parameter but charset=utf-8, which MLflow takes
+    as it is (it answers others with 415)."""
+    kind, *parameters = dict(scope["headers"])[b"content-type"].lower().split(b";")
+    return kind.strip() == b"application/json" and all(
+        parameter.replace(b" ", b"") == b"charset=utf-8" for parameter in parameters
+    )
+
+
+_FAILED = "Encountered an unexpected error while evaluating the model."
+
+
+async def _predicted(send, predict, images: np.ndarray, timeout: float) -> None:
+    """Answer with the predictions of `images`, or the error, as MLflow's scoring app does."""
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+
+    try:
+        predictions = await asyncio.wait_for(asyncio.to_thread(predict, images), timeout)
+        answer = io.StringIO()
+        predictions_to_json(predictions, answer)
+        status, body = 200, answer.getvalue().encode()
+    except TimeoutError:
+        status, body = 504, b"Request processing time exceeded limit"  # MLflow's words
+    except MlflowException as exc:
+        status, body = exc.get_http_status_code(), exc.serialize_as_json().encode()
+    except Exception:  # as MLflow: logged, and a 400 without the traceback's text
+        logging.getLogger(__name__).exception("the model failed on %s", images.shape)
+        status, body = 400, MlflowException.invalid_parameter_value(_FAILED).serialize_as_json()
+        body = body.encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _replay(body: bytes, receive):

@@ -76,12 +76,17 @@ _TOO_SLOW += b"content-length: %d\r\n\r\n%s" % (len(_TOO_SLOW_TEXT), _TOO_SLOW_T
 def serve(model_uri: str, host: str, port: int) -> None:
     """Serve `model_uri` at http://host:port/invocations behind the limits, until interrupted."""
     import uvicorn
+
+    uvicorn.run(build_app(load_model(model_uri)), host=host, port=port, http=GuardedProtocol)
+
+
+def build_app(model):
+    """The ASGI app serving the pyfunc `model`: MLflow's scoring app behind the limits, with
+    bodies of integer pixels predicted by the limits' fast path."""
     from mlflow.pyfunc import scoring_server
 
-    app = scoring_server.init(load_model(model_uri))  # reads the timeout too
-    uvicorn.run(
-        limit_requests(app, REQUEST_TIMEOUT.get()), host=host, port=port, http=GuardedProtocol
-    )
+    app = scoring_server.init(model)  # reads the timeout too
+    return limit_requests(app, REQUEST_TIMEOUT.get(), predict=model.predict)
 
 
 def main(argv: list[str] | None = None) -> None:
