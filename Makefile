@@ -247,9 +247,12 @@ MODEL_URI ?= $$($(BIN)/python -c 'from cifar10_mlops.core import settings, track
   print(tracking.champion_uri(settings.load_params().register.model_name))')
 # MLflow's scoring app with request limits (docs/limits.md), not `mlflow models serve`.
 SERVE_PORT ?= 5001
+# How often the server asks which version the alias names, to serve it (0: never).
+SERVE_RELOAD_SECONDS ?= 30
 serve-model: $(STAMP)  ## serve MODEL_URI (default: the champion) at http://127.0.0.1:5001/invocations (SERVE_PORT)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE_URI)} \
-	  $(BIN)/cifar10-mlops serve --model "$(MODEL_URI)" --host 127.0.0.1 --port $(SERVE_PORT)
+	  $(BIN)/cifar10-mlops serve --model "$(MODEL_URI)" --host 127.0.0.1 --port $(SERVE_PORT) \
+	  --reload-seconds $(SERVE_RELOAD_SECONDS)
 
 # Keras Tuner's distributed mode: `KERASTUNER_TUNER_ID=chief dvc repro tune` serves the search,
 # each worker runs trials (KERASTUNER_ORACLE_IP/PORT reach the chief; the --state folder and the

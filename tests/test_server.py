@@ -17,6 +17,7 @@ import pytest
 
 from cifar10_mlops.stages import register
 from cifar10_mlops.serving import limits, pyfunc as serving, server as serve
+from cifar10_mlops.serving.predict import Source
 from cifar10_mlops.core.health import answers
 from helpers import make_images, stage_args
 from servers import BIN, env_with_bin, free_port, start, stop, wait_for
@@ -222,10 +223,12 @@ def test_serve_runs_mlflows_app_behind_the_limits_with_mlflows_timeout(monkeypat
     from mlflow.pyfunc import scoring_server
 
     ran = {}
-    model = SimpleNamespace(predict=lambda images: images.sum(axis=(1, 2, 3))[:, None])
+    tenth = SimpleNamespace(predict=lambda images, params=None: np.full((len(images), 10), 0.1))
     monkeypatch.setenv("MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT", "1")
-    monkeypatch.setattr(serve, "load_model", lambda uri: ran.update(uri=uri) or model)
-    monkeypatch.setattr(scoring_server, "init", lambda served: served is model and echo)
+    monkeypatch.setattr(
+        serve, "load_resolved", lambda uri: ran.update(uri=uri) or (tenth, Source(uri, uri))
+    )
+    monkeypatch.setattr(scoring_server, "init", lambda model: model.current[0] is tenth and echo)
     monkeypatch.setattr(uvicorn, "run", lambda app, **options: ran.update(app=app, **options))
     serve.main(["--model", "models:/m@champion", "--port", "5999"])
     assert ran.pop("uri") == "models:/m@champion"
@@ -233,7 +236,7 @@ def test_serve_runs_mlflows_app_behind_the_limits_with_mlflows_timeout(monkeypat
     assert ran == {"host": "127.0.0.1", "port": 5999, "http": serve.GuardedProtocol}
     assert call(app, [b'{"inputs": [1]}'], JSON) == (200, {"size": 15}, 1)  # to MLflow's app
     pixels = images_json(2, 1)  # the fast path (batch.py): the model's own predict
-    assert call(app, [pixels], JSON) == (200, {"predictions": [[3072], [3072]]}, 1)
+    assert call(app, [pixels], JSON) == (200, {"predictions": [[0.1] * 10] * 2}, 1)
     status, answer, _ = call(app, [b"0"] * 100, JSON, pause=0.2)
     assert status == 408 and "after 1 s" in answer["message"]
 

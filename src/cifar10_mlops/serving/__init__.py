@@ -1,3 +1,4 @@
 """A registered model in use: pyfunc (the MLflow model `evaluate` logs), server
-(`cifar10-mlops serve`, MLflow's scoring app behind limits, with batch, its fast path for
-integer pixels) and predict (`cifar10-mlops predict`)."""
+(`cifar10-mlops serve`: MLflow's scoring app behind limits, with batch, its fast path for
+integer pixels, metrics at /metrics, and champion, the alias followed) and predict
+(`cifar10-mlops predict`)."""

@@ -1,6 +1,7 @@
 """`cifar10-mlops serve`: a model behind MLflow's own scoring app (the app `mlflow models serve`
-runs: /invocations, /ping, /health, /version), behind the request limits of limits.py and two
-guards on connections that uvicorn lacks:
+runs: /invocations, /ping, /health, /version), behind the request limits of limits.py, with
+GET /metrics (metrics.py), the model an alias names followed (champion.py), and two guards on
+connections that uvicorn lacks:
 
 - at most MAX_OPEN connections at once; more are closed unanswered;
 - a connection that has not sent a request's headers HEADER_TIMEOUT seconds after it opened (or
@@ -20,8 +21,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cifar10_mlops.core import tracking
 from cifar10_mlops.core.settings import PARAMS_FILE, load_params
+from cifar10_mlops.serving.champion import Champion
 from cifar10_mlops.serving.limits import limit_requests
-from cifar10_mlops.serving.predict import load_model
+from cifar10_mlops.serving.metrics import Metrics, observe
+from cifar10_mlops.serving.predict import load_resolved
 
 MAX_OPEN = 64
 HEADER_TIMEOUT = 10.0  # seconds
@@ -73,20 +76,46 @@ _TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\nconnec
 _TOO_SLOW += b"content-length: %d\r\n\r\n%s" % (len(_TOO_SLOW_TEXT), _TOO_SLOW_TEXT)
 
 
-def serve(model_uri: str, host: str, port: int) -> None:
-    """Serve `model_uri` at http://host:port/invocations behind the limits, until interrupted."""
+def serve(model_uri: str, host: str, port: int, reload_seconds: float = 30.0) -> None:
+    """Serve `model_uri` at http://host:port/invocations behind the limits, following its
+    alias every `reload_seconds` (0: never), until interrupted."""
     import uvicorn
 
-    uvicorn.run(build_app(load_model(model_uri)), host=host, port=port, http=GuardedProtocol)
+    metrics = Metrics()
+    champion = Champion(model_uri, metrics, load=load_resolved)
+    stop = champion.follow(reload_seconds)
+    try:
+        app = build_app(champion, metrics)
+        uvicorn.run(app, host=host, port=port, http=GuardedProtocol)
+    finally:
+        stop.set()
 
 
-def build_app(model):
-    """The ASGI app serving the pyfunc `model`: MLflow's scoring app behind the limits, with
-    bodies of integer pixels predicted by the limits' fast path."""
+def build_app(model, metrics: Metrics | None = None):
+    """The ASGI app serving the pyfunc `model` (or a Champion): MLflow's scoring app behind the
+    limits, with bodies of integer pixels predicted by the limits' fast path, every request
+    counted and timed (GET /metrics), and a Champion's /version naming the model it serves."""
     from mlflow.pyfunc import scoring_server
 
     app = scoring_server.init(model)  # reads the timeout too
-    return limit_requests(app, REQUEST_TIMEOUT.get(), predict=model.predict)
+    app = limit_requests(app, REQUEST_TIMEOUT.get(), predict=model.predict)
+    if isinstance(model, Champion):
+        app = _answer_version(app, model)
+    return observe(app, metrics or Metrics())
+
+
+def _answer_version(app, champion: Champion):
+    """`app`, with GET /version answered by what `champion` serves."""
+
+    async def versioned(scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/version":
+            return await app(scope, receive, send)
+        body = champion.version()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return versioned
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -100,6 +129,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--params", type=Path, default=PARAMS_FILE)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("-p", "--port", type=int, default=5001)
+    parser.add_argument(
+        "--reload-seconds", type=_seconds, default=30.0, metavar="S",
+        help="ask the registry every S seconds which version the alias names, and serve it "
+        "(default 30; 0: never)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     uri = args.model or tracking.champion_uri(load_params(args.params).register.model_name)
-    serve(uri, args.host, args.port)
+    serve(uri, args.host, args.port, args.reload_seconds)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:  # nan too
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds from 0 to 86400")
+    return value
