@@ -131,9 +131,10 @@ TEST_WORKERS ?= 4
 test: $(STAMP)  ## the offline test suite (tiny synthetic data), TEST_WORKERS in parallel
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxschedchunk 1 --durations=15
 
-# What `make test` leaves out to stay within minutes: servers killed mid-run, workers dying
-# mid-search, a search killed under `dvc repro`. CI runs it after `make test`.
-test-extended: $(STAMP)  ## fault-injection and multi-process tests (minutes each), in parallel
+# What `make test` leaves out to stay within 8 minutes: the tests of a minute or more (servers
+# killed mid-run, workers dying mid-search, whole pipeline runs, retrains and rebuilds). CI runs
+# it after `make test`.
+test-extended: $(STAMP)  ## the tests of a minute or more (fault injection, whole pipelines), in parallel
 	$(BIN)/python -m pytest -m extended -n $(TEST_WORKERS) --maxschedchunk 1
 
 test-slow: $(STAMP)  ## tests that need the full dataset or minutes of training

@@ -71,6 +71,7 @@ def tamper(version: int) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.extended  # a model server and three registrations: 1 min alone
 @pytest.mark.long(seconds=60)
 def test_a_promotion_is_served_without_a_failed_request_and_a_bad_one_is_not(candidate, tmp_path):
     assert registered(candidate, 0.5)["champion"] == 1

@@ -11,7 +11,8 @@ import yaml
 from helpers import error_line, run_dvc
 from servers import BIN, env_with_bin
 
-pytestmark = pytest.mark.integration
+# Each test restores a state of the tiny pipeline after a retrain: 20 min in all.
+pytestmark = [pytest.mark.integration, pytest.mark.extended]
 
 MODEL = "cifar10-cnn"
 

@@ -37,6 +37,7 @@ def until_ended(read, served, log, seconds: float = 420) -> list:
         time.sleep(2)
 
 
+@pytest.mark.extended  # a Prefect server, a served flow and its runs: 4.5 min
 def test_served_deployment_is_scheduled_limited_to_one_and_runs(
     prefect_server, reproduced, tmp_path
 ):

@@ -31,6 +31,7 @@ def logged_run(project) -> dict:
     return json.loads((project / "models" / "run.json").read_text())
 
 
+@pytest.mark.extended  # a training on two devices: 1 min
 def test_two_logical_devices_train_under_mirrored_strategy(
     in_project, prepared, params_file, run_module
 ):
@@ -52,6 +53,7 @@ def test_two_logical_devices_train_under_mirrored_strategy(
     assert probs.shape == (3, 10) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
 
 
+@pytest.mark.extended  # a training: 1 min
 def test_single_device_is_the_default_strategy(in_project, prepared, params_file, run_module):
     result = run_train(run_module, in_project, params_file, **{"train.epochs": 1})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -64,6 +66,7 @@ def test_single_device_is_the_default_strategy(in_project, prepared, params_file
 # partial batch with the loss scale never lowered. Epochs now drop the partial batch (as
 # airbench does), and a NaN loss stops training with an error (callbacks.StopOnDivergence), so this
 # is an ordinary test again (it passed in each of the 5 runs since).
+@pytest.mark.extended  # two trainings: 2 min
 @pytest.mark.parametrize("replicas", ["1", "2"])
 def test_mixed_precision_training_saves_a_float32_model(
     in_project, prepared, params_file, run_module, replicas
@@ -90,6 +93,7 @@ def test_mixed_precision_training_saves_a_float32_model(
     assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
 
 
+@pytest.mark.extended  # a training process per case: 45 s
 @pytest.mark.parametrize("value", ["two", "1000000"])
 def test_a_bad_replica_count_is_a_one_line_error(
     in_project, prepared, params_file, run_module, value

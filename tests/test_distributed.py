@@ -134,6 +134,7 @@ def test_a_worker_without_the_oracle_address_is_a_one_line_error(in_project, pre
     )
 
 
+@pytest.mark.extended  # a training process per case: 1 min
 @pytest.mark.parametrize("port", ["http", "70000"])
 def test_a_bad_oracle_port_is_a_one_line_error(in_project, prepared, run_module, port):
     env = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}

@@ -122,6 +122,7 @@ def write_model_run(in_project, model) -> None:
     history.write_text("epoch,loss,accuracy,val_loss,val_accuracy,learning_rate\n")
 
 
+@pytest.mark.extended  # an evaluate process per case: 1 min
 @pytest.mark.parametrize(
     ("make", "message"),
     [

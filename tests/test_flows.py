@@ -55,6 +55,7 @@ def report_markdown() -> str:
         return artifact.data
 
 
+@pytest.mark.extended  # the tiny pipeline as a flow run: 5 min
 def test_flow_runs_each_stage_as_a_task_records_an_experiment_and_leaves_dvc_clean(
     harness, reproduced_flow_project, monkeypatch
 ):
@@ -174,6 +175,7 @@ REFUSED = {
 }
 
 
+@pytest.mark.extended  # a flow project per case: 3 min
 @pytest.mark.parametrize("override", REFUSED)
 def test_flow_run_with_a_refused_override_fails_and_leaves_params(harness, flow_project, override):
     before, written = Path("params.yaml").read_bytes(), Path("params.yaml").stat().st_mtime_ns

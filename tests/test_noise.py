@@ -18,6 +18,7 @@ def search_learning_rate(params_file, low: float, high: float, **overrides) -> d
     return json.loads(Path("models/best_hparams.json").read_text())
 
 
+@pytest.mark.extended  # a search of trained trials: 1.5 min
 def test_tied_trials_keep_trains_values(in_project, prepared, params_file, capsys):
     """Every trial within 1 % of train's learning rate: whatever trial scores best, the check
     trains both at the trial budget, finds no gain beyond noise and keeps train's values."""
@@ -45,6 +46,7 @@ def test_tied_trials_keep_trains_values(in_project, prepared, params_file, capsy
     assert run.data.params["train.learning_rate"] == "0.001"
 
 
+@pytest.mark.extended  # a search of trained trials: 2 min
 def test_a_clearly_better_value_is_adopted(in_project, params_file):
     """train's learning rate mis-set to 1e-7 (nothing is learnt in two epochs): the search's
     rates learn, and the check adopts them with the numbers behind it. On 60 images per class

@@ -96,6 +96,7 @@ def test_dvc_repro_end_to_end(reproduced, reproduced_once):
     assert ran(again) == [] and "Data and pipelines are up to date" in again.stdout
 
 
+@pytest.mark.extended  # dvc repro three times: 3 min
 def test_a_changed_param_reruns_only_the_stages_it_feeds(retrained, retrained_once):
     pipeline = retrained  # train.epochs 1 -> 2, then `dvc repro`
     params = yaml.safe_load((pipeline / "params.yaml").read_text())

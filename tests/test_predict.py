@@ -150,6 +150,7 @@ def test_a_run_or_a_folder_is_no_registered_version(champion, capsys):
         assert capsys.readouterr().out.splitlines()[0] == f"model: {uri} {named}"
 
 
+@pytest.mark.extended  # four CLI processes loading TensorFlow: 1.5 min
 def test_predict_prints_no_framework_noise_unless_verbose(champion, monkeypatch):
     monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # as in a user's shell
     save(champion / "a.png")

@@ -179,6 +179,7 @@ def edited(body: bytes, edits) -> bytes:
     return body
 
 
+@pytest.mark.extended  # 300 predictions: 1.5 min
 @EXAMPLES
 @given(body=IMAGE_BODIES, edits=EDITS)
 def test_the_fast_path_answers_as_mlflow_does(server, body, edits):

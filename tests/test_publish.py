@@ -43,6 +43,7 @@ def unchanged(project, head: str, params: str) -> None:
     assert git(project, "status", "--porcelain", "--untracked-files=no") == ""
 
 
+@pytest.mark.extended  # a publish and its push: 45 s
 @pytest.mark.long(seconds=25)
 def test_a_published_archive_becomes_the_pipeline_input_in_one_commit(checkout, tmp_path):
     project, remote = checkout
@@ -107,6 +108,7 @@ def partial_archive(path, missing: str, keep_folder: bool):
     return path
 
 
+@pytest.mark.extended  # a repository per archive: 2 min
 @pytest.mark.long(seconds=25)
 def test_bad_archives_are_refused_before_anything_changes(checkout, tmp_path):
     project, remote = checkout
@@ -138,6 +140,7 @@ def test_bad_archives_are_refused_before_anything_changes(checkout, tmp_path):
     assert not list(remote.rglob("*.tar.gz")) and not list((project / "data").glob(".publish*"))
 
 
+@pytest.mark.extended  # repositories, remotes and pushes: 1 min
 @pytest.mark.long(seconds=20)
 def test_missing_prerequisites_are_refused_and_a_failed_push_is_undone(checkout, tmp_path):
     project, remote = checkout
@@ -186,6 +189,7 @@ def test_a_killed_runs_folder_is_swept_and_a_reused_pid_collides_with_nothing(
     assert left == [f".published-{os.getpid()}"]  # not the run's own: that is gone too
 
 
+@pytest.mark.extended  # a publish and its push: 1.5 min
 @pytest.mark.long(seconds=30)
 def test_only_the_publish_commit_is_pushed_never_other_work(checkout, tmp_path):
     """A commit of the user's own, not pushed yet, must not go to the team's branch with the

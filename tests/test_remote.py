@@ -41,6 +41,7 @@ def team(reproduced, tmp_path):
     return reproduced, origin
 
 
+@pytest.mark.extended  # a clone pulled: 1 min
 def test_a_fresh_clone_pulls_what_another_pushed_and_reproduces_nothing(team, tmp_path):
     a, origin = team
     with s3_server(tmp_path, buckets=(BUCKET,)) as env:
@@ -71,6 +72,7 @@ def test_a_fresh_clone_pulls_what_another_pushed_and_reproduces_nothing(team, tm
         assert outputs(b / "dvc.lock") == outputs(a / "dvc.lock")
 
 
+@pytest.mark.extended  # a dvc exp run between clones: 1.5 min
 def test_an_experiment_is_shared_through_git_and_the_remote(team, tmp_path):
     a, origin = team
     with s3_server(tmp_path, buckets=(BUCKET,)) as env:

@@ -33,6 +33,7 @@ def only_record(folder: Path, before: set[Path] = frozenset()) -> dict:
     return json.loads(path.read_text())
 
 
+@pytest.mark.extended  # a dvc exp run: 2.5 min
 @pytest.mark.integration
 def test_a_recorded_experiment_names_its_commit_params_stage_times_and_test_metrics(reproduced):
     pipeline = reproduced  # committed after its `dvc repro`: the experiment's baseline

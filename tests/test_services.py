@@ -274,6 +274,7 @@ def local_services(project, tmp_path):
                 os.kill(pid, 0)
 
 
+@pytest.mark.extended  # a Prefect server with auth: 1 min
 @pytest.mark.long(seconds=20)
 def test_local_prefect_takes_only_its_auth_string_and_its_own_ui_origin(local_services):
     project, server, started = local_services
@@ -359,6 +360,7 @@ def local_mlflow(project, tmp_path, monkeypatch):
         script("stop", "mlflow")
 
 
+@pytest.mark.extended  # an MLflow server with logins and a pipeline: 2.5 min
 @pytest.mark.long(seconds=25)
 def test_local_mlflow_needs_a_login_and_a_reader_cannot_move_the_champion(
     local_mlflow, monkeypatch

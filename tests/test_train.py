@@ -182,6 +182,7 @@ def test_tuned_values_are_checked_like_params(tmp_path, values, message):
     assert str(err.value).startswith(f"{path}: ") and message in str(err.value)
 
 
+@pytest.mark.extended  # two training processes: 1 min
 def test_two_training_processes_give_the_same_weights_bit_for_bit(
     in_project, prepared, params_file, run_module
 ):

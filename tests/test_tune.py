@@ -66,6 +66,7 @@ def searched(searched_once, in_empty_project) -> Path:
     return relocate(searched_once, in_empty_project)
 
 
+@pytest.mark.extended  # a search: 1.5 min
 def test_search_writes_best_values_trials_and_nested_mlflow_runs(searched):
     in_project = searched
 
@@ -129,6 +130,7 @@ def test_search_writes_best_values_trials_and_nested_mlflow_runs(searched):
         assert steps == list(range(start + 1, epochs + 1))  # epochs counted from 1
 
 
+@pytest.mark.extended  # the shared search first: 1 min
 def test_train_uses_the_tuned_values_unless_told_not_to(searched, params_file):
     from cifar10_mlops.stages import train
 
@@ -166,6 +168,7 @@ def test_disabled_tuning_skips_the_search_and_train_keeps_its_values(
     assert run.data.tags["hparams_source"] == "params"
 
 
+@pytest.mark.extended  # a search: 1.5 min
 def test_budget_keeps_expensive_configurations_out_of_the_search(in_project, prepared, params_file):
     cfg = load_params(params_file()).train
     cheap = mflops(cfg, {"conv_1_filters": 8, "conv_2_filters": 8, "dense_units": 32})

@@ -26,6 +26,7 @@ def tags(project) -> dict[str, str]:
     return mlflow.MlflowClient().get_model_version(MODEL, "1").tags
 
 
+@pytest.mark.extended  # a retraining: 2 min
 @pytest.mark.long(seconds=40)
 def test_verify_rebuilds_a_versions_weights_bit_for_bit(reproduced):
     registered = tags(reproduced)
@@ -49,6 +50,7 @@ def test_verify_rebuilds_a_versions_weights_bit_for_bit(reproduced):
     )
 
 
+@pytest.mark.extended  # a retraining: 2 min
 @pytest.mark.long(seconds=30)
 def test_verify_says_when_the_weights_differ(reproduced):
     tags(reproduced)
