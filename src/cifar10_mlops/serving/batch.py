@@ -23,7 +23,8 @@ _DIGITS = b"0123456789"
 _DIGIT_VALUE = np.zeros(256, np.int16)  # of each byte: 0-9 for "0"-"9", else 0
 _DIGIT_VALUE[ord("0") : ord("9") + 1] = np.arange(10)
 _VALUES = math.prod(IMAGE_SHAPE)  # per image
-_LISTS = sum(math.prod(IMAGE_SHAPE[:axis]) for axis in range(len(IMAGE_SHAPE)))  # per image
+# JSON lists per image: 1 + 32 + 32 * 32 (limits.py counts them too)
+LISTS_PER_IMAGE = sum(math.prod(IMAGE_SHAPE[:axis]) for axis in range(len(IMAGE_SHAPE)))
 
 
 @functools.cache
@@ -44,7 +45,7 @@ def pixel_batch(body: bytes) -> np.ndarray | None:
         return None
     text = body[key.end() :].translate(None, _SPACE)  # [...]}
     skeleton = text.translate(None, _DIGITS)
-    images, rest = divmod(skeleton.count(b"[") - 1, _LISTS)
+    images, rest = divmod(skeleton.count(b"[") - 1, LISTS_PER_IMAGE)
     if rest or not 0 < images <= MAX_IMAGES:
         return None
     if skeleton != b"[" + b",".join([_image_skeleton()] * images) + b"]}":

@@ -17,8 +17,10 @@ import time
 
 import numpy as np
 
+from cifar10_mlops.core.dataset import CLASSES
 from cifar10_mlops.serving.metrics import Metrics
 from cifar10_mlops.serving.predict import Source, load_resolved, resolve
+from cifar10_mlops.serving.pyfunc import IMAGE_SHAPE
 
 log = logging.getLogger("uvicorn.error")  # uvicorn's own log: it prints it
 # A version that failed to load is tried again after this long (or when the alias moves), not
@@ -126,6 +128,6 @@ def _first_line(exc: Exception) -> str:
 
 def _try(model) -> None:
     """Refuse a model that does not answer one image with 10 probabilities."""
-    answer = np.asarray(model.predict(np.zeros((1, 32, 32, 3), np.uint8)), dtype=np.float64)
-    if answer.shape != (1, 10) or not np.isfinite(answer).all():
-        raise ValueError(f"it answers one image with shape {answer.shape}, not (1, 10)")
+    answer = np.asarray(model.predict(np.zeros((1, *IMAGE_SHAPE), np.uint8)), dtype=np.float64)
+    if answer.shape != (1, len(CLASSES)) or not np.isfinite(answer).all():
+        raise ValueError(f"it answers one image with shape {answer.shape}, not (1, {len(CLASSES)})")

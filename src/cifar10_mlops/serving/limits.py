@@ -28,14 +28,13 @@ import asyncio
 import io
 import json
 import logging
-import math
 import re
 
 import numpy as np
 from mlflow.exceptions import MlflowException
 
-from cifar10_mlops.serving.batch import pixel_batch
-from cifar10_mlops.serving.pyfunc import IMAGE_SHAPE, MAX_IMAGES
+from cifar10_mlops.serving.batch import LISTS_PER_IMAGE, pixel_batch
+from cifar10_mlops.serving.pyfunc import MAX_IMAGES
 
 # Bytes a request's body may have: an image is at most 17,472 bytes of JSON (every pixel "255, ",
 # json.dumps's default separators; 14,401 compact), so MAX_IMAGES of them fit in 20 MiB.
@@ -44,7 +43,6 @@ MAX_BODY_BYTES = MAX_IMAGES * 20 * 1024
 # the model sees them: 20 MiB of [0],[0],... took 1.9 GB and 20 s on 2 cores, of {"a":0},...
 # 2.3 GB and over 60 s. So a body may have only the lists MAX_IMAGES images need (1 + 32 + 32 * 32
 # each), one object and one string: {"inputs": [...]}.
-LISTS_PER_IMAGE = sum(math.prod(IMAGE_SHAPE[:axis]) for axis in range(len(IMAGE_SHAPE)))
 MAX_LISTS = 1 + MAX_IMAGES * LISTS_PER_IMAGE
 # Levels of JSON nesting: a request needs 5 ({"inputs": [images [rows [pixels [channels]]]]});
 # Python's json parser fails at about 1000 with a RecursionError, a 500.
@@ -247,8 +245,13 @@ async def _predicted(send, predict, images: np.ndarray, timeout: float) -> None:
         logging.getLogger(__name__).exception("the model failed on %s", images.shape)
         status, body = 400, MlflowException.invalid_parameter_value(_FAILED).serialize_as_json()
         body = body.encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await respond(send, status, body)
+
+
+async def respond(send, status: int, body: bytes, kind=b"application/json", headers=()) -> None:
+    """Send a whole HTTP answer through the ASGI `send`: `body` of type `kind`."""
+    start = [(b"content-type", kind), (b"content-length", b"%d" % len(body)), *headers]
+    await send({"type": "http.response.start", "status": status, "headers": start})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -271,12 +274,5 @@ async def _refuse(send, status: int, message: str) -> None:
     refused body is never read."""
     code = "TEMPORARILY_UNAVAILABLE" if status == 503 else "BAD_REQUEST"
     body = json.dumps({"error_code": code, "message": message}).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]
-    if status == 503:
-        headers.append((b"retry-after", b"1"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    headers = [(b"connection", b"close")] + ([(b"retry-after", b"1")] if status == 503 else [])
+    await respond(send, status, body, headers=headers)

@@ -32,6 +32,7 @@ from prometheus_client import (
 )
 
 from cifar10_mlops.core.dataset import CLASSES
+from cifar10_mlops.serving.limits import respond
 
 ROUTES = ("/invocations", "/ping", "/health", "/version", "/metrics")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -133,10 +134,7 @@ def observe(app, metrics: Metrics):
 
 
 async def _metrics(scope, send, metrics: Metrics) -> None:
-    if scope["method"] not in ("GET", "HEAD"):
-        status, body, kind = 405, b"GET /metrics", b"text/plain"
+    if scope["method"] != "GET":
+        await respond(send, 405, b"GET /metrics", b"text/plain")
     else:
-        status, body, kind = 200, metrics.text(), CONTENT_TYPE_LATEST.encode()
-    headers = [(b"content-type", kind), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+        await respond(send, 200, metrics.text(), CONTENT_TYPE_LATEST.encode())

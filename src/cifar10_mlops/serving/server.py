@@ -22,7 +22,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from cifar10_mlops.core import tracking
 from cifar10_mlops.core.settings import PARAMS_FILE, load_params
 from cifar10_mlops.serving.champion import Champion
-from cifar10_mlops.serving.limits import limit_requests
+from cifar10_mlops.serving.limits import limit_requests, respond
 from cifar10_mlops.serving.metrics import Metrics, observe
 from cifar10_mlops.serving.predict import load_resolved
 
@@ -110,10 +110,7 @@ def _answer_version(app, champion: Champion):
     async def versioned(scope, receive, send) -> None:
         if scope["type"] != "http" or scope["path"] != "/version":
             return await app(scope, receive, send)
-        body = champion.version()
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await respond(send, 200, champion.version())
 
     return versioned
 
