@@ -17,10 +17,33 @@ from cifar10_mlops.core.health import answers
 BIN = Path(sys.executable).parent  # the venv's `mlflow`, `prefect`, `dvc`, `python`
 
 
+def _worker_ports() -> range:
+    """1,000 ports of this pytest-xdist worker's own, below Linux's ephemeral range (32768 on):
+    no other worker picks them, and no outgoing connection is given one."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    first = 20_000 + 1_000 * (int(worker) % 12 if worker.isdigit() else 0)
+    return range(first, first + 1_000)
+
+
+_PORTS = _worker_ports()
+_next_port = _PORTS.start + os.getpid() % 500  # a new pytest run starts elsewhere in the range
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port of 127.0.0.1 that nothing listens on. Asking the kernel for port 0 raced: the port
+    came back free, and another worker's server or an outgoing connection took it before this
+    one's server bound it, which then exited "address already in use" (a Prefect server did so
+    in CI). Each call here gives the next free port of the worker's own range."""
+    global _next_port
+    for _ in range(len(_PORTS)):
+        port, _next_port = _next_port, _PORTS.start + (_next_port + 1 - _PORTS.start) % len(_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS}")
 
 
 def tail(log: Path, chars: int = 3000) -> str:
