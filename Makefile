@@ -12,7 +12,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .DEFAULT_GOAL := help
 .PHONY: help venv repro smoke study tune-study tune-full test test-extended test-slow remote-local push pull lock mlflow-ui flow services \
-  services-stop services-status mlflow-server prefect-server deployment deploy-pool worker serve-model \
+  services-stop services-status mlflow-server prefect-server deployment deploy-pool worker serve-model drift drift-deployment \
   tune-worker stack-env stack-check compose-check bench airbench airbench-muon plots screenshots publish-data notify-webhook reference-pages \
   results docs docs-serve
 
@@ -250,10 +250,26 @@ MODEL_URI ?= $$($(BIN)/python -c 'from cifar10_mlops.core import settings, track
 SERVE_PORT ?= 5001
 # How often the server asks which version the alias names, to serve it (0: never).
 SERVE_RELOAD_SECONDS ?= 30
+# Where the server keeps the newest images it classifies, which `make drift` tests
+# (params.yaml monitor.sample_dir; docs/monitoring.md).
+SAMPLE_DIR ?= $$($(BIN)/python -c 'from cifar10_mlops.core import settings; \
+  print(settings.load_params().monitor.sample_dir)')
 serve-model: $(STAMP)  ## serve MODEL_URI (default: the champion) at http://127.0.0.1:5001/invocations (SERVE_PORT)
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE_URI)} \
 	  $(BIN)/cifar10-mlops serve --model "$(MODEL_URI)" --host 127.0.0.1 --port $(SERVE_PORT) \
-	  --reload-seconds $(SERVE_RELOAD_SECONDS)
+	  --reload-seconds $(SERVE_RELOAD_SECONDS) --sample-dir "$(SAMPLE_DIR)"
+
+drift: $(STAMP)  ## test what the served model was asked against its reference (exit 3: drift)
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE_URI)} \
+	  $(BIN)/cifar10-mlops drift --model "$(MODEL_URI)" --sample-dir "$(SAMPLE_DIR)"
+
+# The hourly drift test as a Prefect deployment (params.yaml monitor); a drift emits the event
+# cifar10.drift.detected, which retrains when monitor.retrain_on_drift is true.
+drift-deployment: $(STAMP)  ## serve the scheduled drift test (needs the Prefect server)
+	if [ -z "$$PREFECT_API_URL" ] && scripts/services.sh running prefect; then \
+	  export PREFECT_API_URL=http://127.0.0.1:$${PREFECT_PORT:-4200}/api; \
+	  export PREFECT_API_AUTH_STRING="$$(cat .services/prefect.auth)"; fi; \
+	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE_URI)} $(BIN)/python -m flows.drift --serve
 
 # Keras Tuner's distributed mode: `KERASTUNER_TUNER_ID=chief dvc repro tune` serves the search,
 # each worker runs trials (KERASTUNER_ORACLE_IP/PORT reach the chief; the --state folder and the

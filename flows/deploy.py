@@ -3,7 +3,9 @@
 The schedule and the deployment's parameters come from params.yaml `retrain`. A second trigger
 starts a run when a new dataset is published: `cifar10-mlops publish-data` emits the event
 `cifar10.dataset.published`, and the run fast-forwards to the commit it names (`rev`) and
-retrains on it. At most one run of it runs at a time (DVC's repository lock would fail the
+retrains on it. A third, off by default (params.yaml `monitor.retrain_on_drift`), starts a
+run when the drift test finds drift (flows/drift.py emits `cifar10.drift.detected`), at most
+one a day. At most one run of it runs at a time (DVC's repository lock would fail the
 second, and two workers would register against one champion): the deployment's concurrency
 limit is 1, and a run due while another runs waits in the queue.
 
@@ -32,6 +34,7 @@ from cifar10_mlops.core.validation import checked, valid_name
 from cifar10_mlops.core.settings import load_params
 from cifar10_mlops.core.errors import ConfigError, PipelineError
 from cifar10_mlops.ops.prefect_server import check_prefect
+from flows.drift import EVENT as DRIFT_EVENT
 from flows.retrain import PARAMS, retrain
 
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
@@ -51,17 +54,33 @@ def on_new_data() -> DeploymentEventTrigger:
     )
 
 
+def on_drift() -> DeploymentEventTrigger:
+    """A run when the drift test finds the served model's inputs drifted (flows/drift.py), at
+    most one per DEDUP_WINDOW however many hourly tests find it again."""
+    return DeploymentEventTrigger(
+        name="retrain on drift",
+        expect={DRIFT_EVENT},
+        match={"prefect.resource.id": "cifar10.model.*"},
+        for_each={"prefect.resource.id"},
+        within=backlog.DEDUP_WINDOW,
+        parameters={"force": True},
+    )
+
+
 def deployment_settings() -> dict:
-    """What both ways share: name, schedule, trigger, parameters, description and tags."""
-    cfg = load_params(PARAMS).retrain
+    """What both ways share: name, schedule, triggers, parameters, description and tags. The
+    drift trigger only when params.yaml `monitor.retrain_on_drift` is true."""
+    params = load_params(PARAMS)
+    cfg = params.retrain
+    on = " and on drift (cifar10.drift.detected)" if params.monitor.retrain_on_drift else ""
     return {
         "name": cfg.deployment,
         "schedules": [Cron(cfg.cron, timezone=cfg.timezone)],
-        "triggers": [on_new_data()],
+        "triggers": [on_new_data(), *([on_drift()] if params.monitor.retrain_on_drift else [])],
         "parameters": {"force": cfg.force},
         "description": (
             f"Retrain on {cfg.cron!r} ({cfg.timezone}), params.yaml `retrain`, and on each "
-            f"dataset published ({publish.EVENT})"
+            f"dataset published ({publish.EVENT}){on}"
         ),
         "tags": ["cifar10", "retrain"],
     }

@@ -255,8 +255,8 @@ def candidate(in_project, params_file):
     params = params_file()
     experiment_id = tracking.configure("cifar10-cnn")
 
-    def make(accuracy: float = 0.5, *, right=None, confidence: float = 0.9) -> str:
-        return make_candidate(experiment_id, accuracy, right=right, confidence=confidence)
+    def make(accuracy: float = 0.5, *, right=None, confidence: float = 0.9, **more) -> str:
+        return make_candidate(experiment_id, accuracy, right=right, confidence=confidence, **more)
 
     make.params = params
     return make

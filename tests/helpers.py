@@ -71,10 +71,16 @@ def stage_args(stage: str) -> list[str]:
     return shlex.split(cmd)[3:]
 
 
-def make_images(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def make_images(
+    per_class: int, seed: int, *, like: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images of a colour per class, plus noise. With `like`, the class colours of those of
+    seed `like` and fresh noise: more images of the same distribution."""
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(len(CLASSES), dtype=np.uint8), per_class)
     colours = rng.integers(30, 225, size=(len(CLASSES), 3))
+    if like is not None:
+        colours = np.random.default_rng(like).integers(30, 225, size=(len(CLASSES), 3))
     noise = rng.integers(-30, 30, size=(len(labels), 32, 32, 3))
     images = np.clip(colours[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
     return images, labels
@@ -213,6 +219,7 @@ def tiny_params(**overrides) -> dict:
             "optimizer": {"values": ["adam", "sgd"]},
         },
     )
+    params["monitor"].update(window=40, min_images=20, permutations=999)
     params["train"].update(
         architecture="baseline",
         optimizer="adam",  # the tiny space's optimizers and learning rates
@@ -339,17 +346,21 @@ def write_prepared(out: Path, test_seed: int = 2, per_class: int = 20) -> Path:
     return out
 
 
-def make_candidate(experiment_id: str, accuracy: float = 0.5, *, right=None, confidence=0.9) -> str:
+def make_candidate(
+    experiment_id: str, accuracy: float = 0.5, *, right=None, confidence=0.9, drift_reference=True
+) -> str:
     """models/{model.keras,run.json}, reports/metrics.json and
     reports/evaluate/test_predictions.npz as train and evaluate make them, in the working
     directory, logged to `experiment_id`; returns the run id. The model is untrained; its test
     predictions are made up: the first round(accuracy x n) test images classified right (or
     the images `right`, a boolean per image), the rest as the next class, each with
-    probability `confidence`. The metrics are computed from them as evaluate computes its own."""
+    probability `confidence`. The metrics are computed from them as evaluate computes its own.
+    Without `drift_reference`, it has none, as a model evaluated before they existed."""
     import mlflow
 
     from cifar10_mlops.core import tracking
     from cifar10_mlops.core.splits import load_split
+    from cifar10_mlops.monitoring import reference
     from cifar10_mlops.stages import evaluate
     from cifar10_mlops.training import gate
     from cifar10_mlops.training.model import build_model
@@ -381,7 +392,12 @@ def make_candidate(experiment_id: str, accuracy: float = 0.5, *, right=None, con
     predictions = Path("reports/evaluate/test_predictions.npz")
     predictions.parent.mkdir(parents=True, exist_ok=True)
     gate.save_predictions(predictions, gate.Predictions(y, probs, gate.test_digest(x, y)))
-    evaluate.log_to_mlflow(run_info, metrics, Path("models/model.keras"), [predictions], test, data)
+    files = [predictions]
+    if drift_reference:  # as evaluate saves it, from the validation split
+        path = predictions.parent / reference.FILE
+        reference.save(path, reference.build(model, *load_split(data, "val"), 50, 0, 50))
+        files.append(path)
+    evaluate.log_to_mlflow(run_info, metrics, Path("models/model.keras"), files, test, data)
     return run.info.run_id
 
 

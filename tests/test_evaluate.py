@@ -7,7 +7,9 @@ import pytest
 
 from cifar10_mlops.stages import evaluate, train
 from cifar10_mlops.training import gate
+from cifar10_mlops.core import artifacts
 from cifar10_mlops.core.dataset import CLASSES
+from cifar10_mlops.monitoring import reference
 from cifar10_mlops.core.splits import load_split
 from helpers import error_line, stage_args
 
@@ -69,9 +71,10 @@ def test_evaluate_writes_reports_and_logs_into_the_training_run(in_project, prep
     assert run.data.metrics["test/f1_weighted"] == pytest.approx(metrics["f1_weighted"])
     assert "test/recall/cat" in run.data.metrics
     assert "train.epochs" in run.data.params  # still the training run
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
-    assert artifacts == {
+    logged_files = {a.path for a in mlflow.MlflowClient().list_artifacts(run_id, "evaluation")}
+    assert logged_files == {
         "evaluation/confusion_matrix.png",
+        "evaluation/drift_reference.npz",
         "evaluation/learning_curves.png",
         "evaluation/metrics.json",
         "evaluation/test_predictions.npz",
@@ -87,6 +90,11 @@ def test_evaluate_writes_reports_and_logs_into_the_training_run(in_project, prep
         experiment_ids=[run.info.experiment_id], output_format="list"
     )
     assert logged.source_run_id == run_id
+    # the drift reference: every validation image (fewer than reference_images), its digest
+    # recorded where `cifar10-mlops drift` checks it
+    saved = in_project / "reports/evaluate" / reference.FILE
+    assert len(reference.load(saved)["embeddings"]) == len(load_split(prepared, "val")[1])
+    assert logged.params[artifacts.REFERENCE_PARAM] == artifacts.digest(saved)
     assert run.data.tags["model_uri"] == logged.model_uri  # what `register` registers
     pyfunc = mlflow.pyfunc.load_model(logged.model_uri)
     np.testing.assert_allclose(

@@ -3,6 +3,7 @@
 cifar10-mlops predict IMAGE|FOLDER ... [--model URI] [--format table|json]
 cifar10-mlops request IMAGE|FOLDER ... > body.json   # for curl against the served model
 cifar10-mlops serve [--model URI] [--host 127.0.0.1] [--port 5001]   # MLflow's, with limits
+cifar10-mlops drift --sample-dir DIR | --window FILE [--model URI]   # exit 3: drift found
 cifar10-mlops checkout MODEL_URI [--remote NAME] [--force]   # the pipeline state of a version
 cifar10-mlops verify MODEL_URI [--tune] [--remote NAME]   # rebuild its weights, compare them
 cifar10-mlops publish-data ARCHIVE [--checksum sha256:HEX]   # a new dataset version, announced
@@ -23,6 +24,12 @@ def _serve(argv: list[str]) -> None:
     )  # imports MLflow, a second: only for this command
 
     serve.main(argv)
+
+
+def _drift(argv: list[str]) -> None:
+    from cifar10_mlops.monitoring import check  # imports MLflow and TensorFlow
+
+    check.main(argv)
 
 
 def _checkout(argv: list[str]) -> None:
@@ -51,7 +58,7 @@ def _relocate(argv: list[str]) -> None:
 
 COMMANDS = {
     "predict": predict.main, "request": predict.request_main, "serve": _serve,
-    "checkout": _checkout, "verify": _verify, "publish-data": _publish,
+    "drift": _drift, "checkout": _checkout, "verify": _verify, "publish-data": _publish,
     "relocate-store": _relocate,
 }  # fmt: skip
 

@@ -24,6 +24,7 @@ from cifar10_mlops.core.files import file_digest
 # Params of the logged model (each `evaluate` logs a new one):
 MODEL_PARAM = "artifacts_sha256"  # its folder: MLmodel, the pyfunc's code, the .keras file
 PREDICTIONS_PARAM = "test_predictions_sha256"  # the test_predictions.npz logged beside it
+REFERENCE_PARAM = "drift_reference_sha256"  # the drift_reference.npz logged beside it
 # A param of the run per pipeline state registered, named after its folder
 # (pipeline/<name>/v<version>/<digest[:12]>)
 STATE_PARAM = "pipeline_state_sha256"

@@ -9,6 +9,7 @@ before a stage does any work.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -29,6 +30,7 @@ from cifar10_mlops.core.search_space import (  # noqa: F401 (re-exported)
 )  # fmt: skip
 
 PARAMS_FILE = Path("params.yaml")
+DRIFT_TESTS = ("embeddings", "classes", "confidence", "brightness")  # monitoring/drift.py's
 
 
 class DownloadConfig(Section):
@@ -137,6 +139,9 @@ class TuneConfig(Section):
 
 class EvaluateConfig(Section):
     batch_size: Batch = F("images per prediction step; affects speed only")
+    reference_images: Annotated[int, Field(ge=10, le=50_000)] = F(
+        "validation images saved as the model's drift reference"
+    )
 
 
 class RegisterConfig(Section):
@@ -151,6 +156,24 @@ class RetrainConfig(Section):
     cron: Annotated[str, AfterValidator(checks.valid_cron)] = F("minute hour day month weekday")
     timezone: Annotated[str, AfterValidator(checks.valid_timezone)] = F("IANA time zone of `cron`")
     force: bool = F("retrain even when no input changed")
+
+
+class MonitorConfig(Section):
+    window: Annotated[int, Field(ge=2, le=100_000)] = F(
+        "newest images a drift test takes, and `serve --sample-dir` keeps"
+    )
+    min_images: Annotated[int, Field(ge=2, le=100_000)] = F("fewer in a window: no test")
+    alpha: Annotated[float, within("(0, 0.5]", "above 0 and at most 0.5")] = F(
+        "a clean window's false-alarm rate (each of the four tests at alpha/4)"
+    )
+    permutations: Annotated[int, Field(ge=19, le=10_000)] = F("of the MMD permutation test")
+    deployment: Name = F("the Prefect deployment that tests the served window on a schedule")
+    cron: Annotated[str, AfterValidator(checks.valid_cron)] = F("minute hour day month weekday")
+    timezone: Annotated[str, AfterValidator(checks.valid_timezone)] = F("IANA time zone of `cron`")
+    sample_dir: Annotated[str, AfterValidator(checks.valid_nonblank)] = F(
+        "the folder `serve --sample-dir` writes its window to, which the deployment tests"
+    )
+    retrain_on_drift: bool = F("a drift found starts the retrain deployment")
 
 
 class MlflowConfig(Section):
@@ -174,6 +197,7 @@ with warnings.catch_warnings():
         evaluate: EvaluateConfig = F("The evaluate stage: test-set metrics and predictions")
         register: RegisterConfig = F("The register stage: a new version, promoted past noise")
         retrain: RetrainConfig = F("The Prefect deployment that reruns the pipeline")
+        monitor: MonitorConfig = F("The drift test of what the served model is asked")
         mlflow: MlflowConfig = F("Where the stages log their runs")
 
         @model_validator(mode="after")
@@ -197,6 +221,15 @@ with warnings.catch_warnings():
                     f"only the muon optimizer uses it, and the search trains with "
                     f"{', '.join(searched)}; set it to null "
                     "(-S tune.space.muon_learning_rate=null)",
+                )
+            # the permutation p-value is at least 1 / (permutations + 1)
+            needed = math.floor(len(DRIFT_TESTS) / self.monitor.alpha)
+            if self.monitor.permutations < needed:
+                raise KeyedError(
+                    "monitor.permutations",
+                    f"{self.monitor.permutations} permutations cannot give a p-value under "
+                    f"alpha/{len(DRIFT_TESTS)} = {self.monitor.alpha / len(DRIFT_TESTS):.4g}: "
+                    f"the embeddings test could never find drift; at least {needed}",
                 )
             return self
 

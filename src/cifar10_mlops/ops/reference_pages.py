@@ -142,6 +142,7 @@ ROOMS = {
     "stages/tune": "The `tune` stage, a package: the search, its hypermodel, oracle and records.",
     "training": "The ML code `train` and `tune` share; neither stage imports the other.",
     "serving": "A registered model in use.",
+    "monitoring": "Whether what the served model is asked still looks like its reference.",
     "ops": "Commands around the pipeline.",
     "core": "Plumbing every part uses.",
 }

@@ -20,7 +20,7 @@ import numpy as np
 from cifar10_mlops.core.dataset import CLASSES
 from cifar10_mlops.serving.metrics import Metrics
 from cifar10_mlops.serving.predict import Source, load_resolved, resolve
-from cifar10_mlops.serving.pyfunc import IMAGE_SHAPE
+from cifar10_mlops.serving.pyfunc import IMAGE_SHAPE, check_images
 
 log = logging.getLogger("uvicorn.error")  # uvicorn's own log: it prints it
 # A version that failed to load is tried again after this long (or when the alias moves), not
@@ -32,8 +32,9 @@ class Champion:
     """A pyfunc model as MLflow's scoring app uses it (`predict`, `metadata`), whose model is
     the one `uri` names, reloaded by `reload` when that changes."""
 
-    def __init__(self, uri: str, metrics: Metrics, load=load_resolved):
+    def __init__(self, uri: str, metrics: Metrics, load=load_resolved, sample=None):
         self.uri, self.metrics, self.load = uri, metrics, load
+        self.sample = sample  # a serving.sample.Sample keeping what is asked, or None
         self._lock = threading.Lock()  # one reload at a time
         self._failed, self._failed_at = None, 0.0  # the version that failed last, and when
         model, source = load(uri)
@@ -56,6 +57,8 @@ class Champion:
         model, _ = self.current  # read once: a swap meanwhile leaves this request alone
         probabilities = model.predict(data, params=params)
         self.metrics.predicted(probabilities)
+        if self.sample is not None:
+            self.sample.add(check_images(data))  # it was predicted: it passes
         return probabilities
 
     def version(self) -> bytes:

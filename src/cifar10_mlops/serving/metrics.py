@@ -10,7 +10,11 @@
 - cifar10_model_info{name, version, model_id, uri}: the model being served (value 1);
 - cifar10_model_reloads_total{outcome}: champion reloads (champion.py), "loaded" or "failed";
   cifar10_model_reload_failing is 1 while the model the alias names could not be loaded and
-  the previous one is still served.
+  the previous one is still served;
+- cifar10_drift_score, cifar10_drift_detected, cifar10_drift_checked_timestamp_seconds: the
+  last drift test's MMD² score and verdict, and when it ran, as `cifar10-mlops drift
+  --sample-dir` left them in the folder the server samples to (serve --sample-dir); 0 without
+  one, or before the first test.
 
 Connections that uvicorn or server.py's guards close before a request reaches the app (too
 many, headers too slow) are not counted.
@@ -76,6 +80,18 @@ class Metrics:
             "1 while the model the alias names could not be loaded (the previous one serves)",
             registry=registry,
         )  # fmt: skip
+        self.drift = None  # a callable giving the last drift verdict (a dict) or None
+        self.drift_score = Gauge(
+            "cifar10_drift_score", "The last drift test's MMD² of the embeddings (0: alike)",
+            registry=registry,
+        )  # fmt: skip
+        self.drift_detected = Gauge(
+            "cifar10_drift_detected", "1 if the last drift test found drift", registry=registry
+        )
+        self.drift_checked = Gauge(
+            "cifar10_drift_checked_timestamp_seconds", "When the last drift test ran (Unix time)",
+            registry=registry,
+        )  # fmt: skip
         for name in CLASSES:  # every class from the start, at 0
             self.classes.labels(name)
         for outcome in ("loaded", "failed"):
@@ -100,6 +116,11 @@ class Metrics:
         self.model.info({key: "" if value is None else str(value) for key, value in labels.items()})
 
     def text(self) -> bytes:
+        verdict = self.drift() if self.drift else None
+        if verdict is not None:
+            self.drift_score.set(verdict["score"])
+            self.drift_detected.set(1 if verdict.get("detected") else 0)
+            self.drift_checked.set(verdict.get("checked", 0))
         return generate_latest(self.registry)
 
 

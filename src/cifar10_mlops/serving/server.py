@@ -20,11 +20,13 @@ from mlflow.environment_variables import MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT a
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cifar10_mlops.core import tracking
+from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.core.settings import PARAMS_FILE, load_params
 from cifar10_mlops.serving.champion import Champion
 from cifar10_mlops.serving.limits import limit_requests, respond
 from cifar10_mlops.serving.metrics import Metrics, observe
 from cifar10_mlops.serving.predict import load_resolved
+from cifar10_mlops.serving.sample import Sample
 
 MAX_OPEN = 64
 HEADER_TIMEOUT = 10.0  # seconds
@@ -76,19 +78,28 @@ _TOO_SLOW = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\nconnec
 _TOO_SLOW += b"content-length: %d\r\n\r\n%s" % (len(_TOO_SLOW_TEXT), _TOO_SLOW_TEXT)
 
 
-def serve(model_uri: str, host: str, port: int, reload_seconds: float = 30.0) -> None:
+def serve(
+    model_uri: str, host: str, port: int, reload_seconds: float = 30.0, sample: Sample | None = None
+) -> None:
     """Serve `model_uri` at http://host:port/invocations behind the limits, following its
-    alias every `reload_seconds` (0: never), until interrupted."""
+    alias every `reload_seconds` (0: never), keeping what it classifies in `sample` (if any)
+    for the drift test, until interrupted."""
     import uvicorn
 
     metrics = Metrics()
-    champion = Champion(model_uri, metrics, load=load_resolved)
-    stop = champion.follow(reload_seconds)
+    champion = Champion(model_uri, metrics, load=load_resolved, sample=sample)
+    stops = [champion.follow(reload_seconds)]
+    if sample is not None:
+        metrics.drift = sample.verdict
+        stops.append(sample.follow(lambda: champion.current[1].describe()))
     try:
         app = build_app(champion, metrics)
         uvicorn.run(app, host=host, port=port, http=GuardedProtocol)
     finally:
-        stop.set()
+        for stop in stops:
+            stop.set()
+        if sample is not None:
+            sample.write(champion.current[1].describe())  # what came since the last write
 
 
 def build_app(model, metrics: Metrics | None = None):
@@ -131,9 +142,25 @@ def main(argv: list[str] | None = None) -> None:
         help="ask the registry every S seconds which version the alias names, and serve it "
         "(default 30; 0: never)",
     )  # fmt: skip
+    parser.add_argument(
+        "--sample-dir", type=Path, metavar="DIR",
+        help="keep the newest params.yaml monitor.window images classified, written to "
+        "DIR/window.npz, for `cifar10-mlops drift --sample-dir DIR` (default: none kept)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sample-seconds", type=_interval, default=60.0, metavar="S",
+        help="write DIR/window.npz every S seconds when new images came (default 60)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    uri = args.model or tracking.champion_uri(load_params(args.params).register.model_name)
-    serve(uri, args.host, args.port, args.reload_seconds)
+    params = load_params(args.params)
+    uri = args.model or tracking.champion_uri(params.register.model_name)
+    sample = None
+    if args.sample_dir is not None:
+        try:
+            sample = Sample(args.sample_dir, params.monitor.window, args.sample_seconds)
+        except OSError as exc:
+            raise PipelineError(f"--sample-dir {args.sample_dir}: {exc.strerror}") from None
+    serve(uri, args.host, args.port, args.reload_seconds, sample)
 
 
 def _seconds(text: str) -> float:
@@ -143,4 +170,11 @@ def _seconds(text: str) -> float:
         value = -1.0
     if not 0 <= value <= 86400:  # nan too
         raise argparse.ArgumentTypeError(f"{text!r}: seconds from 0 to 86400")
+    return value
+
+
+def _interval(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: seconds above 0, up to 86400")
     return value

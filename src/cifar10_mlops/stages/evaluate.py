@@ -1,12 +1,15 @@
 """Stage `evaluate`: score the trained model on the held-out test split, once.
 
 Reads  models/model.keras, models/run.json (from `train`), reports/train/history.csv,
-       data/prepared/test.npz, params.yaml `evaluate`.
+       data/prepared/test.npz and val.npz, params.yaml `evaluate` and `seed`.
 Writes reports/metrics.json (loss, accuracy, weighted and macro F1, per-class precision,
        recall and F1), reports/evaluate/predictions.csv (actual vs predicted, for DVC's
        confusion plot), reports/evaluate/test_predictions.npz (each test image's label and
        class probabilities, and the test split's digest: what `register` compares champion and
-       challenger on), reports/evaluate/confusion_matrix.png and learning_curves.png.
+       challenger on), reports/evaluate/drift_reference.npz (embeddings, predicted classes
+       and confidences of validation images: what `cifar10-mlops drift` compares production
+       with, monitoring/reference.py), reports/evaluate/confusion_matrix.png and
+       learning_curves.png.
 Logs all of it, and the model (serving/pyfunc.py around model.keras), into the training
 run's MLflow run, so that one run holds the whole story.
 """
@@ -32,6 +35,7 @@ from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.core.files import replacing, require_files, write_json
 from cifar10_mlops.core.splits import load_manifest, load_split
 from cifar10_mlops.core.stage import run_stage, stage_parser
+from cifar10_mlops.monitoring import reference
 
 
 def check_probabilities(probs: np.ndarray, images: int, model: Path) -> None:
@@ -183,6 +187,8 @@ def record_digests(client, model_id: str, files: list[Path]) -> None:
     for path in files:
         if path.name == gate.PREDICTIONS:
             digests[artifacts.PREDICTIONS_PARAM] = artifacts.digest(path)
+        elif path.name == reference.FILE:
+            digests[artifacts.REFERENCE_PARAM] = artifacts.digest(path)
     client.log_model_params(model_id, digests)
 
 
@@ -240,9 +246,11 @@ def main(argv: list[str] | None = None) -> None:
         run_info="train's run.json", history="train's history.csv",
         metrics="metrics.json to write", plots="folder for plots and predictions",
         predictions="test_predictions.npz to write (for the promotion gate)",
+        reference=f"{reference.FILE} to write (for the drift test)",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    cfg = load_params(args.params).evaluate
+    params = load_params(args.params)
+    cfg = params.evaluate
     require_files(args.model, args.run_info, args.history, hint="run the train stage first")
 
     import keras
@@ -262,12 +270,17 @@ def main(argv: list[str] | None = None) -> None:
         writer.writerow(["actual", "predicted"])
         writer.writerows((CLASSES[a], CLASSES[p]) for a, p in zip(y, probs.argmax(axis=1)))
     gate.save_predictions(args.predictions, gate.Predictions(y, probs, gate.test_digest(x, y)))
+    val = load_split(args.data, "val")
+    drift_reference = reference.build(
+        model, *val, cfg.reference_images, params.seed, cfg.batch_size
+    )
+    reference.save(args.reference, drift_reference)
     plot_confusion(y, probs.argmax(axis=1), args.plots / "confusion_matrix.png")
     plot_curves(read_history(args.history), args.plots / "learning_curves.png")
     write_json(args.metrics, metrics)
 
     run_info = json.loads(args.run_info.read_text())
-    files = [args.metrics, args.predictions, args.plots / "confusion_matrix.png"]
+    files = [args.metrics, args.predictions, args.reference, args.plots / "confusion_matrix.png"]
     files.append(args.plots / "learning_curves.png")
     log_to_mlflow(run_info, metrics, args.model, files, (x, y), args.data)
     print(
