@@ -16,7 +16,8 @@
 # 3. Checks: every service healthy; a retrain through the worker (tiny data: 20 images per
 #    class, no search, 1 epoch) completes; the model is registered as champion in MLflow; its
 #    artifacts and the DVC outputs are objects in the S3 store; MLflow and Prefect answer 401
-#    without their login.
+#    without their login; then the model server serves that champion and Prometheus (built
+#    from Debian's package) scrapes a prediction from it, with the alert rules loaded.
 # 4. Teardown: `down -v`, and no container, volume or network of the check is left.
 # podman runs with runc and cgroupfs (crun fails on this host's hybrid cgroups) and rlimits
 # containers may raise (containers.conf below). Needs root, podman, runc, netavark,
@@ -72,9 +73,10 @@ if [[ ${STACK_CHECK_IMAGES:-standin} == standin ]]; then
       -f "$WORK/context/$name.Containerfile" "$WORK/context" >/dev/null
   done
   BASE=(--build-arg "PYTHON_IMAGE=$STANDIN/python:bookworm")
+  DEBIAN_BASE=(--build-arg "DEBIAN_IMAGE=$STANDIN/debian:bookworm")
   OVERRIDE=(-f docker/stand-ins/compose.override.yml)
 else
-  BASE=() OVERRIDE=()
+  BASE=() OVERRIDE=() DEBIAN_BASE=()
 fi
 log "clone HEAD and build cifar10-mlops:cpu from its Dockerfile"
 rm -rf "$WORK/src"
@@ -93,6 +95,7 @@ cd "$WORK/src"
 compose() { "$WORK/tools/bin/podman-compose" -p "$PROJECT" -f docker-compose.yml "${OVERRIDE[@]}" "$@"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 MLFLOW_PORT=$(free_port) PREFECT_PORT=$(free_port) MINIO_PORT=$(free_port)
+MODEL_PORT=$(free_port) PROMETHEUS_PORT=$(free_port)
 python3 scripts/stack_env.py >/dev/null
 mkdir -p "$WORK/datasets"
 "$ROOT/.venv/bin/python" - "$WORK/datasets/cifar10-tiny.tar.gz" <<'EOF'
@@ -106,6 +109,7 @@ write_image_archive(Path(sys.argv[1]), train_per_class=20, test_per_class=10, fm
 EOF
 sed -i -e "s|^MLFLOW_PORT=.*|MLFLOW_PORT=$MLFLOW_PORT|" -e "s|^PREFECT_PORT=.*|PREFECT_PORT=$PREFECT_PORT|" \
   -e "s|^MINIO_PORT=.*|MINIO_PORT=$MINIO_PORT|" -e "s|^DATASET_DIR=.*|DATASET_DIR=$WORK/datasets|" \
+  -e "s|^MODEL_PORT=.*|MODEL_PORT=$MODEL_PORT|" -e "s|^PROMETHEUS_PORT=.*|PROMETHEUS_PORT=$PROMETHEUS_PORT|" \
   -e "s|^CIFAR10_SOURCE=.*|CIFAR10_SOURCE=/datasets/cifar10-tiny.tar.gz|" .env
 set -a; . ./.env; set +a
 
@@ -206,6 +210,47 @@ dvc = [k for k in keys if k.startswith("dvc/files/md5/")]
 assert models and dvc, keys[:20]
 print(f"S3: {len(keys)} objects in cifar10-mlops ({len(models)} model.keras under mlflow/, "
       f"{len(dvc)} DVC objects under dvc/)")
+EOF
+# --- the model server and Prometheus, once a champion exists ------------------------------
+log "build cifar10-mlops-prometheus:bookworm (Debian's prometheus package)"
+podman build -q --network host "${DEBIAN_BASE[@]}" -t cifar10-mlops-prometheus:bookworm \
+  -f docker/prometheus/Containerfile docker/prometheus >/dev/null
+log "up: model-server, prometheus"
+compose up -d --no-deps model-server prometheus >>"$WORK/up.log" 2>&1
+healthy model-server 300
+healthy prometheus 120
+MODEL_PORT=$MODEL_PORT PROMETHEUS_PORT=$PROMETHEUS_PORT "$ROOT/.venv/bin/python" - <<'EOF'
+import json
+import os
+import time
+import urllib.parse
+import urllib.request
+
+model = f"http://127.0.0.1:{os.environ['MODEL_PORT']}"
+prometheus = f"http://127.0.0.1:{os.environ['PROMETHEUS_PORT']}"
+served = json.loads(urllib.request.urlopen(f"{model}/version", timeout=10).read())["model"]
+body = json.dumps({"inputs": [[[[0, 0, 0]] * 32] * 32] * 2}).encode()
+request = urllib.request.Request(f"{model}/invocations", body, {"Content-Type": "application/json"})
+assert urllib.request.urlopen(request, timeout=60).status == 200
+
+
+def query(expr):
+    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+    return json.loads(urllib.request.urlopen(url, timeout=10).read())["data"]["result"]
+
+
+deadline = time.monotonic() + 90  # scraped every 15 s
+expr = 'cifar10_requests_total{route="/invocations",status="200"}'
+while not query(expr) and time.monotonic() < deadline:
+    time.sleep(3)
+[found] = query(expr)
+[up] = query('up{job="model-server"}')
+assert up["value"][1] == "1", up
+rules = json.loads(urllib.request.urlopen(f"{prometheus}/api/v1/rules", timeout=10).read())
+names = sorted(r["name"] for g in rules["data"]["groups"] for r in g["rules"])
+assert len(names) == 5, names
+print(f"model server: {served['name']} v{served['version']}, 1 prediction; Prometheus scraped "
+      f"{expr} = {found['value'][1]}, up 1, alert rules {', '.join(names)}")
 EOF
 trap - EXIT
 teardown

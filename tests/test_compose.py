@@ -1,13 +1,17 @@
 """docker-compose.yml checked by a real Compose implementation (no Docker engine needed)."""
 
 import pytest
+import yaml
 
 from compose import compose, example_env, project_copy, resolved
 from helpers import REPO
 
 pytestmark = pytest.mark.integration
 
-SERVERS = ("postgres", "minio", "mlflow", "prefect", "retrainer", "retrainer-gpu")
+SERVERS = (
+    "postgres", "minio", "mlflow", "prefect", "retrainer", "retrainer-gpu", "model-server",
+    "prometheus",
+)  # fmt: skip
 SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "PREFECT_DB_PASSWORD",
            "MINIO_ROOT_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SECRET",
            "PREFECT_AUTH_STRING")  # fmt: skip
@@ -74,6 +78,8 @@ def test_every_published_port_is_bound_to_localhost(stack):
     assert ports["mlflow"] == [("127.0.0.1", "5000")]
     assert ports["prefect"] == [("127.0.0.1", "4200")]
     assert ports["minio"] == [("127.0.0.1", "9000")]
+    assert ports["model-server"] == [("127.0.0.1", "5001")]
+    assert ports["prometheus"] == [("127.0.0.1", "9090")]
     assert all(host == "127.0.0.1" for bound in ports.values() for host, _ in bound)
 
 
@@ -122,6 +128,8 @@ HOLDS = {
     "retrainer": {"MLFLOW_ADMIN_PASSWORD", "PREFECT_AUTH_STRING", "MINIO_ROOT_PASSWORD"},
     "retrainer-gpu": {"MLFLOW_ADMIN_PASSWORD", "PREFECT_AUTH_STRING", "MINIO_ROOT_PASSWORD"},
     "tune-worker": {"MLFLOW_ADMIN_PASSWORD"},  # its trials are MLflow runs
+    "model-server": {"MLFLOW_ADMIN_PASSWORD"},  # the champion, through the MLflow server
+    "prometheus": set(),
 }  # fmt: skip
 
 
@@ -131,6 +139,21 @@ def test_each_service_gets_only_the_credentials_it_uses(stack):
         text = str(service.get("environment", {})) + str(service.get("command", ""))
         held = {secret for secret, value in values.items() if value in text}
         assert held == HOLDS[name], name
+
+
+def test_prometheus_scrapes_the_model_server_where_it_listens(stack):
+    server = stack["model-server"]
+    command = server["command"]
+    port = command[command.index("--port") + 1]
+    config = yaml.safe_load((REPO / "docker/prometheus/prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["static_configs"][0]["targets"] == [f"model-server:{port}"]
+    assert job["metrics_path"] == "/metrics"
+    assert f"http://127.0.0.1:{port}/ping" in str(server["healthcheck"]["test"])
+    # the drift test's sample in a volume of its own, not in the container's layer
+    sample = command[command.index("--sample-dir") + 1]
+    assert any(str(v).endswith(sample) or sample in str(v) for v in server["volumes"])
+    assert stack["prometheus"]["build"]["context"].endswith("docker/prometheus")
 
 
 def test_prefects_api_answers_browsers_of_its_own_ui_only(stack):
