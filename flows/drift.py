@@ -35,8 +35,8 @@ EVENT = "cifar10.drift.detected"
 OUT = Path("reports/drift")
 
 
-@task(task_run_name="test-window")
-def test_window(model: str, sample_dir: Path) -> dict:
+@task(task_run_name="check-window")
+def check_window(model: str, sample_dir: Path) -> dict:
     """Test the server's window; its verdict, also written where the server reads it."""
     result = check.check(model, sample_dir / WINDOW, OUT, PARAMS_FILE)
     verdict = result.verdict.as_dict() | {
@@ -78,7 +78,7 @@ def drift(sample_dir: str | None = None, model: str | None = None) -> dict:
     params = load_params(PARAMS_FILE)
     folder = Path(sample_dir or params.monitor.sample_dir)
     uri = model or tracking.champion_uri(params.register.model_name)
-    verdict = test_window(uri, folder)
+    verdict = check_window(uri, folder)
     create_markdown_artifact(
         key="drift-report", markdown=markdown(verdict), description="Drift test of the window"
     )
