@@ -89,7 +89,9 @@ def test_prometheus_scrapes_the_model_server_and_loads_the_alerts(promtool, cand
             folder / "prometheus.log", dict(os.environ), folder,
         )  # fmt: skip
         base = f"http://127.0.0.1:{web}"
-        wait_for(lambda: answers(f"{base}/-/ready"), "Prometheus", prometheus, folder / "prometheus.log")
+        wait_for(
+            lambda: answers(f"{base}/-/ready"), "Prometheus", prometheus, folder / "prometheus.log"
+        )
         body = json.dumps({"inputs": np.zeros((3, 32, 32, 3), int).tolist()}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations", body, {"content-type": "application/json"}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cifar10_mlops.core.errors import PipelineError
-from cifar10_mlops.serving.sample import VERDICT, WINDOW, Sample, read_window
+from cifar10_mlops.serving.sample import MAX_IMAGES, VERDICT, WINDOW, Sample, read_window
 
 
 def images(first: int, n: int) -> np.ndarray:
@@ -78,4 +78,19 @@ def test_a_window_file_of_anything_else_is_refused(tmp_path, arrays):
     path = tmp_path / WINDOW
     np.savez(path, **arrays)
     with pytest.raises(PipelineError, match=str(path)):
+        read_window(path)
+
+
+def test_a_window_that_would_unpack_into_more_than_the_limit_is_refused_unread(tmp_path):
+    path = tmp_path / WINDOW
+    np.savez_compressed(path, x=np.zeros((MAX_IMAGES + 1, 32, 32, 3), np.uint8))
+    assert path.stat().st_size < 2_000_000  # 300 MiB of zeros, compressed
+    with pytest.raises(PipelineError, match="n up to 100000, got uint8 \\(100001, 32, 32, 3\\)"):
+        read_window(path)
+
+
+def test_a_file_that_is_no_npz_is_refused(tmp_path):
+    path = tmp_path / WINDOW
+    path.write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(PipelineError, match="not a window of images"):
         read_window(path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -105,9 +106,27 @@ class Sample:
 
 
 def read_window(path: Path) -> tuple[np.ndarray, dict]:
-    """The images of a window file (`x`, uint8 (n, 32, 32, 3)) and what else it says."""
+    """The images of a window file (`x`, uint8 (n, 32, 32, 3), n at most MAX_IMAGES) and what
+    else it says. The shape is read from the array's header before any data, so a file that
+    would unpack into more than that (a compressed one of zeros, say) is refused unread."""
     from cifar10_mlops.core.errors import PipelineError
 
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("x.npy") as member:
+            version = np.lib.format.read_magic(member)
+            header = {(1, 0): np.lib.format.read_array_header_1_0,
+                      (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
+            if header is None:
+                raise ValueError(f"x.npy is of .npy format {version}, not 1.0 or 2.0")
+            shape, _, dtype = header(member)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise PipelineError(f"{path}: not a window of images ({reason})") from None
+    if dtype != np.uint8 or len(shape) != 4 or shape[1:] != IMAGE_SHAPE or shape[0] > MAX_IMAGES:
+        raise PipelineError(
+            f"{path}: expected uint8 images of shape (n, 32, 32, 3), n up to {MAX_IMAGES}, "
+            f"got {dtype} {shape}"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             x = data["x"]
@@ -115,8 +134,4 @@ def read_window(path: Path) -> tuple[np.ndarray, dict]:
     except (OSError, ValueError, KeyError, EOFError) as exc:
         reason = " ".join(str(exc).split())[:160]
         raise PipelineError(f"{path}: not a window of images ({reason})") from None
-    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE:
-        raise PipelineError(
-            f"{path}: expected uint8 images of shape (n, 32, 32, 3), got {x.dtype} {x.shape}"
-        )
     return x, about
