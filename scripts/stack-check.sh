@@ -151,8 +151,10 @@ healthy retrainer 300
 
 # --- 3. checks ---------------------------------------------------------------------------
 log "retrain through the worker (tiny data, no search, 1 epoch)"
+# (CIFAR10_SOURCE in .env names the tiny archive; with no CIFAR10_CHECKSUM its digest is
+# recorded, not checked: a run's parameters may not change download.*)
 params='{"force": true, "set_params": ["tune.enabled=false", "train.epochs=1",
-  "prepare.train_per_class=20", "prepare.test_per_class=10", "download.checksum=null"]}'
+  "prepare.train_per_class=20", "prepare.test_per_class=10"]}'
 podman exec "$(container retrainer)" prefect deployment run retrain/retrain-weekly \
   --params "$params" --watch --watch-timeout 900 >"$WORK/run.log" 2>&1 ||
   { tail -40 "$WORK/run.log" >&2; podman logs --tail 60 "$(container retrainer)" >&2; die "the retrain failed"; }
