@@ -99,7 +99,8 @@ def served_metrics(port: int) -> dict[str, float]:
     }
 
 
-@pytest.mark.long(seconds=50)
+@pytest.mark.extended  # a model server and two drift runs: 1.5 min in the full suite
+@pytest.mark.long(seconds=90)
 def test_the_server_keeps_what_it_is_asked_and_reports_the_last_drift_test(champion, tmp_path):
     port, log, sample = free_port(), tmp_path / "serve.log", tmp_path / "served"
     env = env_with_bin(MLFLOW_TRACKING_URI=f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}")

@@ -105,7 +105,7 @@ def test_the_logged_model_carries_its_own_final_metrics_only(reproduced):
     assert not [k for k in by_name if k.startswith("system/")]
     assert {k.split("/")[0] for k in by_name} == {"test", "train", "val"}
     # the run's params, and the digests checked before the model loads (core/artifacts.py)
-    recorded = {artifacts.MODEL_PARAM, artifacts.PREDICTIONS_PARAM}
+    recorded = {artifacts.MODEL_PARAM, artifacts.PREDICTIONS_PARAM, artifacts.REFERENCE_PARAM}
     trained = {key for key in run.data.params if not key.startswith(artifacts.STATE_PARAM)}
     assert set(logged.params) == {*trained, *recorded}
     assert all(len(logged.params[key]) == 64 for key in recorded)

@@ -65,7 +65,8 @@ def query(base: str, expr: str) -> list:
     return json.loads(urllib.request.urlopen(url, timeout=10).read())["data"]["result"]
 
 
-@pytest.mark.long(seconds=40)
+@pytest.mark.extended  # a model server and Prometheus: 1 min in the full suite
+@pytest.mark.long(seconds=60)
 def test_prometheus_scrapes_the_model_server_and_loads_the_alerts(promtool, candidate, tmp_path):
     candidate(0.6)
     register.main(["--params", str(candidate.params), *stage_args("register")])
