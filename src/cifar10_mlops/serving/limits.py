@@ -12,14 +12,17 @@ its request timeout, or grow by GBs:
 - a JSON body nested deeper than MAX_DEPTH, or with more lists than MAX_IMAGES images have, gets
   HTTP 400 before MLflow parses it (deep nesting was a RecursionError, a 500; lists cost GBs);
 - a body still incomplete BODY_TIMEOUT seconds after its headers gets HTTP 408;
-- at most MAX_READING bodies being read and MAX_BUSY requests being predicted at once: more
-  get HTTP 503 with Retry-After, at once. /ping, /health and /version take no slot, so they
-  answer while the server is busy;
+- at most MAX_READING bodies being read and parsed, and MAX_BUSY requests being parsed and
+  predicted by MLflow at once: more get HTTP 503 with Retry-After, at once. Batches of integer
+  pixels (below) wait for the model in batching.py's bounded queue instead, also answered 503
+  when it is full. /ping, /health and /version take no slot, so they answer while the server
+  is busy;
 - the model (pyfunc.py) refuses more than MAX_IMAGES images a request, or any other shape than
   (n, 32, 32, 3), with HTTP 400, so a request's prediction is bounded too;
 - a body of the documented form (integer pixels, batch.py) is parsed in C loops and predicted
-  here, answered as MLflow answers: MLflow's json.loads held Python's GIL for seconds, so /ping
-  waited as long. Any other body goes to MLflow.
+  here, with the other requests waiting at the time (batching.py), answered as MLflow answers:
+  MLflow's json.loads held Python's GIL for seconds, so /ping waited as long. Any other body
+  goes to MLflow.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import numpy as np
 from mlflow.exceptions import MlflowException
 
 from cifar10_mlops.serving.batch import LISTS_PER_IMAGE, pixel_batch
+from cifar10_mlops.serving.batching import Full
 from cifar10_mlops.serving.pyfunc import MAX_IMAGES
 
 # Bytes a request's body may have: an image is at most 17,472 bytes of JSON (every pixel "255, ",
@@ -131,7 +135,9 @@ def limit_requests(
     """The ASGI app `app` behind the limits above: each HTTP request's body is read first, never
     more than `max_bytes` of it, within `body_timeout` seconds (default BODY_TIMEOUT, at most
     `timeout`), checked, then handed to `app` whole, or, if it is a batch of integer pixels and
-    `predict` (the model's) is given, predicted here; `timeout` is MLflow's request timeout."""
+    `predict` is given (a batching.Batcher's predict, or any coroutine function of the images
+    that answers their probabilities), predicted here; `timeout` is MLflow's request
+    timeout."""
     body_timeout = min(timeout, BODY_TIMEOUT if body_timeout is None else body_timeout)
     reading, busy = Slots(MAX_READING), Slots(MAX_BUSY)
 
@@ -148,10 +154,13 @@ def limit_requests(
             return await _refuse(send, 415, _NOT_JSON)
         if not reading.take():
             return await _refuse(send, 503, f"busy: {MAX_READING} requests arriving; retry")
+        images = None
         try:
             body = await asyncio.wait_for(_read_body(scope, receive, max_bytes), body_timeout)
             if body is not None and (refusal := await asyncio.to_thread(json_refusal, body)):
                 raise _Refused(400, refusal)
+            if body is not None and predict is not None and _plain_json(scope):
+                images = await asyncio.to_thread(pixel_batch, body)  # in its reading slot
         except _Refused as refused:
             return await _refuse(send, refused.status, str(refused))
         except TimeoutError:
@@ -159,18 +168,15 @@ def limit_requests(
             return await _refuse(send, 408, message)
         finally:
             reading.give()
+        if images is not None:  # bounded by the batcher's queue, not by a slot
+            del body
+            return await _predicted(send, predict, images, timeout)
         if body is None:  # the client went away
             return
         if not busy.take():
             return await _refuse(send, 503, f"busy: {MAX_BUSY} requests being predicted; retry")
         try:
-            images = None
-            if predict is not None and _plain_json(scope):
-                images = await asyncio.to_thread(pixel_batch, body)
-            if images is None:
-                await app(scope, _replay(body, receive), send)
-            else:
-                await _predicted(send, predict, images, timeout)
+            await app(scope, _replay(body, receive), send)
         finally:
             busy.give()
 
@@ -233,10 +239,12 @@ async def _predicted(send, predict, images: np.ndarray, timeout: float) -> None:
     from mlflow.pyfunc.scoring_server import predictions_to_json
 
     try:
-        predictions = await asyncio.wait_for(asyncio.to_thread(predict, images), timeout)
+        predictions = await asyncio.wait_for(predict(images), timeout)
         answer = io.StringIO()
         predictions_to_json(predictions, answer)
         status, body = 200, answer.getvalue().encode()
+    except Full as full:
+        return await _refuse(send, 503, str(full))
     except TimeoutError:
         status, body = 504, b"Request processing time exceeded limit"  # MLflow's words
     except MlflowException as exc:

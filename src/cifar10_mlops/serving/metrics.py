@@ -7,6 +7,8 @@
 - cifar10_request_seconds{route}: a histogram of the time from a request's start to its answer;
 - cifar10_images_per_request, cifar10_predicted_class_total{class} (top-1) and
   cifar10_top1_confidence: what the model was asked and what it answered;
+- cifar10_images_per_prediction: images in each call of the model, where concurrent requests
+  are predicted together (batching.py);
 - cifar10_model_info{name, version, model_id, uri}: the model being served (value 1);
 - cifar10_model_reloads_total{outcome}: champion reloads (champion.py), "loaded" or "failed";
   cifar10_model_reload_failing is 1 while the model the alias names could not be loaded and
@@ -62,6 +64,11 @@ class Metrics:
             "cifar10_images_per_request", "Images in each predicted request",
             buckets=IMAGE_BUCKETS, registry=registry,
         )  # fmt: skip
+        self.batch = Histogram(
+            "cifar10_images_per_prediction",
+            "Images in each call of the model: concurrent requests predicted together",
+            buckets=IMAGE_BUCKETS, registry=registry,
+        )  # fmt: skip
         self.classes = Counter(
             "cifar10_predicted_class", "Images by predicted (top-1) class", ["class"],
             registry=registry,
@@ -109,6 +116,10 @@ class Metrics:
                 self.classes.labels(name).inc(int(count))
         for confidence in probabilities.max(axis=1):
             self.confidence.observe(float(confidence))
+
+    def batched(self, images: int) -> None:
+        """Record one call of the model on `images` images, of one or more requests."""
+        self.batch.observe(images)
 
     def serving(self, name, version, model_id, uri) -> None:
         """Name the model being served."""

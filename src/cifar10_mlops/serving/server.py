@@ -1,7 +1,8 @@
 """`cifar10-mlops serve`: a model behind MLflow's own scoring app (the app `mlflow models serve`
 runs: /invocations, /ping, /health, /version), behind the request limits of limits.py, with
-GET /metrics (metrics.py), the model an alias names followed (champion.py), and two guards on
-connections that uvicorn lacks:
+GET /metrics (metrics.py), the model an alias names followed (champion.py), requests that wait
+for the model predicted together (batching.py), and two guards on connections that uvicorn
+lacks:
 
 - at most MAX_OPEN connections at once; more are closed unanswered;
 - a connection that has not sent a request's headers HEADER_TIMEOUT seconds after it opened (or
@@ -22,10 +23,12 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from cifar10_mlops.core import tracking
 from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.core.settings import PARAMS_FILE, load_params
+from cifar10_mlops.serving.batching import Batcher, predict_each
 from cifar10_mlops.serving.champion import Champion
 from cifar10_mlops.serving.limits import limit_requests, respond
 from cifar10_mlops.serving.metrics import Metrics, observe
 from cifar10_mlops.serving.predict import load_resolved
+from cifar10_mlops.serving.pyfunc import MAX_IMAGES
 from cifar10_mlops.serving.sample import Sample
 
 MAX_OPEN = 64
@@ -79,11 +82,17 @@ _TOO_SLOW += b"content-length: %d\r\n\r\n%s" % (len(_TOO_SLOW_TEXT), _TOO_SLOW_T
 
 
 def serve(
-    model_uri: str, host: str, port: int, reload_seconds: float = 30.0, sample: Sample | None = None
+    model_uri: str,
+    host: str,
+    port: int,
+    reload_seconds: float = 30.0,
+    sample: Sample | None = None,
+    batch_images: int = MAX_IMAGES,
 ) -> None:
     """Serve `model_uri` at http://host:port/invocations behind the limits, following its
     alias every `reload_seconds` (0: never), keeping what it classifies in `sample` (if any)
-    for the drift test, until interrupted."""
+    for the drift test, predicting concurrent requests together up to `batch_images` images,
+    until interrupted."""
     import uvicorn
 
     metrics = Metrics()
@@ -93,7 +102,7 @@ def serve(
         metrics.drift = sample.verdict
         stops.append(sample.follow(lambda: champion.current[1].describe()))
     try:
-        app = build_app(champion, metrics)
+        app = build_app(champion, metrics, batch_images)
         uvicorn.run(app, host=host, port=port, http=GuardedProtocol)
     finally:
         for stop in stops:
@@ -102,14 +111,17 @@ def serve(
             sample.write(champion.current[1].describe())  # what came since the last write
 
 
-def build_app(model, metrics: Metrics | None = None):
+def build_app(model, metrics: Metrics | None = None, batch_images: int = MAX_IMAGES):
     """The ASGI app serving the pyfunc `model` (or a Champion): MLflow's scoring app behind the
-    limits, with bodies of integer pixels predicted by the limits' fast path, every request
-    counted and timed (GET /metrics), and a Champion's /version naming the model it serves."""
+    limits, with bodies of integer pixels predicted by the limits' fast path, those that wait
+    meanwhile together (up to `batch_images` images a call), every request counted and timed
+    (GET /metrics), and a Champion's /version naming the model it serves."""
     from mlflow.pyfunc import scoring_server
 
     app = scoring_server.init(model)  # reads the timeout too
-    app = limit_requests(app, REQUEST_TIMEOUT.get(), predict=model.predict)
+    many = model.predict_many if isinstance(model, Champion) else predict_each(model.predict)
+    batcher = Batcher(many, max_images=batch_images)
+    app = limit_requests(app, REQUEST_TIMEOUT.get(), predict=batcher.predict)
     if isinstance(model, Champion):
         app = _answer_version(app, model)
     return observe(app, metrics or Metrics())
@@ -143,6 +155,11 @@ def main(argv: list[str] | None = None) -> None:
         "(default 30; 0: never)",
     )  # fmt: skip
     parser.add_argument(
+        "--batch-images", type=_batch, default=MAX_IMAGES, metavar="N",
+        help="predict requests that wait for the model together, up to N images a call "
+        f"(default {MAX_IMAGES}; 1: each request alone)",
+    )  # fmt: skip
+    parser.add_argument(
         "--sample-dir", type=Path, metavar="DIR",
         help="keep the newest params.yaml monitor.window images classified, written to "
         "DIR/window.npz, for `cifar10-mlops drift --sample-dir DIR` (default: none kept)",
@@ -160,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
             sample = Sample(args.sample_dir, params.monitor.window, args.sample_seconds)
         except OSError as exc:
             raise PipelineError(f"--sample-dir {args.sample_dir}: {exc.strerror}") from None
-    serve(uri, args.host, args.port, args.reload_seconds, sample)
+    serve(uri, args.host, args.port, args.reload_seconds, sample, args.batch_images)
 
 
 def _seconds(text: str) -> float:
@@ -171,6 +188,14 @@ def _seconds(text: str) -> float:
     if not 0 <= value <= 86400:  # nan too
         raise argparse.ArgumentTypeError(f"{text!r}: seconds from 0 to 86400")
     return value
+
+
+def _batch(text: str) -> int:
+    if not (text.isdigit() and 1 <= int(text) <= MAX_IMAGES):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a whole number of images from 1 to {MAX_IMAGES}"
+        )
+    return int(text)
 
 
 def _interval(text: str) -> float:
