@@ -1,8 +1,8 @@
 """Server-side batching for `cifar10-mlops serve`: requests of integer pixels that arrive while
 the model is busy wait, and the next prediction takes them all together, up to `max_images`
 images. There is no waiting window: an idle server predicts a request at once, so batching
-adds no latency; under load, one call of the model answers many requests, which is where
-Keras's per-call cost (tens of ms on a CPU, whatever the batch) went.
+adds no latency; under load, one call of the model answers many requests, and Keras's cost
+per call (about 0.11 s here, whatever the batch: docs/benchmarks.md) is paid once for them.
 
 At most `max_queued` images wait; a request past that is refused (HTTP 503, Retry-After), so
 the queue holds at most MAX_QUEUED images' 3 KB each (12 MB), however many clients call.
