@@ -66,7 +66,8 @@ def markdown(verdict: dict) -> str:
         picture, link = f"Picture: `{verdict['picture']}`", f"MLflow run `{run}` in `{where}`"
     return (
         f"# {word}: {verdict['images']} images against {verdict['model']}'s reference\n\n"
-        f"Each test at alpha {verdict['alpha']}/3; MMD² score {verdict['score']:.4g}.\n\n"
+        f"Each of the {len(tests.TESTS)} tests at alpha {verdict['alpha']}/{len(tests.TESTS)}; "
+        f"MMD² score {verdict['score']:.4g}.\n\n"
         f"| test | statistic | p-value | |\n|---|---|---|---|\n{rows}\n\n{picture}\n\n{link}\n"
     )
 

@@ -17,7 +17,10 @@
 #    class, no search, 1 epoch) completes; the model is registered as champion in MLflow; its
 #    artifacts and the DVC outputs are objects in the S3 store; MLflow and Prefect answer 401
 #    without their login; then the model server serves that champion and Prometheus (built
-#    from Debian's package) scrapes a prediction from it, with the alert rules loaded.
+#    from Debian's package) scrapes a prediction from it, with the alert rules loaded; then
+#    the drift-monitor's deployment tests 128 noise images the server was sent: drift, with
+#    its Prefect artifact and event, its MLflow run, and cifar10_drift_detected 1 at the
+#    server and in Prometheus.
 # 4. Teardown: `down -v`, and no container, volume or network of the check is left.
 # podman runs with runc and cgroupfs (crun fails on this host's hybrid cgroups) and rlimits
 # containers may raise (containers.conf below). Needs root, podman, runc, netavark,
@@ -110,7 +113,8 @@ EOF
 sed -i -e "s|^MLFLOW_PORT=.*|MLFLOW_PORT=$MLFLOW_PORT|" -e "s|^PREFECT_PORT=.*|PREFECT_PORT=$PREFECT_PORT|" \
   -e "s|^MINIO_PORT=.*|MINIO_PORT=$MINIO_PORT|" -e "s|^DATASET_DIR=.*|DATASET_DIR=$WORK/datasets|" \
   -e "s|^MODEL_PORT=.*|MODEL_PORT=$MODEL_PORT|" -e "s|^PROMETHEUS_PORT=.*|PROMETHEUS_PORT=$PROMETHEUS_PORT|" \
-  -e "s|^CIFAR10_SOURCE=.*|CIFAR10_SOURCE=/datasets/cifar10-tiny.tar.gz|" .env
+  -e "s|^CIFAR10_SOURCE=.*|CIFAR10_SOURCE=/datasets/cifar10-tiny.tar.gz|" \
+  -e "s|^MODEL_SAMPLE_SECONDS=.*|MODEL_SAMPLE_SECONDS=2|" .env
 set -a; . ./.env; set +a
 
 teardown() {
@@ -253,6 +257,82 @@ names = sorted(r["name"] for g in rules["data"]["groups"] for r in g["rules"])
 assert len(names) == 5, names
 print(f"model server: {served['name']} v{served['version']}, 1 prediction; Prometheus scraped "
       f"{expr} = {found['value'][1]}, up 1, alert rules {', '.join(names)}")
+EOF
+# --- the drift test: the server's window of noise images against the champion's reference ---
+log "up: drift-monitor (serves the scheduled drift deployment)"
+compose up -d --no-deps drift-monitor >>"$WORK/up.log" 2>&1
+MODEL_PORT=$MODEL_PORT "$ROOT/.venv/bin/python" - <<'EOF'
+import json
+import os
+import urllib.request
+
+import numpy as np
+
+model = f"http://127.0.0.1:{os.environ['MODEL_PORT']}"
+noise = np.random.default_rng(0).integers(0, 256, (2, 64, 32, 32, 3))
+for images in noise:  # 128 images: params.yaml monitor.min_images is 100
+    body = json.dumps({"inputs": images.tolist()}).encode()
+    request = urllib.request.Request(f"{model}/invocations", body, {"Content-Type": "application/json"})
+    assert urllib.request.urlopen(request, timeout=120).status == 200
+EOF
+sleep 5  # the server writes its window every MODEL_SAMPLE_SECONDS (2 here)
+deadline=$(($(date +%s) + 180))
+until podman exec "$(container drift-monitor)" prefect deployment inspect drift/drift-hourly >/dev/null 2>&1; do
+  [[ $(date +%s) -lt $deadline ]] || { podman logs --tail 40 "$(container drift-monitor)" >&2; die "no drift deployment in 180 s"; }
+  sleep 3
+done
+log "run the drift deployment once"
+podman exec "$(container drift-monitor)" prefect deployment run drift/drift-hourly --watch \
+  --watch-timeout 600 >"$WORK/drift.log" 2>&1 ||
+  { tail -40 "$WORK/drift.log" >&2; podman logs --tail 60 "$(container drift-monitor)" >&2; die "the drift test failed"; }
+MLFLOW_PORT=$MLFLOW_PORT PREFECT_PORT=$PREFECT_PORT MODEL_PORT=$MODEL_PORT \
+  PROMETHEUS_PORT=$PROMETHEUS_PORT "$ROOT/.venv/bin/python" - <<'EOF'
+import base64
+import json
+import os
+import time
+import urllib.parse
+import urllib.request
+
+
+def call(url, auth=None, body=None):
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    data = None if body is None else json.dumps(body).encode()
+    with urllib.request.urlopen(urllib.request.Request(url, data, headers), timeout=30) as answer:
+        return answer.read()
+
+
+prefect, auth = f"http://127.0.0.1:{os.environ['PREFECT_PORT']}/api", os.environ["PREFECT_AUTH_STRING"]
+[report] = json.loads(call(f"{prefect}/artifacts/filter", auth,
+                           {"artifacts": {"key": {"any_": ["drift-report"]}}}))
+assert report["data"].startswith("# **Drift**"), report["data"][:200]
+events = json.loads(call(f"{prefect}/events/filter", auth,
+                         {"filter": {"event": {"name": ["cifar10.drift.detected"]}}, "limit": 5}))
+[event] = events["events"]
+mlflow = f"http://127.0.0.1:{os.environ['MLFLOW_PORT']}"
+admin = f"admin:{os.environ['MLFLOW_ADMIN_PASSWORD']}"
+name = urllib.parse.urlencode({"experiment_name": "cifar10-cnn-drift"})
+experiment = json.loads(call(f"{mlflow}/api/2.0/mlflow/experiments/get-by-name?{name}", admin))
+runs = json.loads(call(f"{mlflow}/api/2.0/mlflow/runs/search", admin,
+                       {"experiment_ids": [experiment["experiment"]["experiment_id"]]}))["runs"]
+assert len(runs) == 1, runs
+metrics = call(f"http://127.0.0.1:{os.environ['MODEL_PORT']}/metrics").decode()
+assert "cifar10_drift_detected 1.0" in metrics, [x for x in metrics.splitlines() if "drift" in x]
+prometheus = f"http://127.0.0.1:{os.environ['PROMETHEUS_PORT']}"
+deadline, found = time.monotonic() + 60, None  # scraped every 15 s
+while time.monotonic() < deadline:
+    query = urllib.parse.urlencode({"query": "cifar10_drift_detected"})
+    found = json.loads(call(f"{prometheus}/api/v1/query?{query}"))["data"]["result"]
+    if found and found[0]["value"][1] == "1":
+        break
+    time.sleep(3)
+else:
+    raise AssertionError(f"Prometheus has cifar10_drift_detected {found}")
+print(f"drift: 128 noise images drifted ({', '.join(event['payload']['drifted'])}); Prefect "
+      f"artifact drift-report and event {event['event']}; MLflow run {runs[0]['info']['run_id']} "
+      "in cifar10-cnn-drift; cifar10_drift_detected 1 at the server and in Prometheus")
 EOF
 trap - EXIT
 teardown

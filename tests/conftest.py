@@ -51,9 +51,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest first (with `--maxschedchunk 1`, xdist hands tests out in this order): one
     test of the shared reproduced pipeline and one of the retrained one (whoever runs them
     builds them, the second after the first), the tests marked `long` (longest first), the
-    other integration tests, the rest of the shared pipelines' (built by then: placed earlier,
-    the second worker waited 69 s for the build in make test), then the unit tests, which fill
-    the gaps."""
+    other integration tests, the rest of the shared pipelines', then the unit tests, which
+    fill the gaps.
+
+    In `make test` (`--dist loadgroup`) the shared pipeline's tests are one xdist group, run
+    by one worker after it built the pipeline: handed out one by one, three of four workers
+    waited 92-133 s for that build. `make test-extended` deselects them (its own run long and
+    spread over the workers)."""
 
     def shares(item: pytest.Item) -> bool:
         return "reproduced_once" in item.fixturenames
@@ -74,6 +78,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return (2 if item.get_closest_marker("integration") else 4), 0
 
     items.sort(key=rank)  # stable: collection order within equal ranks
+    for item in items:
+        if shares(item) and not item.get_closest_marker("extended"):
+            item.add_marker(pytest.mark.xdist_group("reproduced"))
 
 
 @pytest.fixture(scope="session")

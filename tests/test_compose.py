@@ -40,7 +40,7 @@ def published(port) -> tuple[str, str]:
 
 
 def test_the_stack_resolves_with_the_example_env(stack):
-    assert set(stack) == {*SERVERS, "buckets", "tune-worker"}
+    assert set(stack) == {*SERVERS, "buckets", "tune-worker", "drift-monitor"}
     assert stack["mlflow"]["command"][0] == "docker/mlflow-server.sh"
     assert not any("not-a-real" in str(arg) for arg in stack["mlflow"]["command"])  # ps shows it
     mlflow = stack["mlflow"]["environment"]
@@ -129,6 +129,7 @@ HOLDS = {
     "retrainer-gpu": {"MLFLOW_ADMIN_PASSWORD", "PREFECT_AUTH_STRING", "MINIO_ROOT_PASSWORD"},
     "tune-worker": {"MLFLOW_ADMIN_PASSWORD"},  # its trials are MLflow runs
     "model-server": {"MLFLOW_ADMIN_PASSWORD"},  # the champion, through the MLflow server
+    "drift-monitor": {"MLFLOW_ADMIN_PASSWORD", "PREFECT_AUTH_STRING"},  # no S3 keys
     "prometheus": set(),
 }  # fmt: skip
 
@@ -154,6 +155,22 @@ def test_prometheus_scrapes_the_model_server_where_it_listens(stack):
     sample = command[command.index("--sample-dir") + 1]
     assert any(str(v).endswith(sample) or sample in str(v) for v in server["volumes"])
     assert stack["prometheus"]["build"]["context"].endswith("docker/prometheus")
+    # the scheduled drift test reads the same volume, where params.yaml says the window is
+    monitor = stack["drift-monitor"]
+    assert monitor["command"] == ["python", "-m", "flows.drift", "--serve"]
+    sample_dir = yaml.safe_load((REPO / "params.yaml").read_text())["monitor"]["sample_dir"]
+    [volume] = monitor["volumes"]
+    [served] = server["volumes"]
+    assert _volume_source(volume) == _volume_source(served)
+    assert _volume_target(volume) == _volume_target(served) == f"/app/{sample_dir}" == sample
+
+
+def _volume_source(volume) -> str:
+    return volume["source"] if isinstance(volume, dict) else str(volume).split(":")[0]
+
+
+def _volume_target(volume) -> str:
+    return volume["target"] if isinstance(volume, dict) else str(volume).split(":")[1]
 
 
 def test_prefects_api_answers_browsers_of_its_own_ui_only(stack):

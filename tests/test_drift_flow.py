@@ -63,6 +63,7 @@ def test_a_drifted_window_is_reported_and_announced_a_clean_one_only_reported(
     assert verdict["detected"] is True
     markdown = report()
     assert markdown.startswith("# **Drift**") and "| brightness |" in markdown
+    assert "Each of the 4 tests at alpha 0.01/4" in markdown  # Bonferroni, as drift.py tests
     assert verdict["mlflow_run"] in markdown
 
     deadline = time.monotonic() + 30  # events reach the server's store asynchronously
