@@ -47,6 +47,7 @@ os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the xdist_group marks added here
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest first (with `--maxschedchunk 1`, xdist hands tests out in this order): one
     test of the shared reproduced pipeline and one of the retrained one (whoever runs them
