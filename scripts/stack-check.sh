@@ -338,4 +338,4 @@ trap - EXIT
 teardown
 left=$(podman volume ls -q --filter "label=io.podman.compose.project=$PROJECT")
 [[ -z $left ]] || die "volumes left: $left"
-log "passed: the stack built, started, retrained, registered and stored, with logins; nothing left running"
+log "passed: the stack built, started, retrained, registered and stored, served, scraped and drift-tested, with logins; nothing left running"
