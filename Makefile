@@ -129,7 +129,7 @@ bench: $(STAMP)  ## training speed vs the study's pipeline (benchmarks/bench.py;
 # (docs/development.md has the measurements).
 TEST_WORKERS ?= 4
 test: $(STAMP)  ## the offline test suite (tiny synthetic data), TEST_WORKERS in parallel
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --maxschedchunk 1 --durations=15
 
 # What `make test` leaves out to stay within 8 minutes: the tests of a minute or more (servers
 # killed mid-run, workers dying mid-search, whole pipeline runs, retrains and rebuilds). CI runs

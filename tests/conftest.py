@@ -47,18 +47,15 @@ os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the xdist_group marks added here
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest first (with `--maxschedchunk 1`, xdist hands tests out in this order): one
     test of the shared reproduced pipeline and one of the retrained one (whoever runs them
     builds them, the second after the first), the tests marked `long` (longest first), the
-    other integration tests, the rest of the shared pipelines', then the unit tests, which
-    fill the gaps.
-
-    In `make test` (`--dist loadgroup`) the shared pipeline's tests are one xdist group, run
-    by one worker after it built the pipeline: handed out one by one, three of four workers
-    waited 92-133 s for that build. `make test-extended` deselects them (its own run long and
-    spread over the workers)."""
+    long tests of the shared pipelines, the other integration tests, the unit tests, then the
+    rest of the shared pipelines' tests. Those come last so that no worker takes one before
+    the build is done: handed out earlier, three of four workers waited 92-153 s for it in
+    `make test`. (xdist's loadgroup would
+    keep them on one worker, but with pytest 9 it ignores the xdist_group mark.)"""
 
     def shares(item: pytest.Item) -> bool:
         return "reproduced_once" in item.fixturenames
@@ -74,14 +71,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             return 0, first.index(item)
         if long and not shares(item):
             return 1, -long.kwargs.get("seconds", 60)
-        if shares(item):
-            return 3, 0
+        if shares(item):  # the long ones (make test-extended's) once the long are out
+            return (2, 0) if long else (5, 0)
         return (2 if item.get_closest_marker("integration") else 4), 0
 
     items.sort(key=rank)  # stable: collection order within equal ranks
-    for item in items:
-        if shares(item) and not item.get_closest_marker("extended"):
-            item.add_marker(pytest.mark.xdist_group("reproduced"))
 
 
 @pytest.fixture(scope="session")
