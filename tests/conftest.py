@@ -47,15 +47,16 @@ os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
+@pytest.hookimpl(trylast=True)  # after `-m` deselected: the first tests below must run
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest first (with `--maxschedchunk 1`, xdist hands tests out in this order): one
     test of the shared reproduced pipeline and one of the retrained one (whoever runs them
     builds them, the second after the first), the tests marked `long` (longest first), the
     long tests of the shared pipelines, the other integration tests, the unit tests, then the
-    rest of the shared pipelines' tests. Those come last so that no worker takes one before
-    the build is done: handed out earlier, three of four workers waited 92-153 s for it in
-    `make test`. (xdist's loadgroup would
-    keep them on one worker, but with pytest 9 it ignores the xdist_group mark.)"""
+    rest of the shared pipelines' tests, last so that no worker waits for the build. It runs
+    after `-m` deselected tests: before, the builders it chose were `make test-extended`'s,
+    so `make test`'s shared tests all came at once and three of four workers waited 90-153 s
+    for the build."""
 
     def shares(item: pytest.Item) -> bool:
         return "reproduced_once" in item.fixturenames
