@@ -11,7 +11,7 @@ the MLflow tracking server (on PostgreSQL, as the compose stack runs it).
 2. MLflow: `mlflow server` on a fresh PostgreSQL, --workers 2 (the compose default). Clients
    (threads, each with its own run) send what a trial's epoch sends, one log-batch of 8
    metrics, as fast as answered, for --seconds at each of --clients: requests per second,
-   p50 and p99 latency.
+   p50 and p99 latency of those answered, and the errors (a refusal or a timeout).
 
 docs/scale-out.md turns these into the scale at which each becomes the limit. Prints a table
 and writes benchmarks/results/<date>-search-capacity.json.
@@ -78,6 +78,7 @@ def mlflow_load(url: str, clients: int, seconds: float) -> dict:
     experiment = client.create_experiment(f"capacity-{clients}-{time.time_ns()}")
     runs = [client.create_run(experiment).info.run_id for _ in range(clients)]
     latencies: list[float] = []
+    errors: list[str] = []
     lock = threading.Lock()
     end = time.monotonic() + seconds
 
@@ -86,7 +87,12 @@ def mlflow_load(url: str, clients: int, seconds: float) -> dict:
         while time.monotonic() < end:
             metrics = [Metric(f"trial/m{k}", 0.5, int(time.time() * 1000), step) for k in range(8)]
             started = time.monotonic()
-            client.log_batch(run_id, metrics=metrics)
+            try:
+                client.log_batch(run_id, metrics=metrics)
+            except Exception as exc:  # noqa: BLE001 - counted: the server refused or timed out
+                with lock:
+                    errors.append(str(exc).splitlines()[0][:200])
+                continue
             with lock:
                 latencies.append(time.monotonic() - started)
             step += 1
@@ -103,6 +109,7 @@ def mlflow_load(url: str, clients: int, seconds: float) -> dict:
     return {
         "clients": clients, "requests": len(ms), "requests_per_s": round(len(ms) / elapsed, 1),
         "p50_ms": round(statistics.median(ms), 1), "p99_ms": round(p99, 1),
+        "errors": len(errors), "first_error": errors[0] if errors else None,
     }  # fmt: skip
 
 
@@ -151,7 +158,8 @@ def main() -> None:
                 row = mlflow_load(url, clients, args.seconds)
                 result["mlflow"].append(row)
                 print(f"mlflow: {clients:>3} clients: {row['requests_per_s']:>7} log-batch/s, "
-                      f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms", flush=True)  # fmt: skip
+                      f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms, {row['errors']} errors "
+                      f"{row['first_error'] or ''}", flush=True)  # fmt: skip
         finally:
             stop(server)
     RESULTS.mkdir(exist_ok=True)
