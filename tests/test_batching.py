@@ -129,9 +129,53 @@ def test_a_request_whose_client_stopped_waiting_is_not_predicted():
     assert model.calls == [1, 2] and (second[:, 0] == 2).all()
 
 
-def test_bad_batcher_settings_are_refused():
-    with pytest.raises(ValueError, match="max_images 0 < 1"):
-        Batcher(predict_each(np.asarray), max_images=0)
+@pytest.mark.parametrize("max_images", [0, 1025])
+def test_bad_batcher_settings_are_refused(max_images):
+    with pytest.raises(ValueError, match=f"max_images {max_images} not in 1-1024"):
+        Batcher(predict_each(np.asarray), max_images=max_images)
+
+
+def test_requests_waiting_when_the_server_stops_are_answered_not_left_hanging():
+    gate = threading.Event()
+    model = SlowModel(gate=gate)
+
+    async def main():
+        batcher = Batcher(predict_each(model.predict))
+        first = asyncio.create_task(batcher.predict(images(1, 0)))
+        await asyncio.sleep(0.05)  # the model holds it until the gate opens
+        waiting = asyncio.create_task(batcher.predict(images(2, 1)))
+        await asyncio.sleep(0)
+        batcher.task.cancel()  # as at the server's shutdown
+        answers = await asyncio.wait_for(asyncio.gather(first, waiting, return_exceptions=True), 5)
+        gate.set()
+        return answers, batcher
+
+    answers, batcher = asyncio.run(main())
+    assert [type(a) for a in answers] == [RuntimeError, RuntimeError]
+    assert "the server stopped predicting" in str(answers[1])
+    assert batcher.queued == 0 and not batcher.waiting and not batcher.running
+
+
+def test_a_model_answering_too_few_batches_fails_its_requests_and_no_later_one():
+    calls = []
+
+    def short(batches):
+        calls.append(len(batches))
+        time.sleep(0.2)
+        return [np.zeros((len(b), 10)) for b in batches][: 1 if len(calls) == 2 else None]
+
+    async def main():
+        batcher = Batcher(short)
+        slow = asyncio.create_task(batcher.predict(images(1, 0)))
+        await asyncio.sleep(0.05)  # the first call runs: the next two wait for it together
+        rest = [asyncio.create_task(batcher.predict(images(1, k))) for k in (1, 2)]
+        answers = asyncio.gather(slow, *rest, return_exceptions=True)
+        return await asyncio.wait_for(answers, 5), await batcher.predict(images(1, 3))
+
+    answers, later = asyncio.run(main())
+    assert calls[:2] == [1, 2] and later.shape == (1, 10)
+    assert [type(a) for a in answers[1:]] == [ValueError, ValueError]
+    assert "1 answers for 2 requests" in str(answers[1])
 
 
 @pytest.mark.parametrize("batch_images, calls", [(1024, "fewer"), (1, "one per request")])

@@ -35,12 +35,16 @@ class Batcher:
     answers /ping and reads bodies meanwhile."""
 
     def __init__(self, predict_many: PredictMany, max_images=MAX_IMAGES, max_queued=MAX_QUEUED):
-        if max_images < 1 or max_queued < MAX_IMAGES:
-            raise ValueError(f"max_images {max_images} < 1 or max_queued {max_queued} too small")
+        if not 1 <= max_images <= MAX_IMAGES or max_queued < MAX_IMAGES:
+            raise ValueError(
+                f"max_images {max_images} not in 1-{MAX_IMAGES} (the model's limit a call) or "
+                f"max_queued {max_queued} under {MAX_IMAGES}"
+            )
         self.predict_many, self.max_images, self.max_queued = predict_many, max_images, max_queued
         self.waiting: deque[tuple[np.ndarray, asyncio.Future]] = deque()
         self.queued = 0  # images in `waiting`
         self.running = False
+        self.task: asyncio.Task | None = None  # the drain, kept while it runs
 
     async def predict(self, images: np.ndarray) -> np.ndarray:
         """The probabilities of `images`, predicted with whatever else waits; Full at once if
@@ -53,7 +57,7 @@ class Batcher:
         self.queued += len(images)
         if not self.running:
             self.running = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self.task = asyncio.get_running_loop().create_task(self._drain())
         return await future
 
     def _take(self) -> list[tuple[np.ndarray, asyncio.Future]]:
@@ -69,10 +73,13 @@ class Batcher:
         return batch
 
     async def _drain(self) -> None:
+        batch: list[tuple[np.ndarray, asyncio.Future]] = []
         try:
             while batch := self._take():
                 try:
                     answers = await asyncio.to_thread(self.predict_many, [i for i, _ in batch])
+                    if len(answers) != len(batch):
+                        raise ValueError(f"{len(answers)} answers for {len(batch)} requests")
                 except Exception as exc:  # noqa: BLE001 - every request of the batch gets it
                     answers = [exc] * len(batch)
                 for (_, future), answer in zip(batch, answers, strict=True):
@@ -82,6 +89,13 @@ class Batcher:
                         future.set_exception(answer)
                     else:
                         future.set_result(answer)
+        except BaseException as exc:  # cancelled (the server stops): no request waits forever
+            for _, future in [*batch, *self.waiting]:
+                if not future.done():
+                    future.set_exception(RuntimeError(f"the server stopped predicting: {exc!r}"))
+            self.waiting.clear()
+            self.queued = 0
+            raise
         finally:
             self.running = False
 

@@ -56,6 +56,7 @@ class Champion:
     def predict(self, data, params=None):
         model, _ = self.current  # read once: a swap meanwhile leaves this request alone
         probabilities = model.predict(data, params=params)
+        self.metrics.batched(len(probabilities))
         self._record(data, probabilities)
         return probabilities
 

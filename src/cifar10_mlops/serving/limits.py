@@ -54,8 +54,10 @@ MAX_DEPTH = 32
 # The one form MLflow turns into an array without pandas: {"inputs": [...]} or
 # {"instances": [...]}, and nothing else in the object.
 _REQUEST = re.compile(rb'\s*\{\s*"(?:inputs|instances)"\s*:\s*\[')
-# Requests predicted at once: one within the limits took at most 0.55 GB while MLflow parsed it
-# (0.45 GB for MAX_IMAGES images), so 4 bound the server to about 2 GB more than idle.
+# Requests MLflow parses and predicts at once: one within the limits took at most 0.55 GB while
+# MLflow parsed it (0.45 GB for MAX_IMAGES images), so 4 bound the server to about 2 GB more
+# than idle. Integer-pixel bodies are parsed here, at most MAX_BUSY at once (162 MiB at most
+# each), and wait for the model in batching.py's queue (12 MB at most).
 MAX_BUSY = 4
 # Bodies read at once, each at most MAX_BODY_BYTES: 320 MiB in all.
 MAX_READING = 16
@@ -140,6 +142,7 @@ def limit_requests(
     timeout."""
     body_timeout = min(timeout, BODY_TIMEOUT if body_timeout is None else body_timeout)
     reading, busy = Slots(MAX_READING), Slots(MAX_BUSY)
+    parsing = asyncio.Semaphore(MAX_BUSY)  # a parse peaks at 162 MiB for MAX_IMAGES images
 
     async def limited(scope, receive, send) -> None:
         if scope["type"] != "http":  # lifespan
@@ -160,7 +163,8 @@ def limit_requests(
             if body is not None and (refusal := await asyncio.to_thread(json_refusal, body)):
                 raise _Refused(400, refusal)
             if body is not None and predict is not None and _plain_json(scope):
-                images = await asyncio.to_thread(pixel_batch, body)  # in its reading slot
+                async with parsing:  # waits: a parse takes about 0.1 s
+                    images = await asyncio.to_thread(pixel_batch, body)
         except _Refused as refused:
             return await _refuse(send, refused.status, str(refused))
         except TimeoutError:

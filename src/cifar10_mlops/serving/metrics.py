@@ -8,7 +8,7 @@
 - cifar10_images_per_request, cifar10_predicted_class_total{class} (top-1) and
   cifar10_top1_confidence: what the model was asked and what it answered;
 - cifar10_images_per_prediction: images in each call of the model, where concurrent requests
-  are predicted together (batching.py);
+  of integer pixels are predicted together (batching.py); other bodies, one call each;
 - cifar10_model_info{name, version, model_id, uri}: the model being served (value 1);
 - cifar10_model_reloads_total{outcome}: champion reloads (champion.py), "loaded" or "failed";
   cifar10_model_reload_failing is 1 while the model the alias names could not be loaded and
