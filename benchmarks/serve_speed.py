@@ -20,49 +20,20 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the server helpers
 RESULTS = Path(__file__).parent / "results"
 OURS, UNBATCHED = "cifar10-mlops serve", "cifar10-mlops serve --batch-images 1"
 MLFLOW = "mlflow models serve"
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def wait_until_up(port: int, process: subprocess.Popen, log: Path, seconds: float = 300) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"the server exited:\n{log.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-            return
-        except OSError:
-            time.sleep(1)
-    sys.exit(f"no server on port {port} in {seconds} s:\n{log.read_text()[-2000:]}")
 
 
 async def load(port: int, body: bytes, clients: int, seconds: float) -> list[float]:
@@ -111,9 +82,13 @@ def main() -> None:
     parser.add_argument("--batches", default="1,64", help="images per request")
     args = parser.parse_args()
     from cifar10_mlops.core import settings, tracking
+    from cifar10_mlops.core.health import answers
+    from servers import free_port, start, stop, wait_for
 
     uri = args.model or tracking.champion_uri(settings.load_params().register.model_name)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri()}
+    # mlflow models serve runs `uvicorn` from PATH: this environment's
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(),
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
     os.environ.update(env)
     folder = Path(tempfile.mkdtemp(prefix="serve-speed-"))
     ours = [str(BIN / "cifar10-mlops"), "serve", "--model", uri, "--reload-seconds", "0"]
@@ -128,8 +103,9 @@ def main() -> None:
     try:
         for number, (name, cmd) in enumerate(commands.items()):
             log = folder / f"server-{number}.log"
-            servers[name] = start([*cmd, "--port", str(ports[name])], log)
-            wait_until_up(ports[name], servers[name], log)
+            servers[name] = start([*cmd, "--port", ports[name]], log, os.environ, Path.cwd())
+            ping = f"http://127.0.0.1:{ports[name]}/ping"
+            wait_for(lambda url=ping: answers(url), name, servers[name], log, seconds=300)
         rng = np.random.default_rng(0)
         rows = []
         for batch in (int(b) for b in args.batches.split(",")):
@@ -156,9 +132,7 @@ def main() -> None:
                 )
     finally:
         for process in servers.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait(timeout=30)
+            stop(process)
     result = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"), "model": uri,
         "seconds_per_cell": args.seconds, "cpus": os.cpu_count(), "rows": rows,
