@@ -13,7 +13,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 .DEFAULT_GOAL := help
 .PHONY: help venv repro smoke study tune-study tune-full test test-extended test-slow remote-local push pull lock mlflow-ui flow services \
   services-stop services-status mlflow-server prefect-server deployment deploy-pool worker serve-model drift drift-deployment \
-  tune-worker stack-env stack-check compose-check bench airbench airbench-muon plots screenshots publish-data notify-webhook reference-pages \
+  search-pool tune-worker stack-env stack-check compose-check bench airbench airbench-muon plots screenshots publish-data notify-webhook reference-pages \
   results docs docs-serve
 
 help:  ## list the targets
@@ -228,7 +228,7 @@ POOL ?= cpu
 deploy-pool: $(STAMP)  ## deploy the scheduled retraining to the Prefect work pool POOL (cpu)
 	$(BIN)/python -m flows.deploy --pool $(POOL)
 
-worker: $(STAMP)  ## a Prefect worker of POOL (cpu) that runs retrains in this checkout
+worker: $(STAMP)  ## a Prefect worker of POOL (cpu) that runs retrains and search trials in this checkout
 	$(BIN)/python -m flows.worker --pool $(POOL)
 
 # A new version of the dataset: verified, tracked and pushed with DVC, committed, and announced
@@ -270,6 +270,12 @@ drift-deployment: $(STAMP)  ## serve the scheduled drift test (needs the Prefect
 	  export PREFECT_API_URL=http://127.0.0.1:$${PREFECT_PORT:-4200}/api; \
 	  export PREFECT_API_AUTH_STRING="$$(cat .services/prefect.auth)"; fi; \
 	MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-$(STORE_URI)} $(BIN)/python -m flows.drift --serve
+
+# Hyperband with each trial a flow run on the work pool POOL, PARALLEL at once: `make worker
+# POOL=...` on each machine runs them (docs/scale-out.md); the outputs are the tune stage's.
+PARALLEL ?= 2
+search-pool: $(STAMP)  ## Hyperband with its trials as flow runs on the work pool POOL (PARALLEL at once)
+	$(BIN)/python -m flows.search --pool $(POOL) --parallel $(PARALLEL)
 
 # Keras Tuner's distributed mode: `KERASTUNER_TUNER_ID=chief dvc repro tune` serves the search,
 # each worker runs trials (KERASTUNER_ORACLE_IP/PORT reach the chief; the --state folder and the

@@ -135,13 +135,15 @@ def ensure_pool(name: str) -> None:
 
 CRASH_AUTOMATION = "cifar10-mlops: crash retrains that stopped beating"
 ENDED = ("Completed", "Failed", "Cancelled", "Crashed")
+WATCHED = ["retrain", "tune-trial"]  # the flows whose runs workers run
 
 
 def ensure_crash_detection() -> None:
-    """The automation that marks a retrain CRASHED when its heartbeats stop (a worker or its
-    machine killed mid-run), which also frees the deployment's one slot for the next run:
-    three heartbeats missed (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, 180 s by default). Made once
-    per server, or updated when the frequency changed."""
+    """The automation that marks a retrain or a search's trial CRASHED when its heartbeats
+    stop (a worker or its machine killed mid-run): three heartbeats missed
+    (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, 180 s by default). That frees the retrain
+    deployment's one slot for the next run, and sends a trial to another worker
+    (stages/tune/pool_search.py). Made once per server, or updated when it changed."""
     from datetime import timedelta
 
     from prefect.automations import Automation
@@ -153,12 +155,13 @@ def ensure_crash_detection() -> None:
     within = timedelta(seconds=3 * get_current_settings().flows.heartbeat_frequency)
     wanted = Automation(
         name=CRASH_AUTOMATION,
-        description="Marks a retrain CRASHED after three missed heartbeats (flows/deploy.py)",
+        description="Marks a retrain or a trial CRASHED after three missed heartbeats "
+        "(flows/deploy.py)",
         trigger=EventTrigger(
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in ENDED)},
             match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.role": "flow", "prefect.resource.name": "retrain"},
+            match_related={"prefect.resource.role": "flow", "prefect.resource.name": WATCHED},
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
@@ -177,7 +180,10 @@ def ensure_crash_detection() -> None:
         found = None
     if found is None:
         wanted.create()
-    elif found.trigger.within != within:
+    elif (found.trigger.within, found.trigger.match_related) != (
+        within,
+        wanted.trigger.match_related,
+    ):
         found.trigger = wanted.trigger
         found.actions = wanted.actions
         found.update()

@@ -31,7 +31,7 @@ from prefect.workers.process import ProcessWorker
 from cifar10_mlops.core import tracking
 from cifar10_mlops.core.validation import checked, valid_name
 from cifar10_mlops.core.errors import PipelineError
-from cifar10_mlops.ops.pool import CHECKOUT_VAR, enter_checkout
+from cifar10_mlops.ops.pool import CHECKOUT_VAR, WORKER_VAR, enter_checkout
 from flows.deploy import PINNED, ensure_pool
 from cifar10_mlops.core.repo import dvc_remote_set
 from cifar10_mlops.core.repo import check_workspace
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     checkout = Path.cwd().resolve()
     name = args.name or f"{socket.gethostname()}-{checkout.name}"
     os.environ[CHECKOUT_VAR] = str(checkout)
+    os.environ[WORKER_VAR] = name  # the trial flow tags its MLflow run with it
     try:
         check_worker(args.pool, name)
         ensure_pool(args.pool)

@@ -70,6 +70,6 @@ def example_env(**overrides: str) -> dict[str, str]:
 def resolved(folder: Path, env: dict[str, str]) -> dict:
     """The compose model with every variable substituted, as compose would run it."""
     result = compose(folder, env, "--profile", "cpu", "--profile", "gpu", "--profile",
-                     "tune-workers", "config")  # fmt: skip
+                     "pool-workers", "config")  # fmt: skip
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)

@@ -40,7 +40,7 @@ def published(port) -> tuple[str, str]:
 
 
 def test_the_stack_resolves_with_the_example_env(stack):
-    assert set(stack) == {*SERVERS, "buckets", "tune-worker", "drift-monitor"}
+    assert set(stack) == {*SERVERS, "buckets", "pool-worker", "drift-monitor"}
     assert stack["mlflow"]["command"][0] == "docker/mlflow-server.sh"
     assert not any("not-a-real" in str(arg) for arg in stack["mlflow"]["command"])  # ps shows it
     mlflow = stack["mlflow"]["environment"]
@@ -107,14 +107,13 @@ def test_gpu_profile_reserves_nvidia_devices_and_builds_the_cuda_image(stack):
     assert gpu["image"] != stack["retrainer"]["image"]
 
 
-def test_tune_workers_reach_the_chief_and_share_its_state(stack):
-    worker, chief = stack["tune-worker"], stack["retrainer"]
-    assert worker["environment"]["KERASTUNER_ORACLE_IP"] == "tune-chief"
-    assert "tune-chief" in chief["networks"]["default"]["aliases"]
-    assert chief["environment"]["KERASTUNER_TUNER_ID"] == "chief"
-    shared = "/app/models/tuner"
-    assert any(shared in str(v) for v in worker["volumes"])
-    assert any(shared in str(v) for v in chief["volumes"])
+def test_pool_workers_join_the_retrainers_pool_and_share_no_work_tree(stack):
+    worker, retrainer = stack["pool-worker"], stack["retrainer"]
+    assert "flows.worker" in " ".join(worker["command"])
+    assert worker["environment"]["RETRAIN_POOL"] == retrainer["environment"]["RETRAIN_POOL"]
+    assert not worker.get("volumes")  # its own work tree: data come from the DVC remote
+    # Keras Tuner's oracle (no authentication) is served by no container
+    assert not any("KERASTUNER" in str(s.get("environment")) for s in stack.values())
 
 
 # Which secrets each service holds (the env its containers get), and no more.
@@ -127,7 +126,7 @@ HOLDS = {
     "prefect": {"PREFECT_DB_PASSWORD", "PREFECT_AUTH_STRING"},
     "retrainer": {"MLFLOW_ADMIN_PASSWORD", "PREFECT_AUTH_STRING", "MINIO_ROOT_PASSWORD"},
     "retrainer-gpu": {"MLFLOW_ADMIN_PASSWORD", "PREFECT_AUTH_STRING", "MINIO_ROOT_PASSWORD"},
-    "tune-worker": {"MLFLOW_ADMIN_PASSWORD"},  # its trials are MLflow runs
+    "pool-worker": {"MLFLOW_ADMIN_PASSWORD", "PREFECT_AUTH_STRING", "MINIO_ROOT_PASSWORD"},
     "model-server": {"MLFLOW_ADMIN_PASSWORD"},  # the champion, through the MLflow server
     "drift-monitor": {"MLFLOW_ADMIN_PASSWORD", "PREFECT_AUTH_STRING"},  # no S3 keys
     "prometheus": set(),

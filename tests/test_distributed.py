@@ -134,6 +134,20 @@ def test_a_worker_without_the_oracle_address_is_a_one_line_error(in_project, pre
     )
 
 
+@pytest.mark.parametrize("address", ["0.0.0.0", "10.0.0.5", "tune-chief", "::"])
+def test_the_chief_listens_on_loopback_only(in_project, prepared, run_module, address):
+    env = {"KERASTUNER_ORACLE_IP": address, "KERASTUNER_ORACLE_PORT": "8000"}
+    result = run_module(
+        "cifar10_mlops.stages.tune", *stage_args("tune"),
+        cwd=in_project, env={**env, "KERASTUNER_TUNER_ID": "chief"},
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert error_line(result).startswith(
+        f"error: KERASTUNER_ORACLE_IP={address}: Keras Tuner's oracle has no authentication"
+    )
+    assert not (in_project / "models").exists()
+
+
 @pytest.mark.extended  # a training process per case: 1 min
 @pytest.mark.parametrize("port", ["http", "70000"])
 def test_a_bad_oracle_port_is_a_one_line_error(in_project, prepared, run_module, port):

@@ -32,7 +32,13 @@ SUMMARY = {
     "best_epoch": "val/best_epoch",
 }
 # A trial run's own metrics.
-TRIAL = {"mflops": "trial/mflops", "score": "trial/score", "trial_time_s": "trial/seconds"}
+TRIAL = {
+    "mflops": "trial/mflops",
+    "score": "trial/score",
+    "trial_time_s": "trial/seconds",
+    # a work-pool search's trial: seconds from being sent to its first epoch starting
+    "wait_s": "trial/wait_seconds",
+}
 
 
 def epoch(logs: dict) -> dict[str, float]:

@@ -19,6 +19,7 @@ from prefect.runner.storage import LocalStorage
 from cifar10_mlops.core.errors import PipelineError
 
 CHECKOUT_VAR = "CIFAR10_MLOPS_CHECKOUT"
+WORKER_VAR = "CIFAR10_MLOPS_WORKER"  # flows/worker.py sets it to the worker's name
 ENTRYPOINT = "flows/retrain.py:retrain"
 
 

@@ -5,8 +5,10 @@ space.py (the searched values and the hypermodel), oracle.py (Hyperband with a f
 cost cap and lost-worker handling), runs.py (the MLflow runs), report.py (trials.csv and the
 images), trials.py (devices, seed and data for any process running trials), search.py (the
 stage's search), noise.py (is the best trial better than train's values beyond noise?) and
-distributed.py (Keras Tuner's chief/worker mode). The training code it shares with `train` is
-cifar10_mlops.training; it never imports the train stage.
+distributed.py (Keras Tuner's chief/worker mode), pool_search.py and pool_trial.py (the
+search with each trial a flow run on a Prefect work pool: flows/search.py, flows/trial.py).
+The training code it shares with `train` is cifar10_mlops.training; it never imports the
+train stage.
 
 Reads  data/prepared/{train,val}.npz and manifest.json (from `prepare`); params.yaml `tune`,
        `seed`, `mlflow` and the parts of `train` that define the network (architecture,
@@ -27,5 +29,6 @@ KERASTUNER_TUNER_ID=chief, KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT serve
 and trains nothing; workers, `python -m cifar10_mlops.stages.tune --worker --data ... --state
 ...` with a unique KERASTUNER_TUNER_ID each, run the trials. All share the --state folder
 (trial checkpoints, and search.json, which gives workers the chief's params and MLflow run) and
-one MLflow tracking server. An empty KERASTUNER_ORACLE_IP means a search in this process.
+one MLflow tracking server. An empty KERASTUNER_ORACLE_IP means a search in this process. The
+oracle has no authentication: the chief refuses an address that is not loopback.
 """

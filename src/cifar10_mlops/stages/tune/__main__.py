@@ -3,6 +3,7 @@ worker."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -14,6 +15,21 @@ from cifar10_mlops.stages.tune import __doc__ as DOC
 from cifar10_mlops.stages.tune.distributed import run_worker
 from cifar10_mlops.stages.tune.oracle import KT_ENV, kt_chief, kt_distributed
 from cifar10_mlops.stages.tune.search import run_search, write_disabled
+
+
+def check_loopback(address: str) -> None:
+    """Keras Tuner's oracle serves gRPC without authentication: the chief may listen on a
+    loopback address only, reached from elsewhere through a tunnel that authenticates."""
+    try:
+        loopback = address == "localhost" or ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise PipelineError(
+            f"KERASTUNER_ORACLE_IP={address}: Keras Tuner's oracle has no authentication, so "
+            "the chief listens on 127.0.0.1 only (reach it through an SSH tunnel), or run the "
+            "search's trials on a Prefect work pool: make search-pool"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     port = os.environ.get("KERASTUNER_ORACLE_PORT")
     if port is not None and not (re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535):
         raise PipelineError(f"KERASTUNER_ORACLE_PORT: expected a port 1-65535, got {port!r}")
+    if kt_chief():
+        check_loopback(os.environ["KERASTUNER_ORACLE_IP"])
     if args.worker:
         run_worker(data=args.data, state_root=args.state, loop=args.loop, wait=args.wait)
         return

@@ -111,6 +111,35 @@ class BudgetedHyperbandOracle(kt.oracles.HyperbandOracle):
         return trials * self.hyperband_iterations, epochs * self.hyperband_iterations
 
 
+def make_oracle(
+    tune: TuneConfig,
+    train: TrainConfig,
+    *,
+    seed: int,
+    first: dict | None,
+    worker_timeout: float | None = None,
+    retries: int = 0,
+) -> BudgetedHyperbandOracle:
+    """Hyperband over `tune.space`, starting from `first`, within `tune.max_mflops`.
+
+    `worker_timeout`: seconds before a silent gRPC worker's trial goes to another
+    (default tune.worker_timeout); `retries`: how many more times a trial ended INVALID (its
+    worker lost) runs."""
+    objective = kt.Objective(tune.objective, "max" if tune.objective == "val_accuracy" else "min")
+    budget = tune.max_mflops
+    return BudgetedHyperbandOracle(
+        objective=objective,
+        max_epochs=tune.max_epochs,
+        factor=tune.factor,
+        hyperband_iterations=tune.hyperband_iterations,
+        seed=seed,
+        first=first,
+        admissible=None if budget is None else (lambda values: mflops(train, values) <= budget),
+        worker_timeout=tune.worker_timeout if worker_timeout is None else worker_timeout,
+        max_retries_per_trial=retries,
+    )
+
+
 def make_tuner(
     tune: TuneConfig,
     train: TrainConfig,
@@ -128,18 +157,7 @@ def make_tuner(
     `images` are the search's training images (the `fast` network fits its whitening layer
     on them); `strategy` (a tf.distribute.Strategy) trains each trial across several
     devices."""
-    objective = kt.Objective(tune.objective, "max" if tune.objective == "val_accuracy" else "min")
-    budget = tune.max_mflops
-    oracle = BudgetedHyperbandOracle(
-        objective=objective,
-        max_epochs=tune.max_epochs,
-        factor=tune.factor,
-        hyperband_iterations=tune.hyperband_iterations,
-        seed=seed,
-        first=first,
-        admissible=None if budget is None else (lambda values: mflops(train, values) <= budget),
-        worker_timeout=tune.worker_timeout,
-    )
+    oracle = make_oracle(tune, train, seed=seed, first=first)
     log.total, log.epochs = oracle.plan()
     return TrackedHyperband(
         CnnHyperModel(train, tune.space, images, tune.max_epochs),

@@ -129,6 +129,23 @@ class SearchLog:
         result = f"{self.objective} {score:.4f}" if ok else f"{trial.status}"
         return f"[tune] trial {trial.trial_id} done in {_duration(seconds)}: {result}"
 
+    def read_remote(self, run_id: str) -> list[tuple[int, dict]]:
+        """A trial run elsewhere (a work-pool search's, pool_search.py): its epochs from its
+        MLflow run as (step, Keras-named metrics), also appended to the state's curves and
+        seconds, which the reports read, as this process's own trials are."""
+        keras_names = {v: k for k, v in metric_names.EPOCH.items()}
+        epochs: dict[int, dict] = {}
+        for mlflow_name, keras_name in keras_names.items():
+            for metric in self.client.get_metric_history(run_id, mlflow_name):
+                epochs.setdefault(metric.step, {})[keras_name] = metric.value
+        run = self.client.get_run(run_id)
+        trial, worker = run.data.tags["trial_id"], run.data.tags.get("worker", "")
+        seconds = run.data.metrics.get(metric_names.TRIAL["trial_time_s"], float("nan"))
+        self._append("seconds.jsonl", {"trial": trial, "seconds": seconds, "tuner": worker})
+        for step in sorted(epochs):
+            self._append("curves.jsonl", {"trial": trial, "epoch": step, **epochs[step]})
+        return sorted(epochs.items())
+
     def report(self, line: str, oracle) -> None:
         print(f"{line} | {self._best(oracle)}", flush=True)
 

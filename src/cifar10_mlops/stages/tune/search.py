@@ -228,9 +228,11 @@ def finish(
     best_path: Path,
     reports: Path,
     search,
+    extra: dict | None = None,
 ) -> dict:
     """Check the best values against train's own beyond the search's noise (noise.py), write
-    the search's results and log them to its MLflow run; returns best_hparams.json."""
+    the search's results and log them to its MLflow run; returns best_hparams.json. `extra`:
+    more numbers for summary.json (a work-pool search's workers and rerun attempts)."""
     import mlflow
 
     tune, oracle = params.tune, tuner.oracle
@@ -253,6 +255,7 @@ def finish(
         summary["noise_check_low"] = round(decision["comparison"].low, 4)
     if kt_chief():
         summary["workers"] = len(set(trial_workers(log.state).values()))
+    summary.update(extra or {})
     result = {
         "enabled": True, "hyperparameters": values if decision["adopted"] else {},
         "best_trial_values": values, **noise.as_record(decision), "objective": tune.objective,
