@@ -52,7 +52,9 @@ def make_project(folder: Path, per_class: int, max_epochs: int) -> Path:
     params = tiny_params()
     params["tune"].update(max_epochs=max_epochs, factor=3)
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    write_prepared(project / "data" / "prepared", per_class=per_class)
+    git = ["git", "-C", str(project), "-c", "user.name=bench", "-c", "user.email=b@example.invalid"]
+    subprocess.run([*git, "commit", "-qam", "the benchmark's search"], check=True)  # workers
+    write_prepared(project / "data" / "prepared", per_class=per_class)  # refuse a dirty tree
     dvc = [str(Path(sys.executable).parent / "dvc"), "remote", "add", "--local", "--default"]
     subprocess.run([*dvc, "bench", str(folder / "remote")], cwd=project, check=True)
     return project
@@ -82,6 +84,8 @@ def one_setting(project: Path, env: dict, workers: int, folder: Path) -> dict:
     if search.returncode != 0:
         raise SystemExit(f"flows.search failed with {workers} workers:\n{search.stderr[-3000:]}")
     best = json.loads((project / "models" / "best_hparams.json").read_text())
+    # the search rewrote the committed reports/tune/*.csv: workers refuse a dirty checkout
+    subprocess.run(["git", "-C", str(project), "checkout", "--", "reports"], check=True)
     return {"workers": workers, "wall_s": round(wall, 1), **trial_figures(best["mlflow_run_id"])}
 
 

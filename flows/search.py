@@ -49,7 +49,7 @@ class DeploymentLauncher:
         run = run_deployment(
             f"tune-trial/{TRIALS}", parameters={"spec": spec}, timeout=0,
             flow_run_name=f"trial-{spec['trial_id']}-attempt-{spec['attempt']}",
-            idempotency_key=f"{spec['search_id']}-{spec['trial_id']}-{spec['attempt']}",
+            idempotency_key=spec["run_id"],  # one flow run per attempt, however often sent
             tags=["cifar10", "tune-trial", f"search-{spec['search_id']}"],
         )  # fmt: skip
         return str(run.id)
