@@ -21,14 +21,13 @@ from pathlib import Path
 from uuid import UUID
 
 from prefect import flow
-from prefect.settings import PREFECT_API_URL
 
-from cifar10_mlops.core import tracking
 from cifar10_mlops.core.errors import ConfigError, PipelineError
 from cifar10_mlops.core.settings import PARAMS_FILE, load_params
 from cifar10_mlops.core.validation import checked, valid_name
-from cifar10_mlops.ops.prefect_server import check_prefect
+from cifar10_mlops.ops.prefect_server import require_team_servers
 
+PARALLEL, RETRIES, POLL_SECONDS = 2, 2, 2.0  # the flow's and the command's defaults
 TRIALS = "trials"  # the trial flow's deployment: tune-trial/trials
 ENTRYPOINT = "flows/trial.py:tune_trial"
 DATA, STATE = Path("data/prepared"), Path("models/tuner-pool")
@@ -71,7 +70,9 @@ class DeploymentLauncher:
 
 
 @flow(name="tune-search", log_prints=True)
-def search(parallel: int = 2, retries: int = 2, poll_seconds: float = 2.0) -> dict:
+def search(
+    parallel: int = PARALLEL, retries: int = RETRIES, poll_seconds: float = POLL_SECONDS
+) -> dict:
     """Hyperband over params.yaml `tune.space`, `parallel` trials at once on the work pool;
     a lost trial runs at most `retries` more times."""
     if not 1 <= parallel <= 64 or not 0 <= retries <= 5 or not 0.1 <= poll_seconds <= 60:
@@ -107,27 +108,20 @@ def deploy_trials(pool: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", default="cpu", help="the process work pool (default cpu)")
-    parser.add_argument("--parallel", type=int, default=2, help="trials at once (default 2)")
-    parser.add_argument("--retries", type=int, default=2, help="reruns of a lost trial (2)")
+    parser.add_argument("--parallel", type=int, default=PARALLEL, help="trials at once (2)")
+    parser.add_argument("--retries", type=int, default=RETRIES, help="reruns of a lost trial (2)")
     args = parser.parse_args(argv)
     try:
         checked("--pool", valid_name, args.pool)
         if not 1 <= args.parallel <= 64 or not 0 <= args.retries <= 5:
             raise ConfigError("--parallel must be 1-64 and --retries 0-5")
         load_params(PARAMS_FILE)
-        if not PREFECT_API_URL.value():
-            raise PipelineError(
-                "PREFECT_API_URL is not set: trials run on a Prefect server's work pool"
-            )
-        if not tracking.tracking_uri().startswith(("http://", "https://")):
-            raise PipelineError(
-                "MLFLOW_TRACKING_URI is not an MLflow server: trials on other machines log "
-                "their runs and checkpoints there"
-            )
+        require_team_servers(
+            "trials run on a Prefect server's work pool",
+            "trials on other machines log their runs and checkpoints there",
+        )
         if not (DATA / "manifest.json").is_file():
             raise PipelineError(f"no {DATA}: run `dvc repro prepare` (or `make pull`) first")
-        check_prefect()
-        tracking.check_reachable()
         deploy_trials(args.pool)
     except (PipelineError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)

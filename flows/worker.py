@@ -25,17 +25,15 @@ import warnings
 from functools import partial
 from pathlib import Path
 
-from prefect.settings import PREFECT_API_URL
 from prefect.workers.process import ProcessWorker
 
-from cifar10_mlops.core import tracking
 from cifar10_mlops.core.validation import checked, valid_name
 from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.ops.pool import CHECKOUT_VAR, WORKER_VAR, enter_checkout
 from flows.deploy import PINNED, ensure_pool
 from cifar10_mlops.core.repo import dvc_remote_set
 from cifar10_mlops.core.repo import check_workspace
-from cifar10_mlops.ops.prefect_server import check_services
+from cifar10_mlops.ops.prefect_server import require_team_servers
 
 
 # Prefect registers worker classes by type; this one takes `process` over in this process
@@ -67,16 +65,11 @@ def check_worker(pool: str, name: str) -> None:
     checked("--pool", valid_name, pool)
     checked("--name", valid_name, name)
     enter_checkout()  # this folder is a checkout (CIFAR10_MLOPS_CHECKOUT is set by the caller)
-    if not PREFECT_API_URL.value():
-        raise PipelineError(
-            "PREFECT_API_URL is not set: a worker takes its runs from the team's Prefect server"
-        )
-    if not tracking.tracking_uri().startswith(("http://", "https://")):
-        raise PipelineError(
-            "MLFLOW_TRACKING_URI is not an MLflow server: a worker's runs and models must land "
-            "where the team sees them (set it, with MLFLOW_TRACKING_USERNAME and _PASSWORD)"
-        )
-    check_services()
+    require_team_servers(
+        "a worker takes its runs from the team's Prefect server",
+        "a worker's runs and models must land where the team sees them (set it, with "
+        "MLFLOW_TRACKING_USERNAME and _PASSWORD)",
+    )
     if not dvc_remote_set():
         raise PipelineError(
             "no DVC remote: set DVC_REMOTE (e.g. s3, with the AWS_* variables) or this "

@@ -36,3 +36,18 @@ def check_services() -> None:
 
     tracking.check_reachable()
     check_prefect()
+
+
+def require_team_servers(prefect_why: str, mlflow_why: str) -> None:
+    """PREFECT_API_URL is set and MLFLOW_TRACKING_URI names an MLflow server (not the
+    embedded store), as a worker or a work-pool search needs, and both answer; the errors
+    end with `prefect_why` and `mlflow_why`."""
+    from prefect.settings import PREFECT_API_URL
+
+    from cifar10_mlops.core import tracking
+
+    if not PREFECT_API_URL.value():
+        raise PipelineError(f"PREFECT_API_URL is not set: {prefect_why}")
+    if not tracking.tracking_uri().startswith(("http://", "https://")):
+        raise PipelineError(f"MLFLOW_TRACKING_URI is not an MLflow server: {mlflow_why}")
+    check_services()

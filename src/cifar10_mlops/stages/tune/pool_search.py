@@ -67,7 +67,7 @@ class PoolSearch:
     """One search: its oracle, its records and the trials running now."""
 
     def __init__(self, params: Params, *, data: Path, state_root: Path, launcher: Launcher,
-                 parallel: int, retries: int, poll: float = 2.0):  # fmt: skip
+                 parallel: int, retries: int, poll: float):  # fmt: skip
         self.params, self.data, self.launcher = params, data, launcher
         self.parallel, self.retries, self.poll = parallel, retries, poll
         self.search = prepare_search(params, data)
