@@ -16,6 +16,11 @@ Two ways to run it:
   pool NAME, created if missing, and any worker of that pool runs it in its own checkout
   (cifar10_mlops.ops.pool; `make worker POOL=NAME` on each machine):
     PREFECT_API_URL=... python -m flows.deploy --pool cpu          # `make deploy-pool`
+- on a docker work pool (`--type docker`, compose's `docker-worker`): the deployment
+  `retrain/<name>-docker` runs each flow run in a fresh container of the project's image
+  (cifar10_mlops.ops.containers). Each has a work tree of its own, so CONTAINER_RUNS run at
+  once; their `register` stages take turns (REGISTER_LIMIT, a global concurrency limit of one
+  slot), so each compares its model with the champion the one before it left.
 """
 
 from __future__ import annotations
@@ -35,9 +40,13 @@ from cifar10_mlops.core.settings import load_params
 from cifar10_mlops.core.errors import ConfigError, PipelineError
 from cifar10_mlops.ops.prefect_server import check_prefect
 from flows.drift import EVENT as DRIFT_EVENT
-from flows.retrain import PARAMS, retrain
+from flows.retrain import PARAMS, REGISTER_LIMIT, retrain
 
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+POOL_TYPES = ("process", "docker")
+CONTAINER_RUNS = ConcurrencyLimitConfig(
+    limit=2, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+)
 
 
 def on_new_data() -> DeploymentEventTrigger:
@@ -105,32 +114,63 @@ def pinned_template() -> dict:
     return template
 
 
-def ensure_pool(name: str) -> None:
-    """Create the process work pool `name` with pinned_template() unless the server has it,
-    and pin the template of one that has another; refuse a pool of another type (its workers
-    would not run the flow in a checkout)."""
+def pool_template(pool_type: str) -> dict:
+    if pool_type == "docker":
+        from cifar10_mlops.ops.containers import pinned_template as docker_template
+
+        return docker_template()
+    return pinned_template()
+
+
+def ensure_pool(name: str, pool_type: str = "process") -> None:
+    """Create the work pool `name` of `pool_type` with its pinned template (pinned_template(),
+    or containers.pinned_template()) unless the server has it, and pin the template of one
+    that has another; refuse a pool of another type (its workers would run the flow
+    elsewhere than the deployment expects)."""
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
     from prefect.exceptions import ObjectNotFound
 
-    template = pinned_template()
+    template = pool_template(pool_type)
     with get_client(sync_client=True) as client:
         try:
             pool = client.read_work_pool(name)
         except ObjectNotFound:
             client.create_work_pool(
-                WorkPoolCreate(name=name, type="process", base_job_template=template)
+                WorkPoolCreate(name=name, type=pool_type, base_job_template=template)
             )
-            print(f"created process work pool {name!r}")
+            print(f"created {pool_type} work pool {name!r}")
             return
-        if pool.type != "process":
+        if pool.type != pool_type:
             raise PipelineError(
-                f"work pool {name!r} is of type {pool.type!r}: the retrain deployment needs a "
-                "`process` pool (its workers run the flow in their checkout)"
+                f"work pool {name!r} is of type {pool.type!r}, not {pool_type!r}: give another "
+                f"pool name, or --type {pool.type}"
             )
         if pool.base_job_template != template:
             client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
-            print(f"work pool {name!r}: its job template now pins {', '.join(PINNED)}")
+            if pool_type == "docker":
+                from cifar10_mlops.ops.containers import ALLOWED
+
+                pins = f"all but {', '.join(ALLOWED)}"
+            else:
+                pins = ", ".join(PINNED)
+            print(f"work pool {name!r}: its job template now pins {pins}")
+
+
+def ensure_register_limit() -> None:
+    """The global concurrency limit REGISTER_LIMIT, one slot, unless the server has it: the
+    `register` stages of runs in different containers or checkouts take turns."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(REGISTER_LIMIT)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=REGISTER_LIMIT, limit=1)
+            )
 
 
 CRASH_AUTOMATION = "cifar10-mlops: crash retrains that stopped beating"
@@ -189,19 +229,29 @@ def ensure_crash_detection() -> None:
         found.update()
 
 
-def deploy_to_pool(pool: str) -> None:
+def deploy_to_pool(pool: str, pool_type: str = "process") -> None:
     from cifar10_mlops.ops.pool import ENTRYPOINT, WorkerCheckout
 
-    ensure_pool(pool)
+    ensure_pool(pool, pool_type)
     ensure_crash_detection()
-    checkout = WorkerCheckout(str(Path.cwd()))
-    deployment_id = retrain.from_source(checkout, ENTRYPOINT).deploy(
-        work_pool_name=pool, concurrency_limit=ONE_AT_A_TIME, ignore_warnings=True,
-        print_next_steps=False, **deployment_settings(),
-    )  # fmt: skip
+    ensure_register_limit()
+    settings = deployment_settings()
+    if pool_type == "docker":
+        # No pull step: a container runs the flow from the image's own /app (this process's
+        # folder, as the image's worker runs it), and the worker picks the image.
+        settings["name"] = f"{settings['name']}-docker"
+        deployment = retrain.to_deployment(concurrency_limit=CONTAINER_RUNS, **settings)
+        deployment_id = deployment.apply(work_pool_name=pool)
+        where = f"a docker worker (python -m flows.worker --pool {pool} --type docker)"
+    else:
+        deployment_id = retrain.from_source(WorkerCheckout(str(Path.cwd())), ENTRYPOINT).deploy(
+            work_pool_name=pool, concurrency_limit=ONE_AT_A_TIME, ignore_warnings=True,
+            print_next_steps=False, **settings,
+        )  # fmt: skip
+        where = f"a worker in each checkout that should run it (make worker POOL={pool})"
     print(
-        f"deployment retrain/{deployment_settings()['name']} ({deployment_id}) on work pool "
-        f"{pool!r}: start a worker in each checkout that should run it (make worker POOL={pool})"
+        f"deployment retrain/{settings['name']} ({deployment_id}) on {pool_type} work pool "
+        f"{pool!r}: start {where}"
     )
 
 
@@ -217,8 +267,12 @@ def serve() -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--pool", help="deploy to this process work pool (created if missing) instead of serving"
+        "--pool", help="deploy to this work pool (created if missing) instead of serving"
     )
+    parser.add_argument(
+        "--type", dest="pool_type", choices=POOL_TYPES, default="process",
+        help="the pool's type: process (workers' checkouts, default) or docker (containers)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         if args.pool is not None:
@@ -231,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         check_prefect()
         if args.pool is not None:
-            deploy_to_pool(args.pool)
+            deploy_to_pool(args.pool, args.pool_type)
             return
     except (PipelineError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -22,6 +22,7 @@ from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.concurrency.sync import concurrency
 from prefect.runtime import deployment, flow_run
 from prefect.tasks import exponential_backoff
 
@@ -39,6 +40,10 @@ PARAMS, DVC_YAML = PARAMS_FILE, Path("dvc.yaml")
 RETRIES = {"download": 3}
 # `force` reruns training and what follows it; the search reruns only when its inputs change.
 FORCED_FROM = "train"
+# Runs in containers or checkouts of their own register one at a time: each compares its model
+# with the champion the one before it left (a Prefect global concurrency limit of one slot,
+# made by flows/deploy.py; without it, where no server has it, the stage runs unlimited).
+REGISTER_LIMIT = "cifar10-register"
 
 
 @task(task_run_name="{stage}")
@@ -143,7 +148,12 @@ def run_stages(force: bool) -> dict[str, bool]:
     ran = {}
     for stage in names:
         retry = {"retries": RETRIES.get(stage, 0), "retry_delay_seconds": exponential_backoff(10)}
-        ran[stage] = repro.with_options(name=stage, **retry)(stage, force=stage in forced)
+        run = repro.with_options(name=stage, **retry)
+        if stage == "register":
+            with concurrency(REGISTER_LIMIT, occupy=1):
+                ran[stage] = run(stage, force=stage in forced)
+        else:
+            ran[stage] = run(stage, force=stage in forced)
     return ran
 
 

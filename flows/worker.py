@@ -11,7 +11,13 @@ with CIFAR10_MLOPS_CHECKOUT set to this checkout for the deployment's pull step
 (cifar10_mlops.ops.pool), and refusing runs whose job variables set the command, environment
 or folder (PinnedProcessWorker).
 
+With `--type docker` it is instead a worker of a docker pool (compose's `docker-worker`): the
+same server checks, then each flow run starts in a fresh container of the project's image,
+with only the credentials the worker passes and no work tree but its own, up to --limit at a
+time (PinnedDockerWorker, cifar10_mlops.ops.containers).
+
   python -m flows.worker --pool cpu [--name NAME] [--healthcheck]
+  python -m flows.worker --pool docker --type docker [--limit 2]   # DOCKER_HOST: Docker's API
 """
 
 from __future__ import annotations
@@ -26,18 +32,30 @@ from functools import partial
 from pathlib import Path
 
 from prefect.workers.process import ProcessWorker
+from prefect_docker.worker import DockerWorker
 
 from cifar10_mlops.core.validation import checked, valid_name
 from cifar10_mlops.core.errors import PipelineError
+from cifar10_mlops.ops import containers
+from cifar10_mlops.ops.containers import ALLOWED, FlowRunContainer
 from cifar10_mlops.ops.pool import CHECKOUT_VAR, WORKER_VAR, enter_checkout
-from flows.deploy import PINNED, ensure_pool
+from flows.deploy import PINNED, POOL_TYPES, ensure_pool
 from cifar10_mlops.core.repo import dvc_remote_set
 from cifar10_mlops.core.repo import check_workspace
 from cifar10_mlops.ops.prefect_server import require_team_servers
 
 
-# Prefect registers worker classes by type; this one takes `process` over in this process
-# (the warning that says so is expected).
+async def asked_variables(worker, flow_run) -> dict:
+    """The job variables a run asks for: its deployment's, overridden by its own."""
+    asked = dict(flow_run.job_variables or {})
+    if flow_run.deployment_id:
+        deployment = await worker.client.read_deployment(flow_run.deployment_id)
+        asked = {**(deployment.job_variables or {}), **asked}
+    return asked
+
+
+# Prefect registers worker classes by type; these take `process` and `docker` over in this
+# process (the warning that says so is expected).
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*matches existing registered type")
 
@@ -48,10 +66,7 @@ with warnings.catch_warnings():
         which holds the credentials, does not rely on a template that any API user can edit."""
 
         async def run(self, flow_run, configuration, task_status=None):
-            asked = dict(flow_run.job_variables or {})
-            if flow_run.deployment_id:
-                deployment = await self.client.read_deployment(flow_run.deployment_id)
-                asked = {**(deployment.job_variables or {}), **asked}
+            asked = await asked_variables(self, flow_run)
             pinned = sorted(k for k in asked if k.split(".")[0] in PINNED)
             if pinned:
                 raise PipelineError(
@@ -60,11 +75,32 @@ with warnings.catch_warnings():
                 )
             return await super().run(flow_run, configuration, task_status)
 
+    class PinnedDockerWorker(DockerWorker):
+        """prefect-docker's worker, which starts each run in a fresh container of `container`
+        (ops/containers.py: its image, networks, /datasets and the environment it passes), and
+        refuses a run whose job variables set anything but containers.ALLOWED."""
 
-def check_worker(pool: str, name: str) -> None:
+        container: FlowRunContainer | None = None
+
+        async def run(self, flow_run, configuration, task_status=None):
+            asked = await asked_variables(self, flow_run)
+            refused = sorted(k for k in asked if k.split(".")[0] not in ALLOWED)
+            if refused:
+                raise PipelineError(
+                    f"job variables {', '.join(refused)} are refused by this worker: a run may "
+                    f"set only {', '.join(ALLOWED)}; its image, command, environment, volumes "
+                    "and networks are the worker's"
+                )
+            self.container.apply(configuration)
+            return await super().run(flow_run, configuration, task_status)
+
+
+def check_worker(pool: str, name: str, pool_type: str = "process") -> FlowRunContainer | None:
+    """What a worker needs, checked before it takes a run; a docker worker's container."""
     checked("--pool", valid_name, pool)
     checked("--name", valid_name, name)
-    enter_checkout()  # this folder is a checkout (CIFAR10_MLOPS_CHECKOUT is set by the caller)
+    if pool_type == "process":
+        enter_checkout()  # this folder is a checkout (CIFAR10_MLOPS_CHECKOUT set by the caller)
     require_team_servers(
         "a worker takes its runs from the team's Prefect server",
         "a worker's runs and models must land where the team sees them (set it, with "
@@ -76,16 +112,27 @@ def check_worker(pool: str, name: str) -> None:
             "checkout's default (`dvc remote default --local NAME`); a worker pulls its inputs "
             "from it and pushes what it made"
         )
+    if pool_type == "docker":
+        return containers.flow_run_container(containers.docker_client())
     if not check_workspace():
         raise PipelineError(
             "not a git checkout with a commit: a worker records each run as a DVC experiment"
         )
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pool", default="cpu", help="the process work pool (default cpu)")
+    parser.add_argument("--pool", default="cpu", help="the work pool (default cpu)")
+    parser.add_argument(
+        "--type", dest="pool_type", choices=POOL_TYPES, default="process",
+        help="process: runs in this checkout (default); docker: each run in a fresh container",
+    )  # fmt: skip
     parser.add_argument("--name", help="the worker's name (default: host-checkout folder)")
+    parser.add_argument(
+        "--limit", type=int, default=1,
+        help="flow runs at a time (default 1; a process worker runs one, in its checkout)",
+    )  # fmt: skip
     parser.add_argument(
         "--healthcheck", action="store_true",
         help="serve /health on PREFECT_WORKER_WEBSERVER_PORT (8080), for a container's check",
@@ -96,27 +143,41 @@ def main(argv: list[str] | None = None) -> None:
     os.environ[CHECKOUT_VAR] = str(checkout)
     os.environ[WORKER_VAR] = name  # the trial flow tags its MLflow run with it
     try:
-        check_worker(args.pool, name)
-        ensure_pool(args.pool)
+        if not 1 <= args.limit <= 64:
+            raise PipelineError(f"--limit {args.limit}: give 1 to 64 flow runs at a time")
+        if args.pool_type == "process" and args.limit != 1:
+            raise PipelineError(
+                "--limit: a process worker runs one flow run at a time, in its one checkout"
+            )
+        container = check_worker(args.pool, name, args.pool_type)
+        ensure_pool(args.pool, args.pool_type)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
-    print(f"worker {name!r} on pool {args.pool!r}, running flows in {checkout}", flush=True)
-    run_worker(args.pool, name, args.healthcheck)
+    where = f"in containers ({container.describe()})" if container else f"in {checkout}"
+    print(f"worker {name!r} on pool {args.pool!r}, running flows {where}", flush=True)
+    run_worker(args.pool, name, args.healthcheck, container=container, limit=args.limit)
 
 
-def run_worker(pool: str, name: str, healthcheck: bool) -> None:
-    """What `prefect worker start --type process --limit 1` runs, with PinnedProcessWorker,
-    until interrupted (SIGTERM and Ctrl-C stop it as they stop Prefect's)."""
+def run_worker(
+    pool: str, name: str, healthcheck: bool, container: FlowRunContainer | None = None,
+    limit: int = 1,
+) -> None:  # fmt: skip
+    """What `prefect worker start --type process --limit 1` runs, with PinnedProcessWorker
+    (or `--type docker` with PinnedDockerWorker, given a container), until interrupted
+    (SIGTERM and Ctrl-C stop it as they stop Prefect's)."""
     from prefect.settings import PREFECT_WORKER_HEARTBEAT_SECONDS, PREFECT_WORKER_PREFETCH_SECONDS
     from prefect.utilities.processutils import setup_signal_handlers_worker
 
-    setup_signal_handlers_worker(os.getpid(), "the process worker", print)
-    worker = PinnedProcessWorker(
-        name=name, work_pool_name=pool, limit=1,
+    kind = PinnedProcessWorker if container is None else PinnedDockerWorker
+    setup_signal_handlers_worker(os.getpid(), f"the {kind.type} worker", print)
+    worker = kind(
+        name=name, work_pool_name=pool, limit=limit,
         prefetch_seconds=PREFECT_WORKER_PREFETCH_SECONDS.value(),
         heartbeat_interval_seconds=int(PREFECT_WORKER_HEARTBEAT_SECONDS.value()),
     )  # fmt: skip
+    if container is not None:
+        worker.container = container
     try:
         asyncio.run(worker.start(with_healthcheck=healthcheck, printer=partial(print, flush=True)))
     except (KeyboardInterrupt, asyncio.CancelledError):

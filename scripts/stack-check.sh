@@ -20,7 +20,11 @@
 #    from Debian's package) scrapes a prediction from it, with the alert rules loaded; then
 #    the drift-monitor's deployment tests 128 noise images the server was sent: drift, with
 #    its Prefect artifact and event, its MLflow run, and cifar10_drift_detected 1 at the
-#    server and in Prometheus.
+#    server and in Prometheus. The docker pool: podman's Docker API (`podman system service`)
+#    for the docker-worker, which runs two retrains of retrain/<name>-docker at once, each in
+#    a fresh container of the project's image with only /datasets mounted (read-only) and the
+#    MLflow login `runner`; both complete, their register stages in turn, and the containers
+#    are removed; a run that asks for its own volumes is refused.
 # 4. Teardown: `down -v`, and no container, volume or network of the check is left.
 # podman runs with runc and cgroupfs (crun fails on this host's hybrid cgroups) and rlimits
 # containers may raise (containers.conf below). Needs root, podman, runc, netavark,
@@ -117,9 +121,11 @@ sed -i -e "s|^MLFLOW_PORT=.*|MLFLOW_PORT=$MLFLOW_PORT|" -e "s|^PREFECT_PORT=.*|P
   -e "s|^MODEL_SAMPLE_SECONDS=.*|MODEL_SAMPLE_SECONDS=2|" .env
 set -a; . ./.env; set +a
 
+PODMAN_SERVICE=
 teardown() {
   log "teardown: down -v"
   compose down -v >"$WORK/down.log" 2>&1 || true
+  [[ -z $PODMAN_SERVICE ]] || kill "$PODMAN_SERVICE" 2>/dev/null || true
   left=$(podman ps -aq --filter "label=io.podman.compose.project=$PROJECT")
   [[ -z $left ]] || { podman rm -f $left >/dev/null; echo "error: containers were left" >&2; }
 }
@@ -216,6 +222,143 @@ dvc = [k for k in keys if k.startswith("dvc/files/md5/")]
 assert models and dvc, keys[:20]
 print(f"S3: {len(keys)} objects in cifar10-mlops ({len(models)} model.keras under mlflow/, "
       f"{len(dvc)} DVC objects under dvc/)")
+EOF
+# --- the docker pool: two retrains at once, each in a fresh container --------------------
+log "podman's Docker API on $WORK/podman.sock, for the docker-pool worker"
+rm -f "$WORK/podman.sock"
+podman system service --time=0 "unix://$WORK/podman.sock" >"$WORK/podman-service.log" 2>&1 &
+PODMAN_SERVICE=$!
+for _ in $(seq 30); do [[ -S $WORK/podman.sock ]] && break; sleep 1; done
+[[ -S $WORK/podman.sock ]] || die "podman system service made no socket; see $WORK/podman-service.log"
+sed -i -e "s|^CONTAINER_SOCKET=.*|CONTAINER_SOCKET=$WORK/podman.sock|" .env
+export CONTAINER_SOCKET=$WORK/podman.sock
+log "up: mlflow-runner (the runs' MLflow login), docker-worker"
+compose up -d --no-deps mlflow-runner >>"$WORK/up.log" 2>&1
+status=$(podman wait "$(container mlflow-runner)")
+[[ $status == 0 ]] || { podman logs "$(container mlflow-runner)" >&2; die "mlflow-runner exited $status"; }
+log "mlflow-runner: $(podman logs "$(container mlflow-runner)" 2>/dev/null | grep '^MLflow user' | tr '\n' ' ')"
+compose up -d --no-deps docker-worker >>"$WORK/up.log" 2>&1
+healthy docker-worker 300
+log "two retrains on the docker pool at once"
+MLFLOW_PORT=$MLFLOW_PORT PREFECT_PORT=$PREFECT_PORT MINIO_PORT=$MINIO_PORT \
+  "$ROOT/.venv/bin/python" - "$WORK/docker-pool.json" <<'EOF'
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import boto3
+
+
+def call(url, auth=None, body=None, method=None):
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data, headers, method=method)
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return json.loads(answer.read() or b"null")
+
+
+prefect, auth = f"http://127.0.0.1:{os.environ['PREFECT_PORT']}/api", os.environ["PREFECT_AUTH_STRING"]
+mlflow, admin = f"http://127.0.0.1:{os.environ['MLFLOW_PORT']}", f"admin:{os.environ['MLFLOW_ADMIN_PASSWORD']}"
+s3 = boto3.client(
+    "s3", endpoint_url=f"http://127.0.0.1:{os.environ['MINIO_PORT']}", region_name="us-east-1",
+    aws_access_key_id=os.environ["MINIO_ROOT_USER"],
+    aws_secret_access_key=os.environ["MINIO_ROOT_PASSWORD"],
+)
+
+
+def models_in_s3():
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket="cifar10-mlops", Prefix="mlflow/")
+    return sum(o["Key"].endswith("model.keras") for p in pages for o in p.get("Contents", []))
+
+
+def versions():
+    query = urllib.parse.urlencode({"filter": "name='cifar10-cnn'", "max_results": 100})
+    found = call(f"{mlflow}/api/2.0/mlflow/model-versions/search?{query}", admin)
+    return {v["version"]: v for v in found.get("model_versions", [])}
+
+
+before_models, before_versions = models_in_s3(), versions()
+[deployment] = call(f"{prefect}/deployments/filter", auth,
+                    {"deployments": {"name": {"like_": "-docker"}}})
+pool = call(f"{prefect}/work_pools/{deployment['work_pool_name']}", auth)
+assert pool["type"] == "docker", pool["type"]
+params = {"force": True, "set_params": ["tune.enabled=false", "train.epochs=1",
+          "prepare.train_per_class=20", "prepare.test_per_class=10"]}
+# a run may not choose its volumes (nor image, command, env, networks): the server refuses it
+try:
+    call(f"{prefect}/deployments/{deployment['id']}/create_flow_run", auth,
+         {"parameters": params, "job_variables": {"volumes": ["/:/host"]}})
+    raise AssertionError("a flow run with job variable volumes was accepted")
+except urllib.error.HTTPError as exc:
+    assert exc.code == 422, exc.code
+runs = [call(f"{prefect}/deployments/{deployment['id']}/create_flow_run", auth,
+             {"parameters": params})["id"] for _ in range(2)]
+seen, overlap, deadline = {}, False, time.monotonic() + 1200
+while time.monotonic() < deadline:
+    live = json.loads(subprocess.run(
+        ["podman", "ps", "--format", "json", "--filter", "label=io.prefect.flow-run-id"],
+        capture_output=True, text=True, check=True).stdout or "[]")
+    running = [c for c in live if c["Labels"].get("io.prefect.flow-run-id") in runs]
+    overlap |= len(running) == 2
+    for c in running:
+        run = c["Labels"]["io.prefect.flow-run-id"]
+        if run not in seen:
+            [info] = json.loads(subprocess.run(["podman", "inspect", c["Id"]], capture_output=True,
+                                               text=True, check=True).stdout)
+            seen[run] = info
+    states = [call(f"{prefect}/flow_runs/{r}", auth)["state"]["type"] for r in runs]
+    if all(s in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for s in states):
+        break
+    time.sleep(2)
+assert states == ["COMPLETED", "COMPLETED"], states
+assert set(seen) == set(runs), f"a run's container was never seen: {sorted(seen)}"
+assert overlap, "the two runs never ran at the same time"
+ids = {seen[r]["Id"] for r in runs}
+assert len(ids) == 2, ids
+image = {seen[r]["ImageName"] for r in runs}
+for run, info in seen.items():
+    env = dict(e.split("=", 1) for e in info["Config"]["Env"])
+    assert env["MLFLOW_TRACKING_USERNAME"] == "runner", env.get("MLFLOW_TRACKING_USERNAME")
+    assert os.environ["MLFLOW_ADMIN_PASSWORD"] not in info["Config"]["Env"].__str__()
+    assert not any(k.startswith(("POSTGRES", "MINIO_ROOT", "DOCKER")) for k in env), sorted(env)
+    mounts = [(m["Destination"], m["RW"]) for m in info["Mounts"]]
+    assert mounts == [("/datasets", False)], mounts  # no work tree but the container's own
+left = subprocess.run(["podman", "ps", "-aq", "--filter", "label=io.prefect.flow-run-id"],
+                      capture_output=True, text=True, check=True).stdout.split()
+assert not left, f"flow-run containers left: {left}"
+# the register stages took turns (the global concurrency limit cifar10-register)
+tasks = call(f"{prefect}/task_runs/filter", auth, {
+    "flow_runs": {"id": {"any_": runs}}, "task_runs": {"name": {"any_": ["register"]}}})
+spans = sorted((t["start_time"], t["end_time"]) for t in tasks)
+assert len(spans) == 2 and spans[0][1] <= spans[1][0], spans
+hosts = set()
+experiments = call(f"{mlflow}/api/2.0/mlflow/experiments/search", admin, {"max_results": 100})
+for run in runs:
+    found = call(f"{mlflow}/api/2.0/mlflow/runs/search", admin, {
+        "experiment_ids": [e["experiment_id"] for e in experiments["experiments"]],
+        "filter": f"tags.prefect_flow_run_id = '{run}'"})
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in found.get("runs", [])]
+    assert tags, f"no MLflow run of flow run {run}"
+    hosts |= {t["host"] for t in tags}
+assert len(hosts) == 2, hosts
+new_versions = sorted(set(versions()) - set(before_versions), key=int)
+assert len(new_versions) == 2, new_versions
+assert models_in_s3() >= before_models + 2
+summary = {"flow_runs": runs, "containers": sorted(i[:12] for i in ids), "image": sorted(image),
+           "hosts": sorted(hosts), "versions": new_versions, "register_spans": spans}
+json.dump(summary, open(sys.argv[1], "w"), indent=1)
+print(f"docker pool: 2 retrains at once, each in a fresh container of {', '.join(image)} "
+      f"({', '.join(summary['containers'])}), removed after; only /datasets mounted, read-only; "
+      f"MLflow login runner; versions {', '.join(new_versions)} registered, their register "
+      "stages in turn; a run asking for volumes refused (422)")
 EOF
 # --- the model server and Prometheus, once a champion exists ------------------------------
 log "build cifar10-mlops-prometheus:bookworm (Debian's prometheus package)"
@@ -338,4 +481,4 @@ trap - EXIT
 teardown
 left=$(podman volume ls -q --filter "label=io.podman.compose.project=$PROJECT")
 [[ -z $left ]] || die "volumes left: $left"
-log "passed: the stack built, started, retrained, registered and stored, served, scraped and drift-tested, with logins; nothing left running"
+log "passed: the stack built, started, retrained (in the worker and in containers of the docker pool), registered and stored, served, scraped and drift-tested, with logins; nothing left running"

@@ -14,7 +14,7 @@ SERVERS = (
 )  # fmt: skip
 SECRETS = ("POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "PREFECT_DB_PASSWORD",
            "MINIO_ROOT_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "MLFLOW_FLASK_SECRET",
-           "PREFECT_AUTH_STRING")  # fmt: skip
+           "PREFECT_AUTH_STRING", "MLFLOW_RUNNER_PASSWORD")  # fmt: skip
 
 
 def secrets(**overrides: str) -> dict[str, str]:
@@ -40,7 +40,9 @@ def published(port) -> tuple[str, str]:
 
 
 def test_the_stack_resolves_with_the_example_env(stack):
-    assert set(stack) == {*SERVERS, "buckets", "pool-worker", "drift-monitor"}
+    assert set(stack) == {
+        *SERVERS, "buckets", "pool-worker", "drift-monitor", "mlflow-runner", "docker-worker",
+    }  # fmt: skip
     assert stack["mlflow"]["command"][0] == "docker/mlflow-server.sh"
     assert not any("not-a-real" in str(arg) for arg in stack["mlflow"]["command"])  # ps shows it
     mlflow = stack["mlflow"]["environment"]
@@ -116,6 +118,22 @@ def test_pool_workers_join_the_retrainers_pool_and_share_no_work_tree(stack):
     assert not any("KERASTUNER" in str(s.get("environment")) for s in stack.values())
 
 
+def test_the_docker_worker_alone_holds_the_engine_socket_and_runs_as_the_runner(stack):
+    worker = stack["docker-worker"]
+    assert worker["profiles"] == ["docker-pool"]
+    mounts = [str(v.get("target") if isinstance(v, dict) else v.split(":")[1]) for v in
+              worker["volumes"]]  # fmt: skip
+    assert sorted(mounts) == ["/datasets", "/run/docker.sock"]
+    holders = [n for n, s in stack.items() if "docker.sock" in str(s.get("volumes"))]
+    assert holders == ["docker-worker"]
+    env = worker["environment"]
+    assert env["MLFLOW_TRACKING_USERNAME"] == "runner"
+    assert env["DOCKER_HOST"] == "unix:///run/docker.sock"
+    command = " ".join(worker["command"])
+    assert "--type docker" in command and "flows.deploy" in command
+    assert worker["depends_on"]["mlflow-runner"]["condition"] == "service_completed_successfully"
+
+
 # Which secrets each service holds (the env its containers get), and no more.
 HOLDS = {
     "postgres": {"POSTGRES_PASSWORD", "MLFLOW_DB_PASSWORD", "PREFECT_DB_PASSWORD"},
@@ -129,6 +147,9 @@ HOLDS = {
     "pool-worker": {"MLFLOW_ADMIN_PASSWORD", "PREFECT_AUTH_STRING", "MINIO_ROOT_PASSWORD"},
     "model-server": {"MLFLOW_ADMIN_PASSWORD"},  # the champion, through the MLflow server
     "drift-monitor": {"MLFLOW_ADMIN_PASSWORD", "PREFECT_AUTH_STRING"},  # no S3 keys
+    # the runner's login: made by the admin, passed by the docker worker to its flow runs
+    "mlflow-runner": {"MLFLOW_ADMIN_PASSWORD", "MLFLOW_RUNNER_PASSWORD"},
+    "docker-worker": {"MLFLOW_RUNNER_PASSWORD", "PREFECT_AUTH_STRING", "MINIO_ROOT_PASSWORD"},
     "prometheus": set(),
 }  # fmt: skip
 
