@@ -118,7 +118,8 @@ sed -i -e "s|^MLFLOW_PORT=.*|MLFLOW_PORT=$MLFLOW_PORT|" -e "s|^PREFECT_PORT=.*|P
   -e "s|^MINIO_PORT=.*|MINIO_PORT=$MINIO_PORT|" -e "s|^DATASET_DIR=.*|DATASET_DIR=$WORK/datasets|" \
   -e "s|^MODEL_PORT=.*|MODEL_PORT=$MODEL_PORT|" -e "s|^PROMETHEUS_PORT=.*|PROMETHEUS_PORT=$PROMETHEUS_PORT|" \
   -e "s|^CIFAR10_SOURCE=.*|CIFAR10_SOURCE=/datasets/cifar10-tiny.tar.gz|" \
-  -e "s|^MODEL_SAMPLE_SECONDS=.*|MODEL_SAMPLE_SECONDS=2|" .env
+  -e "s|^MODEL_SAMPLE_SECONDS=.*|MODEL_SAMPLE_SECONDS=2|" -e "s|^COMPOSE_PROFILES=.*|COMPOSE_PROFILES=cpu,docker-pool|" \
+  -e "s|^CONTAINER_SOCKET=.*|CONTAINER_SOCKET=$WORK/podman.sock|" .env
 set -a; . ./.env; set +a
 
 PODMAN_SERVICE=
@@ -230,8 +231,6 @@ podman system service --time=0 "unix://$WORK/podman.sock" >"$WORK/podman-service
 PODMAN_SERVICE=$!
 for _ in $(seq 30); do [[ -S $WORK/podman.sock ]] && break; sleep 1; done
 [[ -S $WORK/podman.sock ]] || die "podman system service made no socket; see $WORK/podman-service.log"
-sed -i -e "s|^CONTAINER_SOCKET=.*|CONTAINER_SOCKET=$WORK/podman.sock|" .env
-export CONTAINER_SOCKET=$WORK/podman.sock
 log "up: mlflow-runner (the runs' MLflow login), docker-worker"
 compose up -d --no-deps mlflow-runner >>"$WORK/up.log" 2>&1
 status=$(podman wait "$(container mlflow-runner)")

