@@ -107,7 +107,7 @@ def test_no_docker_api_is_one_line_saying_how_to_start_one(monkeypatch, tmp_path
 @pytest.mark.parametrize(
     ("args", "said"),
     [
-        (["--type", "docker", "--limit", "0"], "error: --limit 0: give 1 to 64 flow runs at a time"),
+        (["--type", "docker", "--limit", "0"], "error: --limit 0: give 1 to 64 flow runs"),
         (["--limit", "2"], "error: --limit: a process worker runs one flow run at a time"),
         (["--type", "kubernetes"], "invalid choice: 'kubernetes'"),
     ],

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.integration
 @pytest.mark.long(seconds=420)
 @pytest.mark.extended
 def test_a_search_on_two_workers_completes_when_one_is_killed_mid_trial(
-    prefect_server, reproduced, tmp_path, migrated_store
+    prefect_server, reproduced, tmp_path, migrated_store, monkeypatch
 ):
     origin = reproduced
     heartbeat = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}  # crashed after 90 s without one
@@ -64,6 +64,32 @@ def test_a_search_on_two_workers_completes_when_one_is_killed_mid_trial(
             assert "ended: runs again: flow run CRASHED" in logs["search"].read_text()
             runs = client.read_flow_runs()
         check_records(origin, url, runs, said)
+        one_worker_finds_the_same(origin, url, tmp_path, monkeypatch)
+
+
+def one_worker_finds_the_same(origin, url: str, tmp_path, monkeypatch) -> None:
+    """The same seeded search, its trials one at a time in this process (the trial flow's
+    code), finds the same trials and the same best values as the two workers did, one of
+    them killed."""
+    from cifar10_mlops.core.settings import load_params
+    from cifar10_mlops.stages.tune.pool_search import PoolSearch
+
+    monkeypatch.chdir(origin)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    data = origin / "data/prepared"
+    search = PoolSearch(load_params(origin / "params.yaml"), data=data,
+                        state_root=tmp_path / "one-worker", launcher=InProcess(data), parallel=1,
+                        retries=0, poll=0.01)  # fmt: skip
+    best = search.run(tmp_path / "best_hparams.json", tmp_path / "reports")
+    two = json.loads((origin / "models/best_hparams.json").read_text())
+    for key in ("best_trial_values", "score", "trial", "epochs"):
+        assert best[key] == two[key], (key, best[key], two[key])
+    rows = {
+        name: [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(open(f))]
+        for name, f in (("one", tmp_path / "reports/trials.csv"),
+                        ("two", origin / "reports/tune/trials.csv"))
+    }  # fmt: skip
+    assert rows["one"] == rows["two"]
 
 
 def check_records(origin, url: str, runs: list, said: dict) -> None:
@@ -139,13 +165,68 @@ class InProcess:
         self.cancelled.append(handle)
 
 
-def pool_search(prepared, params_file, launcher, retries=2):
+class LastFirst(InProcess):
+    """Trials run when polled, the newest sent first: with two slots they end in another
+    order than they started, as on workers of different speeds."""
+
+    def __init__(self, data):
+        super().__init__(data)
+        self.pending, self.ended = [], []
+
+    def submit(self, spec: dict) -> str:
+        self.submitted.append(spec)
+        self.pending.append(spec)
+        return f"{spec['trial_id']}-{spec['attempt']}"
+
+    def state(self, handle: str) -> tuple[str, str]:
+        from cifar10_mlops.stages.tune.pool_trial import run_trial
+
+        if self.pending and handle == self._handle(self.pending[-1]):
+            spec = self.pending.pop()
+            run_trial(spec, self.data)
+            self.states[handle] = ("COMPLETED", "")
+            self.ended.append(spec["trial_id"])
+        return super().state(handle)
+
+    @staticmethod
+    def _handle(spec: dict) -> str:
+        return f"{spec['trial_id']}-{spec['attempt']}"
+
+
+def pool_search(prepared, params_file, launcher, retries=2, parallel=2):
     from cifar10_mlops.core.settings import load_params
     from cifar10_mlops.stages.tune.pool_search import PoolSearch
 
     params = load_params(params_file())
     return PoolSearch(params, data=prepared, state_root=prepared.parents[1] / "models/tuner-pool",
-                      launcher=launcher, parallel=2, retries=retries, poll=0.01)  # fmt: skip
+                      launcher=launcher, parallel=parallel, retries=retries, poll=0.01)  # fmt: skip
+
+
+@pytest.mark.long(seconds=80)
+@pytest.mark.extended  # two searches of 5 trials in this process: 1.5 min
+def test_two_slots_whose_trials_end_out_of_order_run_the_trials_of_one(
+    in_project, prepared, params_file
+):
+    """The same seeded search, one trial at a time and two at a time with the newest ending
+    first: the same trials (values, epochs, the trial each continues), the same scores and
+    the same best values."""
+    models, reports = in_project / "models", in_project / "reports/tune"
+    results = {}
+    for parallel, launcher in ((1, InProcess(prepared)), (2, LastFirst(prepared))):
+        best = pool_search(prepared, params_file, launcher, parallel=parallel).run(
+            models / "best_hparams.json", reports
+        )
+        rows = [{k: v for k, v in r.items() if k != "seconds"}
+                for r in csv.DictReader(open(reports / "trials.csv"))]  # fmt: skip
+        values = [{k: v for k, v in s["hyperparameters"]["values"].items()} for s in
+                  sorted(launcher.submitted, key=lambda s: s["trial_id"])]  # fmt: skip
+        results[parallel] = (best, rows, values, launcher)
+    (best1, rows1, values1, _), (best2, rows2, values2, last_first) = results[1], results[2]
+    assert last_first.ended != sorted(last_first.ended)  # they did end out of order
+    assert values2 == values1
+    assert rows2 == rows1  # trial, status, bracket, round, epochs, continues, values, score
+    for key in ("best_trial_values", "score", "trial", "epochs"):
+        assert best2[key] == best1[key], key
 
 
 def child_runs(parent_id: str) -> list:

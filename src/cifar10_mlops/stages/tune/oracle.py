@@ -97,6 +97,28 @@ class BudgetedHyperbandOracle(kt.oracles.HyperbandOracle):
                 return values
         return None
 
+    def settled(self) -> bool:
+        """Whether the next trial is the one a one-worker search would get, whichever trials
+        still run: a retry, a random draw (a bracket's first round, or a new bracket once the
+        last round of the one before is sent), or a round whose previous round has ended.
+        A search that asks only then, or when nothing runs, picks the same trials on any
+        number of workers; keras-tuner would otherwise fill a free slot from a round's first
+        results, or open a bracket early, so which trials run would depend on timing."""
+        if self._retry_queue:
+            return True
+        self._remove_completed_brackets()
+        if not self._brackets:
+            return True
+        bracket = self._brackets[0]
+        number, rounds = bracket["bracket_num"], bracket["rounds"]
+        if len(rounds[0]) < self._get_size(number, 0):
+            return True
+        for round_num in range(1, len(rounds)):
+            if len(rounds[round_num]) < self._get_size(number, round_num):
+                before = [self.trials[info["id"]] for info in rounds[round_num - 1]]
+                return all(t.status not in ("RUNNING", "IDLE") for t in before)
+        return True
+
     def plan(self) -> tuple[int, int]:
         """(trials, epochs) a full search runs: the sizes of every bracket and round."""
         trials = epochs = 0

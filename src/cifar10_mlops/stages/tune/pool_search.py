@@ -3,7 +3,10 @@
 flows/search.py gives it a launcher that starts each trial as a flow run of the trial
 deployment on a Prefect work pool (flows/trial.py, pool_trial.py), so N workers on N machines
 run N trials at once. The oracle is keras-tuner's (oracle.BudgetedHyperbandOracle, the same
-brackets as the `tune` stage), asked for a trial whenever one of `parallel` slots is free.
+brackets as the `tune` stage), asked for a trial whenever one of `parallel` slots is free and
+its answer cannot depend on which running trial ends first (BudgetedHyperbandOracle.settled):
+a seeded search runs the same trials, and finds the same best values, on any number of
+workers. Slots wait while a round's last trials run, where keras-tuner would fill them.
 
 Records: the search's MLflow run is the parent; each attempt at a trial is a child run,
 created here before the trial is sent, so a trial whose worker never reports still has one.
@@ -205,7 +208,9 @@ class PoolSearch:
         while True:
             asked = []
             for slot in slots:
-                if slot not in self.running:
+                # the same trials as on one worker: ask only when the answer cannot depend on
+                # which running trial ends first (BudgetedHyperbandOracle.settled)
+                if slot not in self.running and (not self.running or self.oracle.settled()):
                     trial = self.oracle.create_trial(slot)
                     asked.append(trial.status)
                     if trial.status == "RUNNING":
