@@ -330,8 +330,13 @@ for run, info in seen.items():
     assert not any(k.startswith(("POSTGRES", "MINIO_ROOT", "DOCKER")) for k in env), sorted(env)
     mounts = [(m["Destination"], m["RW"]) for m in info["Mounts"]]
     assert mounts == [("/datasets", False)], mounts  # no work tree but the container's own
-left = subprocess.run(["podman", "ps", "-aq", "--filter", "label=io.prefect.flow-run-id"],
-                      capture_output=True, text=True, check=True).stdout.split()
+deadline = time.monotonic() + 120  # a run is COMPLETED a moment before its container exits
+while time.monotonic() < deadline:
+    left = subprocess.run(["podman", "ps", "-aq", "--filter", "label=io.prefect.flow-run-id"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    if not left:
+        break
+    time.sleep(2)
 assert not left, f"flow-run containers left: {left}"
 # the register stages took turns (the global concurrency limit cifar10-register)
 tasks = call(f"{prefect}/task_runs/filter", auth, {
