@@ -225,11 +225,12 @@ deployment: $(STAMP)  ## serve the scheduled retraining deployment (needs the Pr
 # Prefect's production path: the deployment on a process work pool, run by workers, each in
 # its own checkout (docs/scale-out.md).
 POOL ?= cpu
-deploy-pool: $(STAMP)  ## deploy the scheduled retraining to the Prefect work pool POOL (cpu)
-	$(BIN)/python -m flows.deploy --pool $(POOL)
+POOL_TYPE ?= process
+deploy-pool: $(STAMP)  ## deploy the scheduled retraining to the Prefect work pool POOL (cpu) of POOL_TYPE (process)
+	$(BIN)/python -m flows.deploy --pool $(POOL) --type $(POOL_TYPE)
 
-worker: $(STAMP)  ## a Prefect worker of POOL (cpu) that runs retrains and search trials in this checkout
-	$(BIN)/python -m flows.worker --pool $(POOL)
+worker: $(STAMP)  ## a Prefect worker of POOL (cpu): retrains and trials in this checkout (POOL_TYPE=docker: in containers)
+	$(BIN)/python -m flows.worker --pool $(POOL) --type $(POOL_TYPE) $(if $(filter docker,$(POOL_TYPE)),--limit 2)
 
 # A new version of the dataset: verified, tracked and pushed with DVC, committed, and announced
 # to the Prefect server, whose deployment trigger retrains on it (docs/orchestration.md).
