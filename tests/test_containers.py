@@ -21,16 +21,16 @@ CONTAINER = FlowRunContainer(
 
 def prepared(job_variables: dict):
     """A docker job configuration as the worker gets it: the pool's template with a run's
-    variables, prepared for that run."""
+    variables (as BaseJobConfiguration.from_template_and_values fills it, less the block
+    references it has none of, which need a server), prepared for that run."""
     from prefect.client.schemas.objects import FlowRun
+    from prefect.utilities.templating import apply_values
     from prefect_docker.worker import DockerWorkerJobConfiguration
 
     template = containers.pinned_template()
-    config = asyncio.run(
-        DockerWorkerJobConfiguration.from_template_and_values(
-            template, job_variables
-        )
-    )
+    properties = template["variables"]["properties"]
+    values = {k: v["default"] for k, v in properties.items() if "default" in v} | job_variables
+    config = DockerWorkerJobConfiguration(**apply_values(template["job_configuration"], values))
     config.prepare_for_flow_run(FlowRun(flow_id=uuid.uuid4(), name="brave-otter"))
     return config
 

@@ -235,10 +235,7 @@ class PoolSearch:
                 f"trial {trial.trial_id} continues trial {continues}, whose checkpoint no "
                 f"finished attempt recorded in {self.state / STATE_FILE}"
             )
-        self.log.trial_begin(trial, self.oracle, slot)  # the child run, the progress line
-        run_id = self.log.run_ids.pop(trial.trial_id)
-        self.log.tuner_ids.pop(trial.trial_id)
-        self.log.trial_started.pop(trial.trial_id)
+        run_id = self.log.begin_run(trial, self.oracle, slot)  # the child run, progress line
         attempt = {"attempt": len(attempts) + 1, "run_id": run_id, "flow_run_id": None,
                    "outcome": "running"}  # fmt: skip
         self.record["attempts"][trial.trial_id] = [*attempts, attempt]

@@ -55,9 +55,17 @@ class SearchLog:
             fh.write(json.dumps(record) + "\n")
 
     def trial_begin(self, trial, oracle: BudgetedHyperbandOracle, tuner_id: str) -> None:
+        """A trial starts in this process: its run (begin_run), kept for its epochs."""
+        self.tuner_ids[trial.trial_id] = tuner_id
+        self.run_ids[trial.trial_id] = self.begin_run(trial, oracle, tuner_id)
+        self.trial_started[trial.trial_id] = time.perf_counter()
+
+    def begin_run(self, trial, oracle: BudgetedHyperbandOracle, tuner_id: str) -> str:
+        """A trial's child run of the search's run (its values, cost and tags) and its
+        progress line; returns the run's id. A pool search's trial logs its epochs there
+        from its worker (pool_search.py)."""
         values = trial.hyperparameters.values
         params = {k: v for k, v in values.items() if k not in TUNER_KEYS}
-        self.tuner_ids[trial.trial_id] = tuner_id
         self.ran += 1
         if self.search_file is not None and self.search_file.exists():
             self.parent_id = json.loads(self.search_file.read_text())["mlflow_run_id"]
@@ -74,14 +82,12 @@ class SearchLog:
                 **{k: str(values[k]) for k in TUNER_KEYS if k in values},
             },
         )
-        self.run_ids[trial.trial_id] = run.info.run_id
         # Under training's keys (train.learning_rate), so MLflow's compare view lines trials
         # and trainings up.
         for key, value in params.items():
             self.client.log_param(run.info.run_id, f"train.{key}", value)
         cost = mflops(self.cfg.train, values)
         self.client.log_metric(run.info.run_id, metric_names.TRIAL["mflops"], cost)
-        self.trial_started[trial.trial_id] = time.perf_counter()
         self._append("curves.jsonl", {"trial": trial.trial_id, "begin": True})
         start, stop = values.get("tuner/initial_epoch", 0), values.get("tuner/epochs", "?")
         shown = ", ".join(f"{k}={fmt(v)}" for k, v in params.items())
@@ -92,6 +98,7 @@ class SearchLog:
             f"elapsed {_duration(time.perf_counter() - self.started)}",
             flush=True,
         )
+        return run.info.run_id
 
     def epoch_end(self, trial, epoch: int, logs: dict) -> None:
         # Keras' `epoch` counts from 0 (from the initial epoch of a continued trial); steps
