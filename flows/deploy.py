@@ -164,12 +164,19 @@ def ensure_register_limit() -> None:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectNotFound
 
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
     with get_client(sync_client=True) as client:
         try:
-            client.read_global_concurrency_limit_by_name(REGISTER_LIMIT)
+            found = client.read_global_concurrency_limit_by_name(REGISTER_LIMIT)
         except ObjectNotFound:
             client.create_global_concurrency_limit(
                 GlobalConcurrencyLimitCreate(name=REGISTER_LIMIT, limit=1)
+            )
+            return
+        if (found.limit, found.active) != (1, True):  # someone changed it: one slot again
+            client.update_global_concurrency_limit(
+                REGISTER_LIMIT, GlobalConcurrencyLimitUpdate(limit=1, active=True)
             )
 
 
@@ -240,6 +247,10 @@ def deploy_to_pool(pool: str, pool_type: str = "process") -> None:
         # No pull step: a container runs the flow from the image's own /app (this process's
         # folder, as the image's worker runs it), and the worker picks the image.
         settings["name"] = f"{settings['name']}-docker"
+        # no retrain per published dataset: it names a commit, and a container has no git
+        # checkout to move (flows/retrain.py `rev`); the process pool's workers take those
+        published = on_new_data().name
+        settings["triggers"] = [t for t in settings["triggers"] if t.name != published]
         deployment = retrain.to_deployment(concurrency_limit=CONTAINER_RUNS, **settings)
         deployment_id = deployment.apply(work_pool_name=pool)
         where = f"a docker worker (python -m flows.worker --pool {pool} --type docker)"

@@ -25,11 +25,12 @@ from prefect import flow
 from cifar10_mlops.core.errors import ConfigError, PipelineError
 from cifar10_mlops.core.settings import PARAMS_FILE, load_params
 from cifar10_mlops.core.validation import checked, valid_name
+from cifar10_mlops.ops.pool import TRIAL_ENTRYPOINT
 from cifar10_mlops.ops.prefect_server import require_team_servers
 
 PARALLEL, RETRIES, POLL_SECONDS = 2, 2, 2.0  # the flow's and the command's defaults
 TRIALS = "trials"  # the trial flow's deployment: tune-trial/trials
-ENTRYPOINT = "flows/trial.py:tune_trial"
+ENTRYPOINT = TRIAL_ENTRYPOINT
 DATA, STATE = Path("data/prepared"), Path("models/tuner-pool")
 BEST, REPORTS = Path("models/best_hparams.json"), Path("reports/tune")
 

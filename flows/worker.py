@@ -38,20 +38,42 @@ from cifar10_mlops.core.validation import checked, valid_name
 from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.ops import containers
 from cifar10_mlops.ops.containers import ALLOWED, FlowRunContainer
-from cifar10_mlops.ops.pool import CHECKOUT_VAR, WORKER_VAR, enter_checkout
+from cifar10_mlops.ops.pool import (
+    CHECKOUT_VAR, ENTRYPOINT, TRIAL_ENTRYPOINT, WORKER_VAR, enter_checkout, pull_step,
+)  # fmt: skip
 from flows.deploy import PINNED, POOL_TYPES, ensure_pool
 from cifar10_mlops.core.repo import dvc_remote_set
 from cifar10_mlops.core.repo import check_workspace
 from cifar10_mlops.ops.prefect_server import require_team_servers
 
 
-async def asked_variables(worker, flow_run) -> dict:
-    """The job variables a run asks for: its deployment's, overridden by its own."""
+async def checked_run(worker, flow_run, refused, entrypoints, pull_steps) -> None:
+    """Refuse a run before anything starts unless it is one of this project's deployments as
+    flows.deploy made it: its job variables (the run's and its deployment's) set nothing
+    `refused(name)` names, its entrypoint is one of `entrypoints` and its pull steps are
+    `pull_steps`. A Prefect API user can edit a deployment's pull steps (any code, run by the
+    flow-run process with the worker's credentials) as well as its job variables."""
     asked = dict(flow_run.job_variables or {})
+    deployment = None
     if flow_run.deployment_id:
         deployment = await worker.client.read_deployment(flow_run.deployment_id)
         asked = {**(deployment.job_variables or {}), **asked}
-    return asked
+    names = sorted(k for k in asked if refused(k.split(".")[0]))
+    if names:
+        raise PipelineError(
+            f"job variables {', '.join(names)} are refused by this worker: {worker.pinned_why}"
+        )
+    if deployment is None:
+        raise PipelineError(
+            f"flow run {flow_run.id} has no deployment: this worker runs only this project's "
+            "deployments (python -m flows.deploy, flows.search)"
+        )
+    if deployment.entrypoint not in entrypoints or (deployment.pull_steps or []) != pull_steps:
+        raise PipelineError(
+            f"deployment {deployment.name!r} runs {deployment.entrypoint!r} with pull steps "
+            f"{deployment.pull_steps!r}: this worker runs only {', '.join(entrypoints)} as "
+            "flows.deploy deploys them (deploy again to restore it)"
+        )
 
 
 # Prefect registers worker classes by type; these take `process` and `docker` over in this
@@ -65,14 +87,14 @@ with warnings.catch_warnings():
         environment, the folder. The template already makes the server refuse them; the worker,
         which holds the credentials, does not rely on a template that any API user can edit."""
 
+        pinned_why = (
+            "it runs Prefect's own flow-run command, with its own environment, in its checkout"
+        )
+
         async def run(self, flow_run, configuration, task_status=None):
-            asked = await asked_variables(self, flow_run)
-            pinned = sorted(k for k in asked if k.split(".")[0] in PINNED)
-            if pinned:
-                raise PipelineError(
-                    f"job variables {', '.join(pinned)} are refused by this worker: it runs "
-                    "Prefect's own flow-run command, with its own environment, in its checkout"
-                )
+            await checked_run(
+                self, flow_run, PINNED.__contains__, (ENTRYPOINT, TRIAL_ENTRYPOINT), [pull_step()]
+            )
             return await super().run(flow_run, configuration, task_status)
 
     class PinnedDockerWorker(DockerWorker):
@@ -82,15 +104,13 @@ with warnings.catch_warnings():
 
         container: FlowRunContainer | None = None
 
+        pinned_why = (
+            f"a run may set only {', '.join(ALLOWED)}; its image, command, environment, volumes "
+            "and networks are the worker's"
+        )
+
         async def run(self, flow_run, configuration, task_status=None):
-            asked = await asked_variables(self, flow_run)
-            refused = sorted(k for k in asked if k.split(".")[0] not in ALLOWED)
-            if refused:
-                raise PipelineError(
-                    f"job variables {', '.join(refused)} are refused by this worker: a run may "
-                    f"set only {', '.join(ALLOWED)}; its image, command, environment, volumes "
-                    "and networks are the worker's"
-                )
+            await checked_run(self, flow_run, lambda name: name not in ALLOWED, (ENTRYPOINT,), [])
             self.container.apply(configuration)
             return await super().run(flow_run, configuration, task_status)
 

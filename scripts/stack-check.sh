@@ -24,7 +24,8 @@
 #    for the docker-worker, which runs two retrains of retrain/<name>-docker at once, each in
 #    a fresh container of the project's image with only /datasets mounted (read-only) and the
 #    MLflow login `runner`; both complete, their register stages in turn, and the containers
-#    are removed; a run that asks for its own volumes is refused.
+#    are removed; a run that asks for its own volumes is refused by the server, and a run of
+#    the deployment edited to run a shell step first is refused by the worker.
 # 4. Teardown: `down -v`, and no container, volume or network of the check is left.
 # podman runs with runc and cgroupfs (crun fails on this host's hybrid cgroups) and rlimits
 # containers may raise (containers.conf below). Needs root, podman, runc, netavark,
@@ -356,13 +357,32 @@ assert len(hosts) == 2, hosts
 new_versions = sorted(set(versions()) - set(before_versions), key=int)
 assert len(new_versions) == 2, new_versions
 assert models_in_s3() >= before_models + 2
+# a deployment edited to run a shell step first (any API user may): the worker refuses the
+# run before any container starts, and the run is CRASHED saying why
+call(f"{prefect}/deployments/{deployment['id']}", auth, {"pull_steps": [
+    {"prefect.deployments.steps.run_shell_script": {"script": "touch /tmp/pwned"}}]}, "PATCH")
+edited = call(f"{prefect}/deployments/{deployment['id']}/create_flow_run", auth,
+              {"parameters": params})["id"]
+deadline = time.monotonic() + 300
+while time.monotonic() < deadline:
+    state = call(f"{prefect}/flow_runs/{edited}", auth)["state"]
+    if state["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+        break
+    time.sleep(2)
+assert state["type"] == "CRASHED" and "this worker runs only" in state["message"], state
+call(f"{prefect}/deployments/{deployment['id']}", auth, {"pull_steps": []}, "PATCH")
+made = subprocess.run(["podman", "ps", "-a", "--format", "json", "--filter",
+                       f"label=io.prefect.flow-run-id={edited}"], capture_output=True,
+                      text=True, check=True).stdout
+assert not json.loads(made or "[]"), made
 summary = {"flow_runs": runs, "containers": sorted(i[:12] for i in ids), "image": sorted(image),
            "hosts": sorted(hosts), "versions": new_versions, "register_spans": spans}
 json.dump(summary, open(sys.argv[1], "w"), indent=1)
 print(f"docker pool: 2 retrains at once, each in a fresh container of {', '.join(image)} "
       f"({', '.join(summary['containers'])}), removed after; only /datasets mounted, read-only; "
       f"MLflow login runner; versions {', '.join(new_versions)} registered, their register "
-      "stages in turn; a run asking for volumes refused (422)")
+      "stages in turn; a run asking for volumes refused (422); a run of the deployment edited "
+      "to run a shell step refused by the worker (CRASHED, no container)")
 EOF
 # --- the model server and Prometheus, once a champion exists ------------------------------
 log "build cifar10-mlops-prometheus:bookworm (Debian's prometheus package)"

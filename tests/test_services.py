@@ -40,7 +40,7 @@ SECRETS = {
     "POSTGRES_PASSWORD": PASSWORD, "MINIO_ROOT_PASSWORD": "native-minio-secret",
     "MLFLOW_DB_PASSWORD": "native-mlflow-db", "PREFECT_DB_PASSWORD": "native-prefect-db",
     "MLFLOW_ADMIN_PASSWORD": "native-mlflow-admin", "MLFLOW_FLASK_SECRET": "native-flask-secret",
-    "PREFECT_AUTH_STRING": "native-prefect-auth",
+    "PREFECT_AUTH_STRING": "native-prefect-auth", "MLFLOW_RUNNER_PASSWORD": "native-runner-pass",
 }  # fmt: skip
 
 
@@ -175,6 +175,20 @@ def test_stack_retrains_through_its_worker_with_logins_on_postgres_and_s3(
         ran = [line.split("Running stage '")[1].split("'")[0]
                for line in log.read_text().splitlines() if "Running stage '" in line]  # fmt: skip
         assert ran == ["download", "prepare", "tune", "train", "evaluate", "register"]
+
+        # the docker pool's login (mlflow-runner): it logs and registers, nothing more
+        made = subprocess.run(
+            native.command("mlflow-runner"), cwd=pipeline, env=native.environment("mlflow-runner"),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr[-2000:]
+        assert "MLflow user runner: EDIT on experiment cifar10-cnn" in made.stdout, made.stdout
+        runner = base64.b64encode(f"runner:{SECRETS['MLFLOW_RUNNER_PASSWORD']}".encode())
+        runner = f"Basic {runner.decode()}"
+        assert call(search, Authorization=runner)[0] == 200
+        user = {"username": "intruder", "password": "a-long-password"}
+        assert call(f"{mlflow_url}/api/2.0/mlflow/users/create", "POST", user,
+                    Authorization=runner)[0] == 403  # fmt: skip
     finally:
         for process in reversed(processes):
             stop(process)
@@ -185,7 +199,8 @@ def test_stack_retrains_through_its_worker_with_logins_on_postgres_and_s3(
         "challenger",
         "champion",
     ]
-    assert native.query("mlflow_auth", "SELECT username FROM users") == ["admin"]
+    users = native.query("mlflow_auth", "SELECT username FROM users ORDER BY username")
+    assert users == ["admin", "runner"]
     # each service its own role, owning its databases only; none a superuser
     owners = native.query(
         "postgres", "SELECT datname || ':' || pg_get_userbyid(datdba) FROM pg_database "

@@ -3,12 +3,14 @@
 `python -m flows.worker --pool docker --type docker` (compose's `docker-worker`) is Prefect's
 docker worker (prefect-docker) on the Docker API at DOCKER_HOST: Docker's, or podman's
 (`podman system service`). Each flow run it takes starts a new container that:
-- runs the worker's own image, on the worker's own networks, with the worker's /datasets
+- runs the worker's own image (by id), on the worker's own networks, with the worker's /datasets
   folder read-only, found through the API when the worker itself runs in a container
   (IMAGE_VAR and NETWORK_VAR name them where it does not);
 - mounts nothing else: its work tree is the image's /app, its own, removed with the container;
 - gets only the environment the worker passes (PASSED): its MLflow login, S3 keys, DVC remote,
-  Prefect's API and the dataset's source.
+  Prefect's API and the dataset's source; the run's own Prefect variables; and the flow to
+  run, the image's flows/retrain.py, loaded from its entrypoint (no pull step runs);
+- runs Prefect's own flow-run command, whatever the pool's template says.
 
 A run's job variables may set the memory limits and nothing else (ALLOWED): the image, command,
 environment, volumes, networks and privileges are the worker's. The pool's template makes the
@@ -24,8 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cifar10_mlops.core.errors import PipelineError
+from cifar10_mlops.ops.pool import ENTRYPOINT
 
 ALLOWED = ("mem_limit", "memswap_limit")
+COMMAND = "prefect flow-run execute"  # Prefect's own flow-run command
 DATASETS = "/datasets"  # where compose mounts the offline archives (docker-compose.yml)
 IMAGE_VAR, NETWORK_VAR = "FLOW_RUN_IMAGE", "FLOW_RUN_NETWORK"
 # What a flow-run container needs of the worker's environment, and nothing else.
@@ -75,9 +79,13 @@ class FlowRunContainer:
         configuration.privileged = False
         configuration.container_create_kwargs = None
         configuration.registry_credentials = None
-        prefect = {k: v for k, v in (configuration.env or {}).items() if k.startswith("PREFECT")}
-        # Prefect's own (the run's id, the API as a container reaches it) win over the worker's
-        configuration.env = {**{k: environ[k] for k in PASSED if environ.get(k)}, **prefect}
+        configuration.command = COMMAND  # whatever a pool template an API user edited says
+        # The run's own variables (PREFECT__FLOW_RUN_ID, ...), then the worker's PASSED (its
+        # Prefect API, not a template's), then the flow: the image's retrain flow, loaded
+        # from its entrypoint, so no deployment's pull steps run.
+        own = {k: v for k, v in (configuration.env or {}).items() if k.startswith("PREFECT__")}
+        passed = {k: environ[k] for k in PASSED if environ.get(k)}
+        configuration.env = {**own, **passed, "PREFECT__FLOW_ENTRYPOINT": ENTRYPOINT}
 
     def describe(self) -> str:
         mounts = ", ".join(self.volumes) or "no volume"
@@ -109,6 +117,8 @@ def own_container(client: Any, hostname: str | None = None):
         return client.containers.get(hostname or socket.gethostname())
     except docker.errors.NotFound:
         return None
+    except docker.errors.APIError as exc:
+        raise PipelineError(f"the Docker API: {str(exc).splitlines()[0][:200]}") from None
 
 
 def flow_run_container(client: Any, environ: dict[str, str] | None = None) -> FlowRunContainer:
@@ -123,7 +133,7 @@ def flow_run_container(client: Any, environ: dict[str, str] | None = None) -> Fl
             f"project's image) and {NETWORK_VAR} (the network the servers are on)"
         )
     attrs = me.attrs if me is not None else {}
-    image = image or attrs["Config"]["Image"]
+    image = image or attrs["Image"]  # its id: the worker's code, even once the tag moves
     networks = [network] if network else list(attrs["NetworkSettings"]["Networks"])
     volumes = [
         f"{m['Source']}:{DATASETS}:ro"

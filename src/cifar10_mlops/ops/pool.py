@@ -21,6 +21,7 @@ from cifar10_mlops.core.errors import PipelineError
 CHECKOUT_VAR = "CIFAR10_MLOPS_CHECKOUT"
 WORKER_VAR = "CIFAR10_MLOPS_WORKER"  # flows/worker.py sets it to the worker's name
 ENTRYPOINT = "flows/retrain.py:retrain"
+TRIAL_ENTRYPOINT = "flows/trial.py:tune_trial"  # a work-pool search's trials (flows/search.py)
 
 
 def enter_checkout() -> dict[str, str]:
@@ -43,9 +44,14 @@ def enter_checkout() -> dict[str, str]:
     return {"directory": str(checkout)}
 
 
+def pull_step() -> dict[str, Any]:
+    """The one pull step of this project's deployments on a process pool."""
+    return {f"{__name__}.{enter_checkout.__name__}": {}}
+
+
 class WorkerCheckout(LocalStorage):
     """The flow's code as Prefect's local storage reads it when deploying (from `path`), but
     with `enter_checkout` as the deployment's pull step instead of `path` itself."""
 
     def to_pull_step(self) -> dict[str, Any]:
-        return {f"{__name__}.{enter_checkout.__name__}": {}}
+        return pull_step()

@@ -99,25 +99,40 @@ class BudgetedHyperbandOracle(kt.oracles.HyperbandOracle):
 
     def settled(self) -> bool:
         """Whether the next trial is the one a one-worker search would get, whichever trials
-        still run: a retry, a random draw (a bracket's first round, or a new bracket once the
-        last round of the one before is sent), or a round whose previous round has ended.
-        A search that asks only then, or when nothing runs, picks the same trials on any
-        number of workers; keras-tuner would otherwise fill a free slot from a round's first
-        results, or open a bracket early, so which trials run would depend on timing."""
+        still run: a retry, a random draw (a bracket's first round, or a new bracket), or a
+        round whose previous round has no trial running. Brackets and rounds are walked as
+        Hyperband's populate_space walks them. A search that asks only then, or when nothing
+        runs, picks the same trials on any number of workers; keras-tuner would otherwise
+        fill a free slot from a round's first results, or open a bracket early, so which
+        trials run would depend on timing."""
         if self._retry_queue:
             return True
         self._remove_completed_brackets()
-        if not self._brackets:
-            return True
-        bracket = self._brackets[0]
-        number, rounds = bracket["bracket_num"], bracket["rounds"]
-        if len(rounds[0]) < self._get_size(number, 0):
-            return True
-        for round_num in range(1, len(rounds)):
-            if len(rounds[round_num]) < self._get_size(number, round_num):
-                before = [self.trials[info["id"]] for info in rounds[round_num - 1]]
-                return all(t.status not in ("RUNNING", "IDLE") for t in before)
-        return True
+        for bracket in self._brackets:
+            number, rounds = bracket["bracket_num"], bracket["rounds"]
+            if len(rounds[0]) < self._get_size(number, 0):
+                return True  # a random draw
+            for round_num in range(1, len(rounds)):
+                size, past = self._get_size(number, round_num), rounds[round_num - 1]
+                if len(rounds[round_num]) >= size:
+                    continue
+                before = [self.trials[info["id"]] for info in past]
+                if any(t.status in ("RUNNING", "IDLE") for t in before):
+                    return False  # its pick depends on how they end
+                picked = {info["past_id"] for info in rounds[round_num]}
+                done = [t for t in before if t.status == "COMPLETED" and t.trial_id not in picked]
+                if len(done) > self._get_size(number, round_num - 1) - size:
+                    return True  # the best of an ended round
+        return True  # a new bracket, or the end
+
+    def may_ask(self, running: bool, ended: bool) -> bool:
+        """Whether a search that keeps a one-worker search's trials may ask for one now, with
+        trials `running` or not, and the oracle having `ended` (given no trial once): when
+        nothing runs or the answer is settled; once ended, only for a lost trial to rerun
+        (a one-worker search stops at the oracle's first no)."""
+        if ended:
+            return bool(self._retry_queue)
+        return not running or self.settled()
 
     def plan(self) -> tuple[int, int]:
         """(trials, epochs) a full search runs: the sizes of every bracket and round."""

@@ -204,21 +204,24 @@ class PoolSearch:
             return "RUNNING", ""
 
     def _drive(self) -> None:
+        """Send trials while slots are free, as a one-worker search would get them: ask only
+        when nothing runs or the answer cannot depend on which running trial ends first
+        (BudgetedHyperbandOracle.settled). Once the oracle gives none (the end, or no
+        admissible draw left), a one-worker search would stop there: only lost trials run
+        again, and the search ends when the rest have."""
         slots = [f"slot-{i}" for i in range(self.parallel)]
+        ended = False
         while True:
-            asked = []
             for slot in slots:
-                # the same trials as on one worker: ask only when the answer cannot depend on
-                # which running trial ends first (BudgetedHyperbandOracle.settled)
-                if slot not in self.running and (not self.running or self.oracle.settled()):
-                    trial = self.oracle.create_trial(slot)
-                    asked.append(trial.status)
-                    if trial.status == "RUNNING":
-                        self._start(slot, trial)
+                if slot in self.running or not self.oracle.may_ask(bool(self.running), ended):
+                    continue
+                trial = self.oracle.create_trial(slot)
+                if trial.status == "RUNNING":
+                    self._start(slot, trial)
+                else:
+                    ended = True
             if not self.running:
-                if all(status == "STOPPED" for status in asked):
-                    return
-                raise RuntimeError(f"the oracle gives no trial ({', '.join(asked)}) and none runs")
+                return
             time.sleep(self.poll)
             for slot, (trial, attempt) in list(self.running.items()):
                 kind, message = self._state(attempt)
