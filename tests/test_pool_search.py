@@ -165,6 +165,23 @@ class InProcess:
         self.cancelled.append(handle)
 
 
+class Stuck(InProcess):
+    """Attempts in `stuck` stay PENDING untrained, as when their worker took them and died
+    before starting them; the others run in this process."""
+
+    def __init__(self, data, stuck):
+        super().__init__(data)
+        self.stuck = set(stuck)
+
+    def submit(self, spec: dict) -> str:
+        if (spec["trial_id"], spec["attempt"]) not in self.stuck:
+            return super().submit(spec)
+        self.submitted.append(spec)
+        handle = f"{spec['trial_id']}-{spec['attempt']}"
+        self.states[handle] = ("PENDING", "")
+        return handle
+
+
 class LastFirst(InProcess):
     """Trials run when polled, the newest sent first: with two slots they end in another
     order than they started, as on workers of different speeds."""
@@ -193,13 +210,35 @@ class LastFirst(InProcess):
         return f"{spec['trial_id']}-{spec['attempt']}"
 
 
-def pool_search(prepared, params_file, launcher, retries=2, parallel=2):
+def pool_search(prepared, params_file, launcher, retries=2, parallel=2, **extra):
     from cifar10_mlops.core.settings import load_params
     from cifar10_mlops.stages.tune.pool_search import PoolSearch
 
     params = load_params(params_file())
     return PoolSearch(params, data=prepared, state_root=prepared.parents[1] / "models/tuner-pool",
-                      launcher=launcher, parallel=parallel, retries=retries, poll=0.01)  # fmt: skip
+                      launcher=launcher, parallel=parallel, retries=retries, poll=0.01,
+                      **extra)  # fmt: skip
+
+
+@pytest.mark.long(seconds=40)
+@pytest.mark.extended  # a search of 5 trials in this process: 40 s
+def test_a_trial_whose_worker_never_starts_it_is_cancelled_and_runs_again(
+    in_project, prepared, params_file
+):
+    """A flow run left PENDING (its worker took it and died before starting it: no
+    heartbeat for the crash automation to miss) is cancelled after the timeout, and its
+    trial runs again; the search completes with every trial."""
+    launcher = Stuck(prepared, stuck={("0001", 1)})
+    models, reports = in_project / "models", in_project / "reports/tune"
+    best = pool_search(prepared, params_file, launcher, pending_timeout=0.2).run(
+        models / "best_hparams.json", reports
+    )
+    assert launcher.cancelled == ["0001-1"]
+    rows = {r["trial"]: r["status"] for r in csv.DictReader(open(reports / "trials.csv"))}
+    assert set(rows.values()) == {"COMPLETED"} and len(rows) == best["trials"] == 5
+    [lost] = [c for c in child_runs(best["mlflow_run_id"]) if c.info.status == "KILLED"]
+    assert lost.data.tags["trial_id"] == "0001" and lost.data.tags["attempt"] == "1"
+    assert "PENDING for 0 s: its worker took it and never started it" in lost.data.tags["error"]
 
 
 @pytest.mark.long(seconds=80)

@@ -50,6 +50,10 @@ from cifar10_mlops.stages.tune.trials import prepare_search
 
 STATE_FILE = "pool.json"
 WAITING = {"SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"}
+# A worker that took a trial (PENDING) starts it within seconds to a minute (a new process,
+# its imports); one that died meanwhile never does, and sends no heartbeat the crash
+# automation could miss: after this long the trial is cancelled and runs again.
+PENDING_TIMEOUT = 600.0
 LOST = {"CRASHED", "CANCELLED"}  # the worker died or someone stopped it: run it again
 
 
@@ -70,9 +74,12 @@ class PoolSearch:
     """One search: its oracle, its records and the trials running now."""
 
     def __init__(self, params: Params, *, data: Path, state_root: Path, launcher: Launcher,
-                 parallel: int, retries: int, poll: float):  # fmt: skip
+                 parallel: int, retries: int, poll: float,
+                 pending_timeout: float = PENDING_TIMEOUT):  # fmt: skip
         self.params, self.data, self.launcher = params, data, launcher
         self.parallel, self.retries, self.poll = parallel, retries, poll
+        self.pending_timeout = pending_timeout
+        self.pending_since: dict[str, float] = {}  # flow run -> when first seen PENDING
         self.search = prepare_search(params, data)
         self.first = check_space(params)
         self.manifest = load_manifest(data)
@@ -224,10 +231,25 @@ class PoolSearch:
                 return
             time.sleep(self.poll)
             for slot, (trial, attempt) in list(self.running.items()):
-                kind, message = self._state(attempt)
+                kind, message = self._stalled(attempt, *self._state(attempt))
                 if kind not in WAITING:
                     del self.running[slot]
                     self._settle(trial, attempt, kind, message)
+
+    def _stalled(self, attempt: dict, kind: str, message: str) -> tuple[str, str]:
+        """(kind, message), or CANCELLED once the flow run stayed PENDING pending_timeout
+        seconds (its worker took it and died before starting it): cancelled, it runs again."""
+        handle = attempt["flow_run_id"]
+        if kind != "PENDING":
+            self.pending_since.pop(handle, None)
+            return kind, message
+        since = self.pending_since.setdefault(handle, time.monotonic())
+        if time.monotonic() - since < self.pending_timeout:
+            return kind, message
+        self.launcher.cancel(handle)
+        return "CANCELLED", (
+            f"PENDING for {self.pending_timeout:.0f} s: its worker took it and never started it"
+        )
 
     def _start(self, slot: str, trial) -> None:
         attempts = self.record["attempts"].get(trial.trial_id, [])
