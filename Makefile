@@ -230,7 +230,7 @@ deploy-pool: $(STAMP)  ## deploy the scheduled retraining to the Prefect work po
 	$(BIN)/python -m flows.deploy --pool $(POOL) --type $(POOL_TYPE)
 
 worker: $(STAMP)  ## a Prefect worker of POOL (cpu): retrains and trials in this checkout (POOL_TYPE=docker: in containers)
-	$(BIN)/python -m flows.worker --pool $(POOL) --type $(POOL_TYPE) $(if $(filter docker,$(POOL_TYPE)),--limit 2)
+	$(BIN)/python -m flows.worker --pool $(POOL) --type $(POOL_TYPE)
 
 # A new version of the dataset: verified, tracked and pushed with DVC, committed, and announced
 # to the Prefect server, whose deployment trigger retrains on it (docs/orchestration.md).

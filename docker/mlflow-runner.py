@@ -15,9 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from cifar10_mlops.core.settings import load_params  # noqa: E402
+from cifar10_mlops.core.settings import load_params
 
 EDIT = "EDIT"
 

@@ -19,8 +19,8 @@ Two ways to run it:
 - on a docker work pool (`--type docker`, compose's `docker-worker`): the deployment
   `retrain/<name>-docker` runs each flow run in a fresh container of the project's image
   (cifar10_mlops.ops.containers). Each has a work tree of its own, so CONTAINER_RUNS run at
-  once; their `register` stages take turns (REGISTER_LIMIT, a global concurrency limit of one
-  slot), so each compares its model with the champion the one before it left.
+  once; their `register` stages take turns (ops/pool.py REGISTER_LIMIT, a global concurrency
+  limit of one slot), so each compares its model with the champion the one before it left.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from cifar10_mlops.core.settings import load_params
 from cifar10_mlops.core.errors import ConfigError, PipelineError
 from cifar10_mlops.ops.prefect_server import check_prefect
 from flows.drift import EVENT as DRIFT_EVENT
-from flows.retrain import PARAMS, REGISTER_LIMIT, retrain
+from cifar10_mlops.ops.pool import POOL_TYPES, ensure_pool, ensure_register_limit
+from flows.retrain import PARAMS, retrain
 
 ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
-POOL_TYPES = ("process", "docker")
 CONTAINER_RUNS = ConcurrencyLimitConfig(
     limit=2, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
 )
@@ -93,91 +93,6 @@ def deployment_settings() -> dict:
         ),
         "tags": ["cifar10", "retrain"],
     }
-
-
-# What a run's job variables (`prefect deployment run -jv KEY=VALUE`, or a deployment's own)
-# may not set on a worker: the command it runs, its environment (the worker's credentials are
-# in it) and its folder. The pool's template fixes them and refuses unknown variables.
-PINNED = {"command": None, "env": {}, "working_dir": None}
-
-
-def pinned_template() -> dict:
-    """The process pool's default base job template with PINNED fixed: a worker runs Prefect's
-    own flow-run command with its own environment, in the checkout the pull step names."""
-    from prefect.workers.process import ProcessWorker
-
-    template = ProcessWorker.get_default_base_job_template()
-    for key, value in PINNED.items():
-        template["job_configuration"][key] = value
-        template["variables"]["properties"].pop(key)
-    template["variables"]["additionalProperties"] = False
-    return template
-
-
-def pool_template(pool_type: str) -> dict:
-    if pool_type == "docker":
-        from cifar10_mlops.ops.containers import pinned_template as docker_template
-
-        return docker_template()
-    return pinned_template()
-
-
-def ensure_pool(name: str, pool_type: str = "process") -> None:
-    """Create the work pool `name` of `pool_type` with its pinned template (pinned_template(),
-    or containers.pinned_template()) unless the server has it, and pin the template of one
-    that has another; refuse a pool of another type (its workers would run the flow
-    elsewhere than the deployment expects)."""
-    from prefect import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-    from prefect.exceptions import ObjectNotFound
-
-    template = pool_template(pool_type)
-    with get_client(sync_client=True) as client:
-        try:
-            pool = client.read_work_pool(name)
-        except ObjectNotFound:
-            client.create_work_pool(
-                WorkPoolCreate(name=name, type=pool_type, base_job_template=template)
-            )
-            print(f"created {pool_type} work pool {name!r}")
-            return
-        if pool.type != pool_type:
-            raise PipelineError(
-                f"work pool {name!r} is of type {pool.type!r}, not {pool_type!r}: give another "
-                f"pool name, or --type {pool.type}"
-            )
-        if pool.base_job_template != template:
-            client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
-            if pool_type == "docker":
-                from cifar10_mlops.ops.containers import ALLOWED
-
-                pins = f"all but {', '.join(ALLOWED)}"
-            else:
-                pins = ", ".join(PINNED)
-            print(f"work pool {name!r}: its job template now pins {pins}")
-
-
-def ensure_register_limit() -> None:
-    """The global concurrency limit REGISTER_LIMIT, one slot, unless the server has it: the
-    `register` stages of runs in different containers or checkouts take turns."""
-    from prefect import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.exceptions import ObjectNotFound
-
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
-
-    with get_client(sync_client=True) as client:
-        try:
-            found = client.read_global_concurrency_limit_by_name(REGISTER_LIMIT)
-        except ObjectNotFound:
-            client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(name=REGISTER_LIMIT, limit=1)
-            )
-            return
-        if (found.limit, found.active) != (1, True):  # someone changed it: one slot again
-            client.update_global_concurrency_limit(
-                REGISTER_LIMIT, GlobalConcurrencyLimitUpdate(limit=1, active=True)
-            )
 
 
 CRASH_AUTOMATION = "cifar10-mlops: crash retrains that stopped beating"

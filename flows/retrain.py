@@ -32,6 +32,7 @@ from cifar10_mlops.core.repo import check_workspace, dvc, dvc_env, git
 from cifar10_mlops.core.settings import PARAMS_FILE
 from cifar10_mlops.ops import backlog, notify, retrain_report
 from cifar10_mlops.ops.overrides import apply_flow_params
+from cifar10_mlops.ops.pool import REGISTER_LIMIT
 from cifar10_mlops.ops.prefect_server import check_services
 
 PARAMS, DVC_YAML = PARAMS_FILE, Path("dvc.yaml")
@@ -40,10 +41,6 @@ PARAMS, DVC_YAML = PARAMS_FILE, Path("dvc.yaml")
 RETRIES = {"download": 3}
 # `force` reruns training and what follows it; the search reruns only when its inputs change.
 FORCED_FROM = "train"
-# Runs in containers or checkouts of their own register one at a time: each compares its model
-# with the champion the one before it left (a Prefect global concurrency limit of one slot,
-# made by flows/deploy.py; without it, where no server has it, the stage runs unlimited).
-REGISTER_LIMIT = "cifar10-register"
 
 
 @task(task_run_name="{stage}")

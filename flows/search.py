@@ -93,8 +93,8 @@ def search(
 def deploy_trials(pool: str) -> None:
     """The trial flow on the process pool `pool` (created if missing, its template pinned),
     run by its workers in their checkouts; crash detection covers its runs."""
-    from cifar10_mlops.ops.pool import WorkerCheckout
-    from flows.deploy import ensure_crash_detection, ensure_pool
+    from cifar10_mlops.ops.pool import WorkerCheckout, ensure_pool
+    from flows.deploy import ensure_crash_detection
     from flows.trial import tune_trial
 
     ensure_pool(pool)

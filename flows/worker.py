@@ -17,7 +17,7 @@ with only the credentials the worker passes and no work tree but its own, up to 
 time (PinnedDockerWorker, cifar10_mlops.ops.containers).
 
   python -m flows.worker --pool cpu [--name NAME] [--healthcheck]
-  python -m flows.worker --pool docker --type docker [--limit 2]   # DOCKER_HOST: Docker's API
+  python -m flows.worker --pool docker --type docker [--limit N]   # DOCKER_HOST: Docker's API
 """
 
 from __future__ import annotations
@@ -38,10 +38,11 @@ from cifar10_mlops.core.validation import checked, valid_name
 from cifar10_mlops.core.errors import PipelineError
 from cifar10_mlops.ops import containers
 from cifar10_mlops.ops.containers import ALLOWED, FlowRunContainer
+from flows.deploy import CONTAINER_RUNS
 from cifar10_mlops.ops.pool import (
-    CHECKOUT_VAR, ENTRYPOINT, TRIAL_ENTRYPOINT, WORKER_VAR, enter_checkout, pull_step,
+    CHECKOUT_VAR, ENTRYPOINT, PINNED, POOL_TYPES, TRIAL_ENTRYPOINT, WORKER_VAR, enter_checkout,
+    ensure_pool, pull_step,
 )  # fmt: skip
-from flows.deploy import PINNED, POOL_TYPES, ensure_pool
 from cifar10_mlops.core.repo import dvc_remote_set
 from cifar10_mlops.core.repo import check_workspace
 from cifar10_mlops.ops.prefect_server import require_team_servers
@@ -83,7 +84,7 @@ with warnings.catch_warnings():
 
     class PinnedProcessWorker(ProcessWorker):
         """Prefect's process worker, which refuses a run whose job variables (the run's or its
-        deployment's) set what the pool's template pins (flows/deploy.py PINNED): the command, the
+        deployment's) set what the pool's template pins (ops/pool.py PINNED): the command, the
         environment, the folder. The template already makes the server refuse them; the worker,
         which holds the credentials, does not rely on a template that any API user can edit."""
 
@@ -150,8 +151,9 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--name", help="the worker's name (default: host-checkout folder)")
     parser.add_argument(
-        "--limit", type=int, default=1,
-        help="flow runs at a time (default 1; a process worker runs one, in its checkout)",
+        "--limit", type=int,
+        help="flow runs at a time (a process worker runs one, in its checkout; a docker "
+        "worker as many as the docker deployment's concurrency limit, 2)",
     )  # fmt: skip
     parser.add_argument(
         "--healthcheck", action="store_true",
@@ -162,6 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     name = args.name or f"{socket.gethostname()}-{checkout.name}"
     os.environ[CHECKOUT_VAR] = str(checkout)
     os.environ[WORKER_VAR] = name  # the trial flow tags its MLflow run with it
+    if args.limit is None:
+        args.limit = CONTAINER_RUNS.limit if args.pool_type == "docker" else 1
     try:
         if not 1 <= args.limit <= 64:
             raise PipelineError(f"--limit {args.limit}: give 1 to 64 flow runs at a time")

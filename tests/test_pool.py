@@ -62,7 +62,7 @@ def test_the_pools_template_pins_the_command_environment_and_folder(prefect_serv
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.deploy import pinned_template
+    from cifar10_mlops.ops.pool import pinned_template
 
     env = {**prefect_server, "PREFECT_API_URL": prefect_server["PREFECT_API_URL"]}
     with (

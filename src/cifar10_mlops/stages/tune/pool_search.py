@@ -29,7 +29,6 @@ import time
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Protocol
 
 import keras_tuner as kt
 from keras_tuner.src.engine.metrics_tracking import MetricsTracker
@@ -38,6 +37,7 @@ from cifar10_mlops.core import lineage, tracking
 from cifar10_mlops.core.files import write_json
 from cifar10_mlops.core.settings import Params
 from cifar10_mlops.core.splits import load_manifest
+from cifar10_mlops.stages.tune.launcher import LOST, PENDING_TIMEOUT, WAITING, Launcher, Watch
 from cifar10_mlops.stages.tune.oracle import make_oracle
 from cifar10_mlops.stages.tune.pool_trial import params_digest
 from cifar10_mlops.stages.tune.report import trial_workers
@@ -49,25 +49,6 @@ from cifar10_mlops.stages.tune.space import declare
 from cifar10_mlops.stages.tune.trials import prepare_search
 
 STATE_FILE = "pool.json"
-WAITING = {"SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"}
-# A worker that took a trial (PENDING) starts it within seconds to a minute (a new process,
-# its imports); one that died meanwhile never does, and sends no heartbeat the crash
-# automation could miss: after this long the trial is cancelled and runs again.
-PENDING_TIMEOUT = 600.0
-LOST = {"CRASHED", "CANCELLED"}  # the worker died or someone stopped it: run it again
-
-
-class Launcher(Protocol):
-    """Where trials run: flows/search.py's starts flow runs of the trial deployment."""
-
-    def submit(self, spec: dict) -> str:
-        """Start the trial `spec` (pool_trial.SPEC_KEYS); returns its handle (flow run id)."""
-
-    def state(self, handle: str) -> tuple[str, str]:
-        """(state type, message) of a started trial: Prefect's COMPLETED, FAILED, ..."""
-
-    def cancel(self, handle: str) -> None:
-        """Stop a trial that no one waits for any more."""
 
 
 class PoolSearch:
@@ -78,8 +59,7 @@ class PoolSearch:
                  pending_timeout: float = PENDING_TIMEOUT):  # fmt: skip
         self.params, self.data, self.launcher = params, data, launcher
         self.parallel, self.retries, self.poll = parallel, retries, poll
-        self.pending_timeout = pending_timeout
-        self.pending_since: dict[str, float] = {}  # flow run -> when first seen PENDING
+        self.watch = Watch(launcher, pending_timeout)
         self.search = prepare_search(params, data)
         self.first = check_space(params)
         self.manifest = load_manifest(data)
@@ -173,7 +153,9 @@ class PoolSearch:
             for attempt in attempts:
                 if attempt["outcome"] != "running":
                     continue
-                kind, message = self._state(attempt) if attempt["flow_run_id"] else ("", "")
+                kind, message = (
+                    self.watch.state(attempt["flow_run_id"]) if attempt["flow_run_id"] else ("", "")
+                )
                 if kind == "COMPLETED" and oracle.trials[trial_id].status == "COMPLETED":
                     attempt["outcome"] = "completed"  # settled just before the restart
                     self.record["weights"][trial_id] = attempt["run_id"]
@@ -202,14 +184,6 @@ class PoolSearch:
                     print(f"[tune] stopping trial run {attempt['run_id']}: {exc}", flush=True)
         self.save()
 
-    def _state(self, attempt: dict) -> tuple[str, str]:
-        """The flow run's state; RUNNING while the server does not answer."""
-        try:
-            return self.launcher.state(attempt["flow_run_id"])
-        except Exception as exc:
-            print(f"[tune] cannot read flow run {attempt['flow_run_id']} ({exc}): asking again")
-            return "RUNNING", ""
-
     def _drive(self) -> None:
         """Send trials while slots are free, as a one-worker search would get them: ask only
         when nothing runs or the answer cannot depend on which running trial ends first
@@ -231,25 +205,10 @@ class PoolSearch:
                 return
             time.sleep(self.poll)
             for slot, (trial, attempt) in list(self.running.items()):
-                kind, message = self._stalled(attempt, *self._state(attempt))
+                kind, message = self.watch.state(attempt["flow_run_id"])
                 if kind not in WAITING:
                     del self.running[slot]
                     self._settle(trial, attempt, kind, message)
-
-    def _stalled(self, attempt: dict, kind: str, message: str) -> tuple[str, str]:
-        """(kind, message), or CANCELLED once the flow run stayed PENDING pending_timeout
-        seconds (its worker took it and died before starting it): cancelled, it runs again."""
-        handle = attempt["flow_run_id"]
-        if kind != "PENDING":
-            self.pending_since.pop(handle, None)
-            return kind, message
-        since = self.pending_since.setdefault(handle, time.monotonic())
-        if time.monotonic() - since < self.pending_timeout:
-            return kind, message
-        self.launcher.cancel(handle)
-        return "CANCELLED", (
-            f"PENDING for {self.pending_timeout:.0f} s: its worker took it and never started it"
-        )
 
     def _start(self, slot: str, trial) -> None:
         attempts = self.record["attempts"].get(trial.trial_id, [])
